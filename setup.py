@@ -28,11 +28,20 @@ def get_extensions():
 
     force_cuda = os.getenv("FORCE_CUDA", "0") == "1"
     only_cpu = os.getenv("FORCE_ONLY_CPU", "0") == "1"
-    with_cuda = (not only_cpu) and (
-        force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None)
+    # The CUDA glue needs torch's CUDA headers, which CPU wheels do not ship.
+    torch_has_cuda = torch.version.cuda is not None
+    if force_cuda and not only_cpu and not (torch_has_cuda and CUDA_HOME is not None):
+        raise RuntimeError(
+            "FORCE_CUDA=1 needs a CUDA build of torch (torch.version.cuda is "
+            f"{torch.version.cuda}) and a CUDA toolkit (CUDA_HOME is {CUDA_HOME})"
+        )
+    with_cuda = (not only_cpu) and torch_has_cuda and CUDA_HOME is not None and (
+        force_cuda or torch.cuda.is_available()
     )
 
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 for
+    # torch >= 2.10), and nvcc must not receive two of them.
+    extra_compile_args = {"cxx": ["-O3"]}
     define_macros = []
     if os.name != "nt":
         extra_compile_args["cxx"] += ["-fopenmp"]
@@ -41,7 +50,7 @@ def get_extensions():
     if with_cuda:
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17"]
+        extra_compile_args["nvcc"] = ["-O3"]
         define_macros += [("WITH_CUDA", None)]
         ext_cls = CUDAExtension
     else:

@@ -1,28 +1,27 @@
 """Low-level operators (no PyG dependency).
 
-TEMPORARY: pure-PyTorch reference only; the compiled op replaces it (issue 2).
-Public API (stable, used by pyg_mmrec.nn):
+Public API (stable, used by pyg_mmrec.nn)::
 
-    masked_spmm(rowptr, col, x, mask=None, value=None, reduce="mean")
+    masked_spmm(rowptr, col, x, mask=None, value=None, reduce="mean", *, csc=None)
         -> (out [N_dst, F], weight_sum [N_dst])
+    csr_transpose(rowptr, col, num_src) -> (colptr, row_t, perm)   # pass as csc=
+    masked_spmm_reference(...)   # pure-PyTorch definition (also the fallback)
+    WITH_EXT                     # True when the compiled kernels (pyg_mmrec._C) are active
+
+Semantics: docs/architecture.md and csrc/masked_spmm.cpp.
 """
-from typing import Optional, Tuple
+from .masked_spmm import (
+    EXT_DEVICES,
+    WITH_EXT,
+    csr_transpose,
+    masked_spmm,
+    masked_spmm_reference,
+)
 
-import torch
-from torch import Tensor
-
-WITH_EXT = False
-
-
-def masked_spmm(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor] = None,
-                value: Optional[Tensor] = None, reduce: str = "mean") -> Tuple[Tensor, Tensor]:
-    n_dst = rowptr.numel() - 1
-    row = torch.repeat_interleave(torch.arange(n_dst, device=x.device), rowptr.diff())
-    w = value if value is not None else torch.ones(col.numel(), dtype=x.dtype, device=x.device)
-    if mask is not None:
-        w = w * mask[col].to(x.dtype)
-    out = x.new_zeros(n_dst, x.size(1)).index_add_(0, row, x[col] * w.unsqueeze(-1))
-    wsum = x.new_zeros(n_dst).index_add_(0, row, w)
-    if reduce == "mean":
-        out = out / torch.where(wsum > 0, wsum, torch.ones_like(wsum)).unsqueeze(-1)
-    return out, wsum
+__all__ = [
+    "WITH_EXT",
+    "EXT_DEVICES",
+    "masked_spmm",
+    "masked_spmm_reference",
+    "csr_transpose",
+]

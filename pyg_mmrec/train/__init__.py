@@ -1,0 +1,18 @@
+"""Training: the :class:`Trainer` loop, :func:`run` (one configured run end to end),
+atomic checkpoints, and early stopping on validation metrics."""
+import importlib
+from typing import Any
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .run import RunResult, run, set_seed
+from .trainer import FitResult, TrainData, Trainer, TrainingInterrupted
+
+__all__ = ["run", "RunResult", "set_seed", "Trainer", "TrainData", "FitResult",
+           "TrainingInterrupted", "save_checkpoint", "load_checkpoint", "EarlyStopping"]
+
+
+def __getattr__(name: str) -> Any:
+    # early_stopping.py is maintained separately; import it on first use.
+    if name == "EarlyStopping":
+        return importlib.import_module(f"{__name__}.early_stopping").EarlyStopping
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,248 @@
+r"""Command line: ``python -m pyg_mmrec train | results | build-dataset``.
+
+Examples::
+
+    python -m pyg_mmrec train --model FREEDOM --dataset ml100k_mm --root ../shared/data \
+        --missing i3mrec:fm:0.3 --seeds 1,2,3 --out runs/freedom
+    python -m pyg_mmrec train --model LightGCN --dataset baby --root ../shared/data \
+        --grid n_layers=1,2,3 --grid reg_weight=1e-4,1e-3 --seeds 1,2
+    python -m pyg_mmrec results runs/ --plot recall_vs_missing.png
+
+Grid search trains every setting (for every seed) without looking at the test
+split, selects the setting with the best mean *validation* metric over seeds,
+and only then evaluates the test split of the selected setting's runs.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
+
+# dedicated flags -> training keys
+_TRAIN_FLAGS = {"epochs": int, "lr": float, "batch_size": int, "patience": int,
+                "eval_every": int, "weight_decay": float, "metric": str}
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=,+_-]+", "_", str(text)).strip("_") or "x"
+
+
+def _parse_seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds: expected comma-separated integers, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds: expected distinct integers, got {text!r}")
+    return seeds
+
+
+def _parse_topk(text: str) -> List[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--topk: expected comma-separated integers, got {text!r}")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model name (e.g. LightGCN, FREEDOM)")
+    p.add_argument("--dataset", required=True, help="dataset folder name under --root")
+    p.add_argument("--root", default="../shared/data", help="data directory (default: %(default)s)")
+    p.add_argument("--missing", action="append", default=None, metavar="SPEC",
+                   help="missing-modality protocol, e.g. natural, i3mrec:fm:0.3, dgmrec:0.667, "
+                        "entry:0.3; may be repeated (default: natural)")
+    p.add_argument("--seeds", type=_parse_seeds, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--plugin", default=None, help="plug-in wrapping the backbone (mrdib)")
+    p.add_argument("--fill", default=None, choices=["zero", "mean", "propagate"],
+                   help="how missing feature rows are filled (default: zero)")
+    p.add_argument("--out", default="runs", help="output directory (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs from their checkpoints (finished runs are reused)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key (YAML-typed); may be repeated")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="grid-search values of a key (selected on validation); may be repeated")
+    for flag, typ in _TRAIN_FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=typ, default=None, dest=flag,
+                       help=f"shorthand for --set {flag}=...")
+    p.add_argument("--topk", type=_parse_topk, default=None, help="cut-offs, e.g. 10,20,50")
+
+
+def _experiment_name(args, missing: str) -> str:
+    name = args.model.lower() + (f"+{args.plugin.lower()}" if args.plugin else "")
+    name += f"-{args.dataset}-{missing}"
+    if args.fill:
+        name += f"-fill_{args.fill}"
+    return _safe(name)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pyg_mmrec.config import ConfigError, build_config, parse_assignments, parse_grid
+    from pyg_mmrec.results import aggregate, markdown_table, setting_label
+    from pyg_mmrec.train import TrainingInterrupted, run
+
+    # ---- validate everything before any training
+    overrides = parse_assignments(args.set)
+    for flag in list(_TRAIN_FLAGS) + ["topk"]:
+        v = getattr(args, flag)
+        if v is not None:
+            overrides[f"train.{flag}"] = v
+    grid = parse_grid(args.grid)
+    for k in grid:
+        if k in ("metric", "train.metric"):
+            raise ConfigError("--grid metric: the selection metric cannot be searched over")
+        if k in overrides or f"train.{k}" in overrides:
+            raise ConfigError(f"--grid {k}: also set by --set/flag; give it in one place")
+    settings = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] or [{}]
+    for s in settings:
+        build_config(args.model, {**overrides, **s}, args.plugin)
+    metric = build_config(args.model, overrides, args.plugin)["train"]["metric"]
+    missing_specs = args.missing or ["natural"]
+    from pyg_mmrec.data.missing import parse_missing_spec
+    for spec in missing_specs:
+        try:
+            parse_missing_spec(spec)
+        except ValueError as e:
+            raise ConfigError(f"--missing: {e}") from e
+
+    out_root = Path(args.out)
+    common = dict(root=args.root, plugin=args.plugin, fill=args.fill, device=args.device,
+                  quiet=args.quiet, resume=args.resume)
+    selected_results: List[Dict[str, Any]] = []
+    try:
+        for spec in missing_specs:
+            exp_dir = out_root / _experiment_name(args, spec)
+            if len(settings) == 1:
+                chosen = settings[0]
+            else:
+                scores = []
+                for s in settings:
+                    vals = []
+                    for seed in args.seeds:
+                        r = run(args.model, args.dataset, missing=spec, seed=seed,
+                                overrides={**overrides, **s},
+                                out_dir=exp_dir / _safe(setting_label(s)) / f"seed{seed}",
+                                test=False, **common)
+                        vals.append(r.valid[metric])
+                    scores.append(sum(vals) / len(vals))
+                    _print(args, f"[grid] {spec} {setting_label(s)}: valid {metric} "
+                                 f"{scores[-1]:.4f} (mean of {len(vals)} seed(s))")
+                best = max(range(len(settings)), key=lambda i: scores[i])
+                chosen = settings[best]
+                from pyg_mmrec.train.checkpoint import atomic_write_json
+                atomic_write_json(exp_dir / "selection.json", {
+                    "metric": f"valid {metric} (mean over seeds {args.seeds})",
+                    "settings": [{"setting": s, "score": sc} for s, sc in zip(settings, scores)],
+                    "selected": chosen})
+                _print(args, f"[grid] {spec}: selected {setting_label(chosen)} on validation")
+            for seed in args.seeds:
+                # the selected setting's runs are finished: this only evaluates the test split
+                r = run(args.model, args.dataset, missing=spec, seed=seed,
+                        overrides={**overrides, **chosen},
+                        out_dir=exp_dir / _safe(setting_label(chosen)) / f"seed{seed}",
+                        test=True, **{**common, "resume": common["resume"] or len(settings) > 1})
+                selected_results.append(r.to_dict())
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}. Continue with the same command plus --resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    rows = aggregate(selected_results, split="test")
+    print(markdown_table(rows))
+    return 0
+
+
+def _print(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def add_results_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="run directories or result.json files (searched recursively)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also plot test Recall@20 vs missing rate")
+    p.add_argument("--metric", default="recall@20", help="metric of the plot (default: %(default)s)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated table columns (default: recall@10,recall@20,ndcg@10,ndcg@20)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--json", action="store_true", help="print the aggregated rows as JSON")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from pyg_mmrec.results import (DEFAULT_METRICS, aggregate, load_results, markdown_table,
+                                   plot_metric_vs_missing)
+    results = load_results(args.paths)
+    if not results:
+        print(f"no result.json found under {args.paths}", file=sys.stderr)
+        return 1
+    rows = aggregate(results, split=args.split)
+    skipped = sum(1 for r in results if not r.get(args.split))
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(markdown_table(rows, metrics=metrics, split=args.split))
+        print(f"\n{len(results)} run(s), {len(rows)} group(s) (mean ± sample std over seeds)"
+              + (f"; {skipped} run(s) without {args.split} metrics skipped "
+                 "(unselected grid settings)" if skipped else ""))
+    if args.plot:
+        try:
+            path = plot_metric_vs_missing(rows, args.plot, metric=args.metric)
+        except (RuntimeError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"plot written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pyg_mmrec",
+                                     description="Multimodal recommendation with missing modalities.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train and evaluate a model (grid search, several seeds)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("results", help="Markdown table (and plot) from run directories")
+    add_results_arguments(p)
+    p.set_defaults(func=cmd_results)
+    p = sub.add_parser("build-dataset", help="build an MMRec-format dataset with modality features",
+                       add_help=True)
+    try:  # implemented in pyg_mmrec.data.build_dataset; optional at import time
+        from pyg_mmrec.data import build_dataset
+        build_dataset.add_arguments(p)
+        p.set_defaults(func=build_dataset.main)
+    except Exception as e:  # noqa: BLE001 - any import failure means "unavailable"
+        err = f"{type(e).__name__}: {e}"
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a: _unavailable(err))
+    return parser
+
+
+def _unavailable(err: str) -> int:
+    print(f"build-dataset is not available: pyg_mmrec.data.build_dataset could not be "
+          f"imported ({err})", file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pyg_mmrec.config import ConfigError
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

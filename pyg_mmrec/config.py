@@ -1,0 +1,419 @@
+r"""Run configuration: YAML defaults, command-line overrides and validation.
+
+A run's configuration is a plain dictionary::
+
+    {"model": "freedom",            # registry name (or the callable's name)
+     "plugin": None | "mrdib",
+     "hparams": {...},              # constructor keyword arguments of the model
+     "plugin_hparams": {...},       # constructor keyword arguments of the plug-in
+     "train": {...}}                # trainer settings (see configs/train.yaml)
+
+It is assembled in three layers, later ones winning:
+
+1. ``pyg_mmrec/configs/train.yaml`` (training defaults),
+2. ``pyg_mmrec/configs/<model>.yaml`` (flat constructor hyper-parameters, plus an
+   optional ``train:`` section) and, with a plug-in, ``configs/<plugin>.yaml``,
+3. overrides (``--set key=value`` on the command line; YAML-typed values).
+
+An override key is either bare (``lr``, ``embedding_dim``; it must name exactly
+one known key) or qualified: ``train.lr``, ``model.embedding_dim``,
+``plugin.beta``. Everything is validated before any data is loaded or any
+training starts, with a message naming the offending key.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: the metric names :func:`pyg_mmrec.metrics.evaluate_full_ranking` reports
+METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
+
+#: the plug-ins ``run(..., plugin=...)`` knows: name -> "module:Class"
+PLUGINS = {"mrdib": "pyg_mmrec.models.mrdib:MRdIB"}
+
+# positional constructor arguments that are data, not hyper-parameters
+_MODEL_DATA_ARGS = ("num_users", "num_items", "train_edge_index", "features", "masks")
+_PLUGIN_DATA_ARGS = ("backbone",)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+# ----------------------------------------------------------------------------- YAML
+def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a YAML mapping (an empty file gives ``{}``)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping, got {type(obj).__name__}")
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value the way YAML would (``1e-3`` -> float,
+    ``[10,20]`` -> list, ``true`` -> bool, ``null`` -> None, else str)."""
+    # PyYAML (YAML 1.1) reads "1e-3" as a string; accept plain scientific notation.
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", text.strip()):
+        return float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse value {text!r}: {e}") from e
+
+
+def parse_assignments(items: Optional[Iterable[str]]) -> Dict[str, Any]:
+    """``["lr=1e-3", "topk=[10,20]"]`` -> ``{"lr": 0.001, "topk": [10, 20]}``."""
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        out[key] = parse_value(value)
+    return out
+
+
+def parse_grid(items: Optional[Iterable[str]]) -> Dict[str, List[Any]]:
+    """``["lr=1e-3,1e-4", "n_layers=1,2"]`` -> ``{"lr": [0.001, 0.0001], "n_layers": [1, 2]}``.
+
+    Values are split on commas outside brackets, so ``topk=[10,20],[20,50]``
+    gives two lists."""
+    grid: Dict[str, List[Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r}: expected key=v1,v2,...")
+        key, values = item.split("=", 1)
+        parts, depth, cur = [], 0, ""
+        for ch in values:
+            depth += ch in "[{"
+            depth -= ch in "]}"
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        parts.append(cur)
+        if any(not p.strip() for p in parts):
+            raise ConfigError(f"--grid {item!r}: empty value in the list")
+        key = key.strip()
+        if key in grid:
+            raise ConfigError(f"--grid: key {key!r} given twice")
+        grid[key] = [parse_value(p) for p in parts]
+    return grid
+
+
+# ------------------------------------------------------------------------- defaults
+def train_defaults() -> Dict[str, Any]:
+    """The training defaults of ``configs/train.yaml``."""
+    return load_yaml(CONFIG_DIR / "train.yaml")
+
+
+def _model_key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def model_defaults(name: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(hparams, train_overrides)`` from ``configs/<name>.yaml`` (empty if absent)."""
+    path = CONFIG_DIR / f"{_model_key(name)}.yaml"
+    if not path.exists():
+        return {}, {}
+    cfg = load_yaml(path)
+    train = cfg.pop("train", None) or {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"{path}: 'train' must be a mapping")
+    return cfg, train
+
+
+def _constructor_params(fn: Callable, skip: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
+    """Named keyword parameters of ``fn`` (a class or function) beyond the data
+    arguments, with their defaults (``inspect.Parameter.empty`` if none)."""
+    try:
+        sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
+    except (TypeError, ValueError):
+        return None
+    out = {}
+    for p in sig.parameters.values():
+        if p.name == "self" or p.name in skip:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[p.name] = p.default
+    return out
+
+
+# ------------------------------------------------------------------------ validation
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_like(key: str, value: Any, default: Any) -> Any:
+    """Check that ``value`` has the type of ``default``; ints are accepted
+    (and widened) where a float is expected."""
+    if default is None or default is inspect.Parameter.empty:
+        return value
+    if value is None:
+        return value  # "null" always allowed for optional settings of models
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif _is_int(default):
+        ok = _is_int(value)
+    elif isinstance(default, float):
+        ok = _is_number(value)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        if ok and default:
+            value = [_check_like(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"'{key}': expected a value of type {type(default).__name__} "
+                          f"(like the default {default!r}), got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _positive_int(key, v, minimum=1):
+    if not _is_int(v) or v < minimum:
+        raise ConfigError(f"train.{key}: expected an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _number(key, v, positive=False, allow_none=False):
+    if v is None and allow_none:
+        return v
+    if not _is_number(v):
+        raise ConfigError(f"train.{key}: expected a number, got {v!r} ({type(v).__name__})")
+    if positive and not v > 0:
+        raise ConfigError(f"train.{key}: expected a positive number, got {v!r}")
+    if not positive and v < 0:
+        raise ConfigError(f"train.{key}: expected a non-negative number, got {v!r}")
+    return float(v)
+
+
+def _bool(key, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"train.{key}: expected true or false, got {v!r}")
+    return v
+
+
+def parse_metric(metric: str) -> Tuple[str, int]:
+    """``"recall@20"`` -> ``("recall", 20)``."""
+    m = re.fullmatch(r"([a-z]+)@(\d+)", str(metric).strip().lower())
+    if not m or m.group(1) not in METRIC_NAMES or int(m.group(2)) < 1:
+        raise ConfigError(f"train.metric: expected <name>@<K> with name in {list(METRIC_NAMES)} "
+                          f"and K >= 1, got {metric!r}")
+    return m.group(1), int(m.group(2))
+
+
+_TRAIN_CHECKS = {
+    "epochs": lambda k, v: _positive_int(k, v),
+    "batch_size": lambda k, v: _positive_int(k, v),
+    "lr": lambda k, v: _number(k, v, positive=True),
+    "weight_decay": lambda k, v: _number(k, v),
+    "aux_lr": lambda k, v: _number(k, v, positive=True, allow_none=True),
+    "num_neg": lambda k, v: _positive_int(k, v),
+    "grad_clip": lambda k, v: _number(k, v, positive=True, allow_none=True),
+    "eval_every": lambda k, v: _positive_int(k, v),
+    "patience": lambda k, v: _positive_int(k, v),
+    "metric": lambda k, v: "{}@{}".format(*parse_metric(v)),
+    "min_delta": lambda k, v: _number(k, v),
+    "topk": lambda k, v: _check_topk(v),
+    "deterministic": _bool,
+    "checkpoint_every": lambda k, v: _positive_int(k, v, minimum=0),
+    "tensorboard": _bool,
+}
+
+
+def _check_topk(v):
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v or not all(_is_int(k) and k >= 1 for k in v):
+        raise ConfigError(f"train.topk: expected a non-empty list of integers >= 1, got {v!r}")
+    return sorted(set(int(k) for k in v))
+
+
+def validate_train(train: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check every training setting; returns the normalised settings."""
+    unknown = sorted(set(train) - set(_TRAIN_CHECKS))
+    if unknown:
+        raise ConfigError(f"unknown training key(s) {unknown}; expected some of {sorted(_TRAIN_CHECKS)}")
+    missing = sorted(set(_TRAIN_CHECKS) - set(train))
+    if missing:
+        raise ConfigError(f"training key(s) {missing} have no value (is configs/train.yaml complete?)")
+    out = {k: _TRAIN_CHECKS[k](k, train[k]) for k in _TRAIN_CHECKS}
+    if out["tensorboard"]:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except Exception as e:  # pragma: no cover - depends on the environment
+            raise ConfigError("train.tensorboard: true needs the `tensorboard` package "
+                              f"(pip install tensorboard): {e}") from e
+    return out
+
+
+def eval_ks(train: Mapping[str, Any]) -> List[int]:
+    """All cut-offs to evaluate: ``topk`` plus the selection metric's K."""
+    return sorted(set(train["topk"]) | {parse_metric(train["metric"])[1]})
+
+
+def check_against_data(config: Mapping[str, Any], num_items: int) -> None:
+    """Checks that need the dataset (before training starts)."""
+    ks = eval_ks(config["train"])
+    if max(ks) > num_items:
+        raise ConfigError(f"train.topk/metric: K={max(ks)} is larger than the number of items "
+                          f"({num_items})")
+
+
+# ------------------------------------------------------------------------ resolution
+def resolve_model(model: Union[str, Callable]) -> Tuple[str, Callable]:
+    """Registry name or callable -> ``(name, constructor)``."""
+    if isinstance(model, str):
+        from pyg_mmrec.models import get_model_class
+        try:
+            return _model_key(model), get_model_class(model)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
+    if callable(model):
+        return getattr(model, "__name__", type(model).__name__).lower(), model
+    raise ConfigError(f"model: expected a registry name or a callable, got {model!r}")
+
+
+def resolve_plugin(plugin: Optional[str]) -> Optional[Callable]:
+    if plugin is None:
+        return None
+    key = _model_key(str(plugin))
+    if key not in PLUGINS:
+        raise ConfigError(f"plugin: unknown plug-in {plugin!r}; expected one of {sorted(PLUGINS)}")
+    import importlib
+    module, cls = PLUGINS[key].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"plugin {plugin!r} is not available: {e}") from e
+
+
+def build_config(model: Union[str, Callable], overrides: Optional[Mapping[str, Any]] = None,
+                 plugin: Optional[str] = None) -> Dict[str, Any]:
+    r"""Assemble and validate the configuration of one run.
+
+    Args:
+        model: registry name (:func:`pyg_mmrec.models.get_model_class`) or a
+            callable ``f(num_users, num_items, train_edge_index, features, masks, **hparams)``.
+        overrides: ``{key: value}``; keys bare or qualified (``train.``,
+            ``model.``, ``plugin.``).
+        plugin: ``None`` or ``"mrdib"``.
+
+    Raises:
+        ConfigError: unknown model/plug-in/key, or a value of the wrong type or range.
+    """
+    name, ctor = resolve_model(model)
+    hparams, model_train = model_defaults(name) if isinstance(model, str) else ({}, {})
+    train = train_defaults()
+    for k in model_train:
+        if k not in train:
+            raise ConfigError(f"configs/{name}.yaml: unknown key 'train.{k}'; "
+                              f"expected some of {sorted(train)}")
+    train.update(model_train)
+
+    # Keys a model accepts: its YAML plus its named constructor parameters.
+    model_keys = dict(_constructor_params(ctor, _MODEL_DATA_ARGS) or {})
+    model_keys.update(hparams)
+    strict_model = isinstance(model, str) or bool(model_keys)
+
+    plugin_name, plugin_hparams, plugin_keys = None, {}, {}
+    if plugin is not None:
+        plugin_cls = resolve_plugin(plugin)
+        plugin_name = _model_key(plugin)
+        plugin_hparams, plugin_train = model_defaults(plugin_name)
+        for k in plugin_train:
+            if k not in train:
+                raise ConfigError(f"configs/{plugin_name}.yaml: unknown key 'train.{k}'")
+        train.update(plugin_train)
+        plugin_keys = dict(_constructor_params(plugin_cls, _PLUGIN_DATA_ARGS) or {})
+        plugin_keys.update(plugin_hparams)
+
+    sections = {"train": train, "model": model_keys, "plugin": plugin_keys}
+    for key, value in dict(overrides or {}).items():
+        section, _, bare = key.partition(".") if "." in key else ("", "", key)
+        if section:
+            if section not in sections:
+                raise ConfigError(f"override '{key}': unknown section '{section}'; "
+                                  "expected train., model. or plugin.")
+            if section == "plugin" and plugin is None:
+                raise ConfigError(f"override '{key}': no plug-in selected")
+            if bare not in sections[section] and not (section == "model" and not strict_model):
+                raise ConfigError(f"override '{key}': unknown key '{bare}' for {section}; "
+                                  f"expected one of {sorted(sections[section])}")
+        else:
+            owners = [s for s in ("train", "model", "plugin") if bare in sections[s]]
+            if not owners and not strict_model:
+                owners = ["model"]
+            if not owners:
+                known = sorted(set(train) | set(model_keys) | set(plugin_keys))
+                raise ConfigError(f"unknown configuration key '{key}' for model '{name}'"
+                                  f"{' with plug-in ' + plugin if plugin else ''}; "
+                                  f"expected one of {known}")
+            if len(owners) > 1:
+                raise ConfigError(f"override '{key}' is ambiguous (a key of {owners}); "
+                                  f"write e.g. '{owners[0]}.{key}'")
+            section = owners[0]
+        if section == "train":
+            train[bare] = value
+        elif section == "model":
+            default = model_keys.get(bare)
+            hparams[bare] = _check_like(f"model.{bare}", value, default)
+        else:
+            plugin_hparams[bare] = _check_like(f"plugin.{bare}", value, plugin_keys.get(bare))
+
+    return {
+        "model": name,
+        "plugin": plugin_name,
+        "hparams": hparams,
+        "plugin_hparams": plugin_hparams,
+        "train": validate_train(train),
+    }
+
+
+def config_to_yaml(config: Mapping[str, Any]) -> str:
+    """Serialise a (JSON-like) configuration to YAML text."""
+    return yaml.safe_dump(_plain(copy.deepcopy(dict(config))), sort_keys=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+__all__ = [
+    "ConfigError", "CONFIG_DIR", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
+    "parse_grid", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
+    "check_against_data", "resolve_model", "resolve_plugin", "build_config", "config_to_yaml",
+]

@@ -1,0 +1,50 @@
+r"""BPR-MF: matrix factorisation trained with Bayesian personalised ranking."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .base import Recommender, RecOutput
+
+
+class BPR(Recommender):
+    r"""Matrix factorisation with the BPR loss from `Rendle et al.: BPR: Bayesian
+    Personalized Ranking from Implicit Feedback <https://arxiv.org/abs/1205.2618>`_
+    (UAI 2009).
+
+    .. math::
+        \hat{y}_{ui} = e_u^\top e_i, \qquad
+        \mathcal{L} = -\log\sigma(\hat{y}_{ui^+} - \hat{y}_{ui^-})
+        + \frac{\lambda}{2B}\left(\lVert e_u\rVert^2 + \lVert e_{i^+}\rVert^2
+        + \lVert e_{i^-}\rVert^2\right).
+
+    Modality features, if given, are ignored (``uses_features = False``).
+
+    Args:
+        embedding_size (int): :math:`d` (MMRec: 64).
+        reg_weight (float): :math:`\lambda`.
+    """
+
+    uses_features = False
+
+    def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
+                 features: Optional[Dict[str, Tensor]] = None,
+                 masks: Optional[Dict[str, Tensor]] = None, *,
+                 embedding_size: int = 64, reg_weight: float = 1e-5) -> None:
+        super().__init__(num_users, num_items, train_edge_index, features, masks)
+        self.embedding_size, self.reg_weight = int(embedding_size), float(reg_weight)
+        self.user_embedding = torch.nn.Embedding(num_users, embedding_size)
+        self.item_embedding = torch.nn.Embedding(num_items, embedding_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+
+    def forward(self) -> RecOutput:
+        return RecOutput(user=self.user_embedding.weight, item=self.item_embedding.weight)
+
+
+__all__ = ["BPR"]

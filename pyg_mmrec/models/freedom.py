@@ -1,0 +1,210 @@
+r"""FREEDOM: frozen item–item graphs plus degree-sensitive edge pruning."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..nn.item_item_conv import ItemItemConv
+from ..nn.lightgcn_conv import LightGCNConv
+from .base import Recommender, RecOutput, bpr_loss
+
+
+def modality_weights(modalities, given: Optional[Mapping[str, float]], what: str) -> Dict[str, float]:
+    r"""Per-modality mixing weights :math:`\beta_m` summing to one.
+
+    ``given=None`` means uniform. Modalities absent from ``given`` receive the
+    mean of the listed weights (so MMRec's ``{image: 0.1, text: 0.9}`` default
+    still works when a dataset adds a third modality). Negative weights or keys
+    that are not modalities of the data raise.
+    """
+    mods = list(modalities)
+    if not mods:
+        return {}
+    if given is None:
+        return {m: 1.0 / len(mods) for m in mods}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{what}: expected a mapping modality -> weight or null, got {given!r}")
+    given = {str(k): float(v) for k, v in given.items()}
+    if any(v < 0 for v in given.values()):
+        raise ValueError(f"{what}: weights must be >= 0, got {given}")
+    listed = [given[m] for m in mods if m in given]
+    fill = sum(listed) / len(listed) if listed else 1.0
+    raw = {m: given.get(m, fill) for m in mods}
+    total = sum(raw.values())
+    if total <= 0:
+        raise ValueError(f"{what}: weights of modalities {mods} sum to zero")
+    return {m: v / total for m, v in raw.items()}
+
+
+class FREEDOM(Recommender):
+    r"""FREEDOM from `Zhou and Shen: A Tale of Two Graphs: Freezing and
+    Denoising Graph Structures for Multimodal Recommendation
+    <https://arxiv.org/abs/2211.06924>`_ (ACM MM 2023).
+
+    * **Frozen item–item graph**: per modality a top-:math:`k` cosine kNN graph of
+      the raw features with indicator weights, symmetrically normalised
+      (:math:`S^m`), mixed as :math:`S = \sum_m \beta_m S^m` and never updated.
+      Items whose modality :math:`m` is missing have no edges in :math:`S^m`;
+      each row of :math:`S` is renormalised over the modalities present for
+      that item, :math:`S_{i\cdot} = \sum_m \beta_m m_{im} S^m_{i\cdot} /
+      \sum_m \beta_m m_{im}`.
+    * **Denoised user–item graph**: every epoch, keep a fraction
+      :math:`1-\rho` (``dropout`` = :math:`\rho`) of the interactions, sampled
+      without replacement with probability :math:`\propto 1/\sqrt{d_u d_i}`,
+      and re-normalise; evaluation uses the full graph.
+
+    .. math::
+        \tilde{h}_i = (S^{L_m} E_I)_i, \qquad
+        (e_u, e_i) = \mathrm{LightGCN}_{L}(E_U, E_I), \qquad
+        z_u = e_u,\; z_i = e_i + \tilde{h}_i,
+
+    .. math::
+        \mathcal{L} = \mathrm{BPR}(z) + \lambda \sum_m \mathrm{BPR}\big(z_u, W_m f^m\big),
+
+    where the modality BPR terms skip triples whose positive or negative item
+    misses modality :math:`m`.
+
+    **Per-modality representations** ``item_modal[m]`` = :math:`h^m = W_m f^m`
+    (``[I, feat_embed_dim]``), the projected features scored against users.
+
+    **Masks**: scores depend on features only through :math:`S`, which
+    excludes missing items, so a masked feature cannot influence the scores.
+    With no modality, :math:`S = 0` and FREEDOM is LightGCN with edge pruning.
+
+    Args:
+        embedding_size (int): :math:`d` (64).
+        feat_embed_dim (int): output size of :math:`W_m` (must equal :math:`d`).
+        n_mm_layers (int): :math:`L_m` (1).
+        n_ui_layers (int): :math:`L` (2).
+        knn_k (int): :math:`k` (10).
+        modal_weights (dict, optional): :math:`\beta_m` (MMRec: image 0.1,
+            text 0.9); see :func:`modality_weights`.
+        dropout (float): :math:`\rho`, fraction of interactions pruned (0.8/0.9).
+        reg_weight (float): :math:`\lambda`, weight of the modality BPR terms.
+    """
+
+    def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
+                 features: Optional[Dict[str, Tensor]] = None,
+                 masks: Optional[Dict[str, Tensor]] = None, *,
+                 embedding_size: int = 64, feat_embed_dim: int = 64,
+                 n_mm_layers: int = 1, n_ui_layers: int = 2, knn_k: int = 10,
+                 modal_weights: Optional[Mapping[str, float]] = None,
+                 dropout: float = 0.8, reg_weight: float = 1e-3) -> None:
+        super().__init__(num_users, num_items, train_edge_index, features, masks)
+        if feat_embed_dim != embedding_size:
+            raise ValueError(f"feat_embed_dim: must equal embedding_size ({embedding_size}) "
+                             f"because W_m f^m is scored against user embeddings, got "
+                             f"{feat_embed_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a fraction in [0, 1), got {dropout}")
+        if knn_k < 1:
+            raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
+        self.embedding_size, self.n_mm_layers = int(embedding_size), int(n_mm_layers)
+        self.n_ui_layers, self.knn_k = int(n_ui_layers), int(knn_k)
+        self.dropout, self.reg_weight = float(dropout), float(reg_weight)
+        self.beta = modality_weights(self.modalities, modal_weights, "modal_weights")
+
+        d = self.embedding_size
+        self.user_embedding = torch.nn.Embedding(num_users, d)
+        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self.projections = torch.nn.ModuleDict({
+            m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
+            for m in self.modalities})
+        self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_ui_layers)
+        # the pruned graph of the current epoch (None: evaluate / no pruning yet)
+        self.pruned_conv: Optional[LightGCNConv] = None
+        self.mm_conv = ItemItemConv(normalize="none")  # S is normalised when built
+        self._knn_cache: Dict[tuple, tuple] = {}
+        self.mm_graph: Optional[tuple] = None  # (edge_index, weight) of S
+        self.reset_parameters()
+        self._ready = True
+        self.on_inputs_changed()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        for lin in self.projections.values():
+            lin.reset_parameters()
+
+    # --------------------------------------------------------------- graphs
+    def _modality_graph(self, m: str):
+        """Cached sym-normalised indicator kNN graph of modality ``m``."""
+        key = (m, self.knn_k, mask_key(self.mask(m)))
+        if key not in self._knn_cache:
+            ei, _ = knn_graph(self.feature(m), self.knn_k, self.mask(m))
+            w = normalize_edge_weight(ei, None, self.num_items, "sym")
+            self._knn_cache[key] = (ei, w)
+        return self._knn_cache[key]
+
+    def on_inputs_changed(self) -> None:
+        if not getattr(self, "_ready", False):
+            return
+        dev = self.train_edge_index.device
+        if not self.modalities:
+            self.mm_graph = None
+            return
+        # denominator of the per-item renormalisation over present modalities
+        present = sum(self.beta[m] * self.mask(m).float() for m in self.modalities)
+        scale = torch.where(present > 0, 1.0 / present.clamp_min(1e-12),
+                            torch.zeros_like(present))
+        edges, weights = [], []
+        for m in self.modalities:
+            ei, w = self._modality_graph(m)
+            edges.append(ei)
+            weights.append(self.beta[m] * w * scale[ei[1]])
+        self.mm_graph = (torch.cat(edges, 1).to(dev), torch.cat(weights).to(dev))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Sample the degree-sensitive pruned user–item graph for this epoch."""
+        if self.dropout <= 0:
+            self.pruned_conv = None
+            return
+        ei = torch.unique(self.train_edge_index, dim=1)
+        deg_u = torch.bincount(ei[0], minlength=self.num_users).float()
+        deg_i = torch.bincount(ei[1], minlength=self.num_items).float()
+        p = (deg_u[ei[0]] * deg_i[ei[1]]).rsqrt()
+        keep = max(1, int(ei.size(1) * (1.0 - self.dropout)))
+        idx = torch.multinomial(p, keep, replacement=False)
+        if self.pruned_conv is None:
+            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, ei[:, idx],
+                                            num_layers=self.n_ui_layers)
+        else:
+            self.pruned_conv.set_graph(ei[:, idx])
+
+    # -------------------------------------------------------------- forward
+    def forward(self) -> RecOutput:
+        conv = self.pruned_conv if (self.training and self.pruned_conv is not None) else self.conv
+        e_u, e_i = conv.propagate_layers((self.user_embedding.weight, self.item_embedding.weight),
+                                         combine="mean")
+        if self.mm_graph is not None:
+            ei, w = self.mm_graph
+            if ei.device != e_i.device:  # the model moved: move the cached graph once
+                self.mm_graph = ei, w = ei.to(e_i.device), w.to(e_i.device)
+            h = self.item_embedding.weight
+            for _ in range(self.n_mm_layers):
+                h = self.mm_conv(h, ei, edge_weight=w)
+            e_i = e_i + h
+        item_modal = {m: self.projections[m](self.feature(m)) for m in self.modalities}
+        return RecOutput(user=e_u, item=e_i, item_modal=item_modal)
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
+             out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
+        out = self.forward() if out is None else out
+        u = out.user[users]
+        terms = {"bpr": bpr_loss(u, out.item[pos], out.item[neg])}
+        if self.reg_weight and self.modalities:
+            modal = u.new_zeros(())
+            for m in self.modalities:
+                ok = self.mask(m)[pos] & self.mask(m)[neg]
+                if ok.any():
+                    h = out.item_modal[m]
+                    modal = modal + bpr_loss(u[ok], h[pos[ok]], h[neg[ok]])
+            terms["modal_bpr"] = self.reg_weight * modal
+        return terms
+
+
+__all__ = ["FREEDOM", "modality_weights"]

@@ -1,0 +1,321 @@
+r"""I3-MRec: invariant learning with an information bottleneck for incomplete
+modality recommendation."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..nn.infonce import InfoNCE
+from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
+from ..nn.lightgcn_conv import LightGCNConv
+from ..nn.mi_estimators import CLUB
+from ..nn.missing_aware_fusion import MissingAwareFusion
+from .base import Recommender, RecOutput, bpr_loss
+
+
+class I3MRec(Recommender):
+    r"""I3-MRec from `Chen et al.: "I3-MRec: Invariant Learning with Information
+    Bottleneck for Incomplete Modality Recommendation"
+    <https://arxiv.org/abs/2508.04247>`_, for any number :math:`M \geq 1` of
+    modalities and with real (natural or simulated) missingness.
+
+    **Modality environments.** Users share ID embeddings :math:`E_u`. For each
+    modality :math:`m` the item inputs are a projection :math:`W_m X^m` of the
+    (L2-normalised) features and the user–item graph :math:`\hat{A} = D^{-1/2}
+    A D^{-1/2}` is propagated for :math:`L` layers with a missing-aware layer
+    (:class:`~pyg_mmrec.nn.LightGCNConv` with an item mask): an item whose modality
+    :math:`m` is missing (:math:`\mathcal{M}^{real}_{im} = 0`) sends nothing
+    in modality :math:`m`'s graph (its filled feature is never read), but still
+    receives its users' messages, so its :math:`E_I^m` row is a purely
+    collaborative read-out:
+
+    .. math::
+        [\bar{E}_U^m; E_I^m] = \frac{1}{L+1}\sum_{l=0}^{L} H^{(l)}, \quad
+        H^{(0)} = [\,\hat{E}_u;\ \mathcal{M}^{real}_m \odot \widehat{W_m X^m}\,],
+        \quad E_U^m = E_u + \bar{E}_U^m,
+
+    (hats: row-wise L2 normalisation; :class:`~pyg_mmrec.nn.LightGCNConv` with
+    ``item_mask``, on the masked sparse op). Each modality is an environment with
+    scores :math:`\hat{r}^m_{ui} = E_U^m[u]^\top E_I^m[i]` and BPR risk
+    :math:`\mathcal{L}^m`; an invariance penalty (V-REx: :math:`\operatorname
+    {Var}_m \mathcal{L}^m`; or IRMv1) makes the preference signal agree
+    across modalities.
+
+    **Missing-aware fusion (information bottleneck).** The item modality
+    embeddings are fused over the *present* modalities only
+    (:class:`~pyg_mmrec.nn.MissingAwareFusion`) into :math:`Z`, and the batch
+    items are fused again under a sampled missing indicator :math:`\mathcal{M}`
+    (each present modality kept with probability ``1 - mask_prob``, at least
+    one kept per item; real missingness always applies) into
+    :math:`Z^{\mathcal{M}}`. With :math:`E_U = E_u + \frac{1}{M}\sum_m
+    \bar{E}_U^m` and :math:`\bar{r}_{ui} = E_U[u]^\top Z_i`,
+
+    .. math::
+        \mathcal{L} = \underbrace{\mathcal{L}_{BPR}(\bar{r})}_{\max I(R;Z)}
+        + \sum_m \mathcal{L}^m + \lambda_{p}\, \mathcal{P}(\mathcal{L}^1, \dots,
+        \mathcal{L}^M)
+        + \lambda_{\max}\, \underbrace{\mathrm{InfoNCE}(Z, Z^{\mathcal{M}_1},
+          \dots)}_{\max I(Z, Z^{\mathcal{M}}; R)}
+        + \lambda_{\min} \underbrace{\frac{1}{M}\sum_m \hat{I}_{CLUB}(X^m; Z)}
+          _{\min I(Z; X)} + \lambda_{reg} \|\Theta_B\|^2,
+
+    where the InfoNCE is averaged over all ordered pairs of views and each
+    modality's CLUB estimator :math:`q_m(Z \mid X^m)` is fitted on that
+    modality's present items only, in alternation
+    (:meth:`auxiliary_loss`). Items with no present modality fall back to the
+    mean of their (collaborative) :math:`E_I^m`.
+
+    **Representations** (:class:`RecOutput`): ``user`` = :math:`E_U`,
+    ``item`` = :math:`Z`, ``item_modal[m]`` = :math:`E_I^m`,
+    ``user_modal[m]`` = :math:`E_U^m`.
+
+    Args:
+        embedding_size (int): :math:`d`. (reference: 64)
+        n_layers (int): :math:`L` propagation layers per modality graph. (3)
+        penalty (str): ``"vrex"`` or ``"irm"`` (IRMv1).
+        penalty_coeff (float): :math:`\lambda_p`. (reference on Baby: 300)
+        max_info_coeff (float): :math:`\lambda_{\max}` (InfoNCE). (1e-3)
+        min_info_coeff (float): :math:`\lambda_{\min}` (CLUB). (1e-5)
+        reg_coeff (float): :math:`\lambda_{reg}`, L2 on the batch's final
+            user and item representations. (1e-3)
+        modal_bpr_coeff (float): weight of :math:`\sum_m \mathcal{L}^m`. (1)
+        temperature (float): InfoNCE :math:`\tau`. (reference: 0.4)
+        mask_prob (float): probability of dropping a present modality in
+            :math:`\mathcal{M}`.
+        num_masked_views (int): number of sampled masked fusions per batch.
+        fusion_mode (str): ``"mean"`` or ``"attention"``.
+        fusion_dropout (float): dropout inside the fusion transform.
+        detach_modal (bool): fuse ``E_I^m.detach()`` so that the fusion-level
+            objectives train the fusion and :math:`E_u` only, and the modality
+            branches are shaped by the environment risks alone (as in the
+            reference code).
+        renormalize (bool): rescale each user's messages in modality
+            :math:`m`'s graph to its full degree weight when some of its items
+            miss :math:`m` (see :class:`~pyg_mmrec.nn.LightGCNConv`), so a
+            user's magnitude does not depend on how many items are missing.
+        club_hidden (int): hidden width of the CLUB estimators.
+        club_batch (int): at most this many (present) items per modality feed
+            each estimator per step.
+        use_irm, use_ib, use_masked_fusion (bool): ablation switches (no
+            invariance penalty; no InfoNCE and CLUB; no masked fusion
+            :math:`Z^{\mathcal{M}}`, hence no InfoNCE).
+    """
+
+    def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
+                 features: Optional[Dict[str, Tensor]] = None,
+                 masks: Optional[Dict[str, Tensor]] = None, *,
+                 embedding_size: int = 64, n_layers: int = 3, penalty: str = "vrex",
+                 penalty_coeff: float = 300.0, max_info_coeff: float = 1e-3,
+                 min_info_coeff: float = 1e-5, reg_coeff: float = 1e-3,
+                 modal_bpr_coeff: float = 1.0, temperature: float = 0.4,
+                 mask_prob: float = 0.5, num_masked_views: int = 2,
+                 fusion_mode: str = "mean", fusion_dropout: float = 0.5,
+                 detach_modal: bool = True, renormalize: bool = True,
+                 club_hidden: int = 64, club_batch: int = 2048,
+                 use_irm: bool = True, use_ib: bool = True,
+                 use_masked_fusion: bool = True) -> None:
+        super().__init__(num_users, num_items, train_edge_index, features, masks)
+        if not self.modalities:
+            raise ValueError("features: I3MRec needs at least one modality, got none")
+        if penalty not in ("vrex", "irm"):
+            raise ValueError(f"penalty: expected 'vrex' or 'irm', got {penalty!r}")
+        if n_layers < 0:
+            raise ValueError(f"n_layers: expected >= 0, got {n_layers}")
+        if embedding_size <= 0:
+            raise ValueError(f"embedding_size: expected > 0, got {embedding_size}")
+        if not 0.0 <= mask_prob < 1.0:
+            raise ValueError(f"mask_prob: expected a probability in [0, 1), got {mask_prob}")
+        if num_masked_views < 1:
+            raise ValueError(f"num_masked_views: expected >= 1, got {num_masked_views}")
+        if club_batch < 2:
+            raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
+        for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
+                          ("min_info_coeff", min_info_coeff), ("reg_coeff", reg_coeff),
+                          ("modal_bpr_coeff", modal_bpr_coeff)):
+            if val < 0:
+                raise ValueError(f"{name}: expected >= 0, got {val}")
+        self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
+        self.penalty_name, self.penalty_coeff = penalty, float(penalty_coeff)
+        self.max_info_coeff, self.min_info_coeff = float(max_info_coeff), float(min_info_coeff)
+        self.reg_coeff, self.modal_bpr_coeff = float(reg_coeff), float(modal_bpr_coeff)
+        self.mask_prob, self.num_masked_views = float(mask_prob), int(num_masked_views)
+        self.detach_modal = bool(detach_modal)
+        self.club_batch = int(club_batch)
+        self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
+        self.use_masked_fusion = bool(use_masked_fusion)
+
+        d = self.embedding_size
+        self.user_embedding = torch.nn.Embedding(num_users, d)  # E_u
+        self.projections = torch.nn.ModuleDict({  # W_m
+            m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
+        # one parameter-free missing-aware propagation; the graph is shared by all m,
+        # only the item inputs and presence masks differ
+        self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers,
+                                 renormalize=renormalize)
+        self.fusion = MissingAwareFusion(d, mode=fusion_mode, transform="tanh",
+                                         dropout=fusion_dropout)
+        self.invariance = IRMPenalty(risk=bpr_risk) if penalty == "irm" else VRExPenalty()
+        self.infonce = InfoNCE(temperature=temperature)
+        self.club = torch.nn.ModuleDict({  # q_m(Z | X^m)
+            m: CLUB(self._features[m].size(1), d, hidden_dim=club_hidden)
+            for m in self.modalities})
+        # Z of the last training step, for the estimators' step (saves a forward
+        # pass per batch); a persistent buffer so that a resumed run is exact
+        self.register_buffer("z_cache", torch.zeros(num_items, d))
+        self.register_buffer("z_cache_ready", torch.zeros((), dtype=torch.bool))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------- set-up
+    def reset_parameters(self) -> None:
+        torch.nn.init.normal_(self.user_embedding.weight, std=0.1)
+        for lin in self.projections.values():
+            lin.reset_parameters()
+        self.fusion.reset_parameters()
+        for est in self.club.values():
+            est.reset_parameters()
+        self.z_cache.zero_()
+        self.z_cache_ready.fill_(False)
+
+    def on_inputs_changed(self) -> None:
+        # features/masks swapped (train vs test masks): nothing structural is cached
+        self._x_norm: Dict[str, Tensor] = {}
+
+    def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return self.club.parameters()
+
+    def _x(self, m: str) -> Tensor:
+        """:math:`\\hat{X}^m`, row-normalised features (cached per input set)."""
+        x = self.feature(m)
+        cached = self._x_norm.get(m)
+        if cached is None or cached.device != x.device:
+            cached = F.normalize(x.float(), dim=-1)
+            self._x_norm[m] = cached
+        return cached
+
+    def _real_mask(self) -> Tensor:
+        """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool."""
+        return torch.stack([self.mask(m) for m in self.modalities], 0)
+
+    # --------------------------------------------------------------- forward
+    def forward(self) -> RecOutput:
+        e_u = self.user_embedding.weight
+        e_u_hat = F.normalize(e_u, dim=-1)
+        user_modal: Dict[str, Tensor] = {}
+        item_modal: Dict[str, Tensor] = {}
+        user_sum = torch.zeros_like(e_u)
+        for m in self.modalities:
+            mask = self.mask(m)
+            h0 = F.normalize(self.projections[m](self._x(m)), dim=-1)
+            h0 = torch.where(mask.unsqueeze(-1), h0, torch.zeros_like(h0))
+            eu_m, ei_m = self.conv.propagate_layers((e_u_hat, h0), item_mask=mask)
+            user_modal[m] = e_u + eu_m
+            item_modal[m] = ei_m
+            user_sum = user_sum + eu_m
+        user = e_u + user_sum / len(self.modalities)
+        item = self._fuse(item_modal, self._real_mask())
+        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal)
+
+    def _stack(self, item_modal: Dict[str, Tensor], index: Optional[Tensor] = None) -> Tensor:
+        h = torch.stack([item_modal[m] if index is None else item_modal[m][index]
+                         for m in self.modalities], 0)
+        return h.detach() if self.detach_modal else h
+
+    def _fuse(self, item_modal: Dict[str, Tensor], mask: Tensor,
+              index: Optional[Tensor] = None) -> Tensor:
+        h = self._stack(item_modal, index)
+        # an item with no present modality keeps its collaborative read-out
+        return self.fusion(h, mask, fallback=h.mean(0))
+
+    def sample_missing_indicator(self, real: Tensor) -> Tensor:
+        r"""A random :math:`\mathcal{M} \wedge \mathcal{M}^{real}` (``[M, N]``
+        bool): each present modality is kept with probability ``1 - mask_prob``;
+        an item that had at least one present modality keeps at least one."""
+        keep = real & (torch.rand(real.shape, device=real.device) >= self.mask_prob)
+        lost = real.any(0) & ~keep.any(0)
+        if bool(lost.any()):
+            # revive one present modality, uniformly at random
+            score = torch.rand(real.shape, device=real.device).masked_fill(~real, -1.0)
+            pick = score.argmax(0)
+            cols = lost.nonzero().squeeze(-1)
+            keep[pick[cols], cols] = True
+        return keep
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
+             out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
+        out = self.forward() if out is None else out
+        with torch.no_grad():
+            self.z_cache.copy_(out.item)
+            self.z_cache_ready.fill_(True)
+        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        terms: Dict[str, Tensor] = {"bpr_fused": bpr_loss(u, p, n)}
+
+        # environments: one BPR risk per modality
+        diffs: List[Tensor] = []
+        for m in self.modalities:
+            um, im = out.user_modal[m][users], out.item_modal[m]
+            diffs.append((um * im[pos]).sum(-1) - (um * im[neg]).sum(-1))
+        risks = torch.stack([bpr_risk(x) for x in diffs])
+        if self.modal_bpr_coeff:
+            terms["bpr_modal"] = self.modal_bpr_coeff * risks.sum()
+        if self.use_irm and self.penalty_coeff and len(self.modalities) > 1:
+            pen = self.invariance(diffs) if self.penalty_name == "irm" else self.invariance(risks)
+            terms[self.penalty_name] = self.penalty_coeff * pen
+
+        if self.use_ib:
+            items = torch.unique(pos)
+            real = self._real_mask()[:, items]
+            if self.use_masked_fusion and self.max_info_coeff and items.numel() > 1:
+                views = [out.item[items]]
+                for _ in range(self.num_masked_views):
+                    views.append(self._fuse(out.item_modal, self.sample_missing_indicator(real),
+                                            items))
+                terms["infonce"] = self.max_info_coeff * self.infonce.multi_view(views)
+            if self.min_info_coeff:
+                club = self._club_terms(out.item, items, real, upper_bound=True)
+                if club is not None:
+                    terms["club"] = self.min_info_coeff * club
+
+        if self.reg_coeff:
+            terms["reg"] = self.reg_coeff * (u.pow(2).sum() + p.pow(2).sum()
+                                             + n.pow(2).sum()) / (2 * users.numel())
+        return terms
+
+    def _club_terms(self, z: Tensor, items: Tensor, real: Tensor,
+                    upper_bound: bool) -> Optional[Tensor]:
+        """Mean over modalities of the CLUB bound (or the estimators' loss) on
+        the items of ``items`` whose modality is really present."""
+        vals = []
+        for k, m in enumerate(self.modalities):
+            idx = items[real[k]][: self.club_batch]
+            if idx.numel() < 2:  # nothing to contrast for this modality here
+                continue
+            x, zm = self._x(m)[idx], z[idx]
+            est = self.club[m]
+            vals.append(est.mi_upper_bound(x, zm) if upper_bound else est.learning_loss(x, zm))
+        return torch.stack(vals).mean() if vals else None
+
+    def auxiliary_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Optional[Tensor]:
+        r"""Negative log-likelihood of every modality's :math:`q_m(Z \mid X^m)`
+        on the batch items, with the (detached) :math:`Z` of the previous
+        training step (a gradient-free forward before the first one)."""
+        if not (self.use_ib and self.min_info_coeff):
+            return None
+        items = torch.unique(pos)
+        if bool(self.z_cache_ready):
+            z = self.z_cache
+        else:
+            with torch.no_grad():
+                z = self.forward().item
+        return self._club_terms(z, items, self._real_mask()[:, items], upper_bound=False)
+
+    @torch.no_grad()
+    def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
+        out = self.forward()
+        return out.user, out.item
+
+
+__all__ = ["I3MRec"]

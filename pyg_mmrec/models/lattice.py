@@ -1,0 +1,158 @@
+r"""LATTICE: latent item–item structure learned from multimodal features."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..nn.item_item_conv import ItemItemConv
+from ..nn.lightgcn_conv import LightGCNConv
+from .base import Recommender, RecOutput
+
+
+class LATTICE(Recommender):
+    r"""LATTICE from `Zhang et al.: Mining Latent Structures for Multimedia
+    Recommendation <https://arxiv.org/abs/2104.09036>`_ (ACM MM 2021).
+
+    Per modality :math:`m`, a kNN graph of the *raw* features :math:`\tilde{S}^m`
+    (fixed) and one of the *transformed* features :math:`W_m f^m` (learned), both
+    with cosine weights and symmetric normalisation, are interpolated:
+
+    .. math::
+        A^m = (1-\lambda)\, S^m(W_m f^m) + \lambda\, \tilde{S}^m, \qquad
+        h^m = (A^m)^{L_i} E_I, \qquad
+        h_i = \frac{\sum_m \alpha_m m_{im} h^m_i}{\sum_m \alpha_m m_{im}},
+
+    with :math:`\alpha = \mathrm{softmax}(w)` learned modality weights and
+    :math:`m_{im}` the presence mask (an item is represented by the modalities
+    it has). User/item embeddings come from LightGCN on the interaction graph
+    and :math:`z_i = e_i + h_i / \lVert h_i\rVert`. As in the paper the learned
+    graphs are rebuilt (with gradients) on the first batch of every epoch and
+    reused, detached, for the rest of it.
+
+    For :math:`L_i = 1` (default) this equals propagating over the mixed graph
+    :math:`\sum_m \alpha_m A^m`; for deeper item layers each modality is
+    propagated separately and mixed afterwards.
+
+    **Per-modality representations** ``item_modal[m]`` = :math:`h^m` (``[I, d]``):
+    item ID embeddings smoothed over modality :math:`m`'s graph (zero rows for
+    items missing :math:`m`).
+
+    **Masks**: missing items are excluded from both kNN graphs of that modality,
+    so a masked feature cannot influence the scores. Without modalities LATTICE
+    is LightGCN.
+
+    Args:
+        embedding_size (int): :math:`d` (64).
+        feat_embed_dim (int): output size of :math:`W_m` (64).
+        n_layers (int): :math:`L_i`, item–item layers (1).
+        n_ui_layers (int): LightGCN layers (2).
+        knn_k (int): :math:`k` (10).
+        lambda_coeff (float): :math:`\lambda`, weight of the raw-feature graph (0.9).
+        reg_weight (float): L2 weight on the batch representations.
+    """
+
+    def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
+                 features: Optional[Dict[str, Tensor]] = None,
+                 masks: Optional[Dict[str, Tensor]] = None, *,
+                 embedding_size: int = 64, feat_embed_dim: int = 64, n_layers: int = 1,
+                 n_ui_layers: int = 2, knn_k: int = 10, lambda_coeff: float = 0.9,
+                 reg_weight: float = 1e-4) -> None:
+        super().__init__(num_users, num_items, train_edge_index, features, masks)
+        if not 0.0 <= lambda_coeff <= 1.0:
+            raise ValueError(f"lambda_coeff: expected a value in [0, 1], got {lambda_coeff}")
+        if knn_k < 1:
+            raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
+        self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
+        self.n_ui_layers, self.knn_k = int(n_ui_layers), int(knn_k)
+        self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
+
+        d = self.embedding_size
+        self.user_embedding = torch.nn.Embedding(num_users, d)
+        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self.projections = torch.nn.ModuleDict({
+            m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
+            for m in self.modalities})
+        self.modal_weight = torch.nn.Parameter(torch.zeros(len(self.modalities)))
+        self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_ui_layers)
+        # one conv per modality: each caches the CSR layout of its own graph A^m
+        self.item_convs = torch.nn.ModuleDict({m: ItemItemConv(normalize="none")
+                                               for m in self.modalities})
+        self._orig_cache: Dict[tuple, tuple] = {}
+        self.item_graphs: Dict[str, tuple] = {}  # m -> (edge_index, weight) of A^m
+        self._rebuild_pending = False
+        self.reset_parameters()
+        self._ready = True
+        self.on_inputs_changed()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        for lin in self.projections.values():
+            lin.reset_parameters()
+        torch.nn.init.zeros_(self.modal_weight)  # uniform softmax, as MMRec's [0.5, 0.5]
+
+    # --------------------------------------------------------------- graphs
+    def _original_graph(self, m: str):
+        key = (m, self.knn_k, mask_key(self.mask(m)))
+        if key not in self._orig_cache:
+            ei, w = knn_graph(self.feature(m), self.knn_k, self.mask(m))
+            self._orig_cache[key] = (ei, normalize_edge_weight(ei, w, self.num_items, "sym"))
+        return self._orig_cache[key]
+
+    def _build_graphs(self, with_grad: bool) -> None:
+        """Rebuild :math:`A^m` for every modality (learned part from :math:`W_m f^m`)."""
+        dev = self.train_edge_index.device
+        lam = self.lambda_coeff
+        for m in self.modalities:
+            ei_o, w_o = self._original_graph(m)
+            with torch.set_grad_enabled(with_grad):
+                z = self.projections[m](self.feature(m))
+                ei_l, w_l = knn_graph(z, self.knn_k, self.mask(m))
+                w_l = normalize_edge_weight(ei_l, w_l, self.num_items, "sym")
+                ei = torch.cat([ei_l, ei_o.to(dev)], 1)
+                w = torch.cat([(1 - lam) * w_l, lam * w_o.to(dev)])
+            self.item_graphs[m] = (ei, w)
+
+    def on_inputs_changed(self) -> None:
+        if getattr(self, "_ready", False):
+            self._build_graphs(with_grad=False)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._rebuild_pending = True
+
+    # -------------------------------------------------------------- forward
+    def forward(self) -> RecOutput:
+        if self.training and self._rebuild_pending:
+            self._build_graphs(with_grad=True)
+            self._rebuild_pending = False
+            graphs = self.item_graphs
+            # later batches of the epoch reuse the graph without its gradient
+            self.item_graphs = {m: (ei, w.detach()) for m, (ei, w) in graphs.items()}
+        else:
+            graphs = self.item_graphs
+        e_u, e_i = self.conv.propagate_layers((self.user_embedding.weight,
+                                               self.item_embedding.weight), combine="mean")
+        if not self.modalities:
+            return RecOutput(user=e_u, item=e_i)
+        alpha = torch.softmax(self.modal_weight, 0)
+        item_modal, num, den = {}, 0.0, 0.0
+        for k, m in enumerate(self.modalities):
+            ei, w = graphs[m]
+            if ei.device != e_i.device:  # the model moved: move the cached graph once
+                ei, w = graphs[m] = self.item_graphs[m] = ei.to(e_i.device), w.to(e_i.device)
+            h = self.item_embedding.weight
+            for _ in range(self.n_layers):
+                h = self.item_convs[m](h, ei, edge_weight=w)
+            item_modal[m] = h
+            a = alpha[k] * self.mask(m).to(h.dtype)
+            num = num + a.unsqueeze(-1) * h
+            den = den + a
+        h = num / den.clamp_min(1e-12).unsqueeze(-1)
+        return RecOutput(user=e_u, item=e_i + F.normalize(h, dim=-1), item_modal=item_modal)
+
+
+__all__ = ["LATTICE"]

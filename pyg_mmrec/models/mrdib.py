@@ -1,0 +1,499 @@
+r"""MRdIB: the Multimodal Representation-disentangled Information Bottleneck,
+a plug-in that wraps any multimodal :class:`~pyg_mmrec.models.Recommender`."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Module, ModuleDict
+
+from ..nn.variational_bottleneck import VariationalBottleneck
+from .base import Recommender, RecOutput
+
+
+@dataclass
+class MRdIBOutput(RecOutput):
+    """A :class:`RecOutput` that also carries the wrapped backbone's own output,
+    so :meth:`MRdIB.loss` can reuse one forward pass of the backbone."""
+
+    backbone: Optional[RecOutput] = None
+
+
+@contextlib.contextmanager
+def _frozen(module: Module) -> Iterator[None]:
+    """Build a graph through ``module`` without edges to its parameters: the MI
+    estimator must only be trained by its own (auxiliary) objective, never by
+    the main loss that *minimises* its estimate."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+class MRdIB(Recommender):
+    r"""The Multimodal Representation-disentangled Information Bottleneck of
+    `"Multimodal Representation-disentangled Information Bottleneck for
+    Multimodal Recommendation" <https://arxiv.org/abs/2509.20225>`_ (Wang et
+    al., 2025), as a plug-in over any backbone whose :meth:`forward` exposes
+    per-modality item representations :math:`h_m` (``RecOutput.item_modal``).
+
+    **Multimodal Information Bottleneck (MIB).** For every modality :math:`m`
+    a :class:`~pyg_mmrec.nn.VariationalBottleneck` maps :math:`h_m` to
+    :math:`q(z_m \mid h_m) = \mathcal{N}(\mu_m, \sigma_m^2)`; :math:`z_m` is
+    reparameterised in training and equals :math:`\mu_m` at inference, and
+
+    .. math::
+        \mathcal{L}_{\mathrm{MIB}} = \frac{1}{|M|}\sum_m
+        \mathbb{E}_{i:\,m \in P_i}\,\mathrm{KL}\big(q(z_m \mid h_{m,i})
+        \,\|\, \mathcal{N}(0, I)\big)
+
+    compresses away task-irrelevant content (:math:`P_i` = modalities present
+    for item :math:`i`).
+
+    **Unique information.** Each code alone must rank the user's items. With a
+    per-modality user code :math:`c_m(u) = U_m e_u^{(m)}` (:math:`e_u^{(m)}` =
+    ``user_modal[m]`` if the backbone has it, else :math:`e_u`) and
+    :math:`\Delta_m = c_m(u)^\top (z_{m,i^+} - z_{m,i^-})`:
+
+    .. math::
+        \mathcal{L}_{\mathrm{uni}} = \frac{1}{|M|}\sum_m
+        \mathbb{E}_{(u,i^+,i^-):\, m \in P_{i^+} \cap P_{i^-}}
+        \big[-\log\sigma(\Delta_m)\big].
+
+    **Redundant information.** The overlap between modality codes is
+    minimised through an upper bound of their mutual information, by default
+    CLUB (`Cheng et al., 2020 <https://arxiv.org/abs/2006.12013>`_; MINE's
+    estimate with ``mi_estimator="mine"``), over every pair of modalities and
+    the batch items that have both:
+    :math:`\mathcal{L}_{\mathrm{red}} = \binom{|M|}{2}^{-1} \sum_{m<n}
+    \hat I_{\mathrm{CLUB}}(z_m; z_n)`. The estimators are trained in
+    alternation by their own optimiser through :meth:`auxiliary_parameters` /
+    :meth:`auxiliary_loss` on detached codes; the main loss never updates them.
+
+    **Synergistic information.** The joint code fuses the present codes
+    additively *and* multiplicatively,
+
+    .. math::
+        z_{J,i} = \frac{1}{|P_i|}\sum_{m \in P_i} z_{m,i}
+        + W_s \frac{1}{\binom{|P_i|}{2}} \sum_{m<n \in P_i} z_{m,i} \odot z_{n,i},
+
+    so that the interaction term can carry information that no single
+    modality has (it vanishes for items with fewer than two modalities). With
+    the joint user code :math:`c_J(u) = U_J e_u`, the final score is
+    :math:`s(u,i) = e_u^\top e_i + c_J(u)^\top z_{J,i}` (backbone score plus the
+    bottlenecked joint score: evaluation embeddings are the concatenations
+    :math:`[e_u \| c_J(u)]` and :math:`[e_i \| \mu_{J,i}]`). Emergent
+    information is captured by two terms on pair margins
+    :math:`\Delta_J = c_J(u)^\top (z_{J,i^+} - z_{J,i^-})` and
+    :math:`\Delta_B = e_u^\top(e_{i^+} - e_{i^-})`:
+
+    .. math::
+        \mathcal{L}_{\mathrm{syn}} = \mathbb{E}\big[-\log\sigma(\mathrm{sg}(\Delta_B)
+        + \Delta_J)\big] + \mathbb{E}_{\exists m \in P_{i^+}\cap P_{i^-}}
+        \big[-\log\sigma(\Delta_J - \max_{m} \mathrm{sg}(\Delta_m))\big],
+
+    (:math:`\mathrm{sg}` = stop-gradient): the joint code must (i) add ranking
+    signal on top of what the backbone already scores, and (ii) rank each pair
+    by a larger margin than the *best* unique code does — a "whole minus the
+    best part" surrogate of synergy, :math:`I(z_J; y) - \max_m I(z_m; y)`,
+    that moves only the joint path (the unique margins are stopped).
+
+    The objective is :math:`\mathcal{L}_{\mathrm{backbone}} +
+    \beta\mathcal{L}_{\mathrm{MIB}} + \lambda_u\mathcal{L}_{\mathrm{uni}} +
+    \lambda_r\mathcal{L}_{\mathrm{red}} + \lambda_s\mathcal{L}_{\mathrm{syn}}`,
+    the backbone's own terms computed on the same forward pass. All codes are
+    computed for the batch items only.
+
+    **Missing modalities.** A modality absent for an item contributes no code:
+    its KL, unique, redundancy and emergent terms skip that item (pair) and
+    the joint code averages over the present codes only (an item with no
+    modality has :math:`z_J = 0`). Masks are read live from the backbone, so
+    train/test masks swapped via :meth:`set_modality_inputs` apply.
+
+    **Switched off.** With ``enabled=False`` or all four weights 0 the wrapper
+    is the bare backbone: same losses, same scores, same RNG stream. Its own
+    modules are built under a forked RNG (seeded by ``seed``) and its noise
+    comes from a private generator, so the backbone's initialisation and
+    dropout are untouched either way. With :math:`\lambda_s = 0` the joint code
+    is not trained and scores are the backbone's (the regularisers still
+    shape :math:`h_m`).
+
+    Ablations: *w/o MIB* = ``kl_weight=0, stochastic=False``; *w/o unique* =
+    ``unique_weight=0``; *w/o redundant* = ``redundant_weight=0``; *w/o
+    synergy* = ``synergy_weight=0``.
+
+    Args:
+        backbone (Recommender): the wrapped model; must expose
+            ``item_modal`` for at least one modality.
+        enabled (bool): switch the plug-in on/off. (default: :obj:`True`)
+        latent_dim (int): size :math:`k` of every code. (default: :obj:`64`)
+        encoder_hidden (int, optional): hidden width of the encoders.
+        kl_weight (float): :math:`\beta`. (default: :obj:`1e-3`)
+        unique_weight (float): :math:`\lambda_u`. (default: :obj:`1e-2`)
+        redundant_weight (float): :math:`\lambda_r`. (default: :obj:`1e-3`)
+        synergy_weight (float): :math:`\lambda_s`. (default: :obj:`1e-2`)
+        stochastic (bool): sample codes in training (reparameterisation).
+        mi_estimator (str): ``"club"`` or ``"mine"``.
+        mi_hidden (int): hidden width of the MI estimators.
+        mi_batch (int): at most this many items per pair feed the estimator
+            (CLUB/MINE costs grow with the batch). (default: :obj:`512`)
+        sub_batch (int, optional): the unique and synergy terms use the first
+            ``sub_batch`` triples of each (shuffled) batch, an unbiased
+            sub-sample that bounds the plug-in's cost; :obj:`None` = all.
+            (default: :obj:`1024`)
+        seed (int): seed of the plug-in's own initialisation and noise.
+        in_channels (dict, optional): ``{m: d_m}``; inferred by one no-grad
+            forward of the backbone (under a forked RNG) when omitted.
+    """
+
+    def __init__(self, backbone: Recommender, enabled: bool = True, latent_dim: int = 64,
+                 encoder_hidden: Optional[int] = None, kl_weight: float = 1e-3,
+                 unique_weight: float = 1e-2, redundant_weight: float = 1e-3,
+                 synergy_weight: float = 1e-2, stochastic: bool = True,
+                 mi_estimator: str = "club", mi_hidden: int = 64, mi_batch: int = 512,
+                 sub_batch: Optional[int] = 1024, seed: int = 0, in_channels: Optional[Dict[str, int]] = None) -> None:
+        # Recommender.__init__ would re-run set_modality_inputs on the backbone
+        # (rebuilding its caches); the wrapper holds no inputs of its own.
+        Module.__init__(self)
+        if not isinstance(backbone, Recommender):
+            raise ValueError(f"backbone: expected a Recommender, got {type(backbone).__name__}")
+        self.backbone = backbone
+        self.num_users = backbone.num_users
+        self.num_items = backbone.num_items
+        self.uses_features = backbone.uses_features
+        weights = dict(kl_weight=kl_weight, unique_weight=unique_weight,
+                       redundant_weight=redundant_weight, synergy_weight=synergy_weight)
+        for k, w in weights.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+                raise ValueError(f"{k}: expected a float >= 0, got {w!r}")
+            setattr(self, k, float(w))
+        if not isinstance(latent_dim, int) or latent_dim <= 0:
+            raise ValueError(f"latent_dim: expected a positive int, got {latent_dim!r}")
+        if mi_estimator not in ("club", "mine"):
+            raise ValueError(f"mi_estimator: expected 'club' or 'mine', got {mi_estimator!r}")
+        if not isinstance(mi_batch, int) or mi_batch < 2:
+            raise ValueError(f"mi_batch: expected an int >= 2, got {mi_batch!r}")
+        if sub_batch is not None and (not isinstance(sub_batch, int) or sub_batch < 1):
+            raise ValueError(f"sub_batch: expected a positive int or None, got {sub_batch!r}")
+        self.sub_batch = sub_batch
+        self.enabled = bool(enabled)
+        self.latent_dim = latent_dim
+        self.stochastic = bool(stochastic)
+        self.mi_estimator = mi_estimator
+        self.mi_batch = mi_batch
+        self.seed = int(seed)
+        self._generators: Dict[str, torch.Generator] = {}
+        self._mi_cache: List[Tuple[str, Tensor, Tensor]] = []
+        self.code_modalities: List[str] = []
+        if not self.enabled:
+            return  # no modules at all: literally the bare backbone
+
+        with torch.random.fork_rng(devices=[]):
+            dims, user_dims, user_dim = self._infer_dims(in_channels)
+            torch.manual_seed(self.seed)
+            self.code_modalities = [m for m in backbone.modalities if m in dims]
+            k = latent_dim
+            self.encoders = ModuleDict({m: VariationalBottleneck(dims[m], k, encoder_hidden)
+                                        for m in self.code_modalities})
+            self.user_codes = ModuleDict({m: Linear(user_dims.get(m, user_dim), k, bias=False)
+                                          for m in self.code_modalities})
+            self.user_joint = Linear(user_dim, k, bias=False)
+            # W_s of the multiplicative (synergy) part of z_J; no bias so that
+            # items with < 2 modalities get exactly the additive fusion.
+            self.lin_synergy = (Linear(k, k, bias=False) if len(self.code_modalities) > 1 else None)
+            self.estimators = ModuleDict({self._pair_key(m, n): self._make_estimator(k, mi_hidden)
+                                          for m, n in self.pairs})
+        self.register_buffer("_noise_step", torch.zeros((), dtype=torch.long))
+
+    # ---------------------------------------------------------------- set-up
+    def _infer_dims(self, in_channels: Optional[Dict[str, int]]):
+        bb = self.backbone
+        was_training = bb.training
+        bb.eval()
+        try:
+            with torch.no_grad():
+                out = bb()
+        finally:
+            bb.train(was_training)
+        item_modal = {m: h for m, h in out.item_modal.items() if m in bb.modalities}
+        if not item_modal:
+            raise ValueError(f"backbone: {type(bb).__name__}.forward() exposes no per-modality item "
+                             f"representations (RecOutput.item_modal is empty); MRdIB needs at least one "
+                             f"of the modalities {bb.modalities}")
+        dims = {m: int(h.size(-1)) for m, h in item_modal.items()}
+        if in_channels is not None:
+            for m, d in in_channels.items():
+                if m in dims and dims[m] != d:
+                    raise ValueError(f"in_channels['{m}']: given {d}, but the backbone yields {dims[m]}")
+        user_dims = {m: int(h.size(-1)) for m, h in out.user_modal.items() if m in dims}
+        return dims, user_dims, int(out.user.size(-1))
+
+    def _make_estimator(self, k: int, hidden: int) -> Module:
+        from ..nn import mi_estimators  # written alongside I3-MRec; imported lazily
+        cls = mi_estimators.CLUB if self.mi_estimator == "club" else mi_estimators.MINE
+        return cls(k, k, hidden_dim=hidden)
+
+    @staticmethod
+    def _pair_key(m: str, n: str) -> str:
+        return f"{m}__{n}"
+
+    @property
+    def pairs(self) -> List[Tuple[str, str]]:
+        return list(itertools.combinations(self.code_modalities, 2))
+
+    @property
+    def active(self) -> bool:
+        """Whether the plug-in changes anything (enabled and some weight > 0)."""
+        return self.enabled and any(w > 0 for w in (self.kl_weight, self.unique_weight,
+                                                     self.redundant_weight, self.synergy_weight))
+
+    @property
+    def uses_joint(self) -> bool:
+        """Whether scores include the bottlenecked joint code."""
+        return self.active and self.synergy_weight > 0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device)
+        return self._generators[key]
+
+    def _reseed(self, device: torch.device) -> None:
+        """Re-seed the private noise stream from (seed, step): the step counter
+        is a buffer, so a resumed checkpoint replays the same noise."""
+        self._generator(device).manual_seed(self.seed * 1_000_003 + int(self._noise_step) + 7919)
+        self._noise_step += 1
+
+    # --------------------------------------------------- delegated interface
+    @property
+    def modalities(self) -> List[str]:  # type: ignore[override]
+        return self.backbone.modalities
+
+    @property
+    def train_edge_index(self) -> Tensor:  # type: ignore[override]
+        return self.backbone.train_edge_index
+
+    def set_modality_inputs(self, features: Dict[str, Tensor],
+                            masks: Optional[Dict[str, Tensor]] = None) -> None:
+        self.backbone.set_modality_inputs(features, masks)
+
+    def feature(self, modality: str) -> Tensor:
+        return self.backbone.feature(modality)
+
+    def mask(self, modality: str) -> Tensor:
+        return self.backbone.mask(modality)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.backbone.on_epoch_start(epoch)
+
+    # ------------------------------------------------------------------ codes
+    def _codes(self, out: RecOutput, items: Optional[Tensor], sample: bool
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Stacked codes of ``items`` (all items if ``None``): ``z, mu, logvar``
+        of shape ``[N, M, k]`` and the presence ``[N, M]`` (bool)."""
+        zs, mus, lvs, ps = [], [], [], []
+        for m in self.code_modalities:
+            h = out.item_modal[m] if items is None else out.item_modal[m][items]
+            z, mu, logvar = self.encoders[m](h, sample=sample,
+                                             generator=self._generator(h.device) if sample else None)
+            mk = self.mask(m)
+            zs.append(z), mus.append(mu), lvs.append(logvar)
+            ps.append(mk if items is None else mk[items])
+        return torch.stack(zs, 1), torch.stack(mus, 1), torch.stack(lvs, 1), torch.stack(ps, 1)
+
+    def _joint(self, Z: Tensor, P: Tensor) -> Tensor:
+        r"""Masked additive + pairwise-multiplicative fusion :math:`z_J` of the
+        stacked codes ``Z [N, M, k]`` with presence ``P [N, M]``."""
+        Pf = P.to(Z.dtype)
+        Z = Z * Pf.unsqueeze(-1)  # a missing code contributes nothing (not a zero *code*)
+        cnt = Pf.sum(1, keepdim=True)
+        S = Z.sum(1)
+        z_joint = S / cnt.clamp(min=1)
+        if self.lin_synergy is not None:
+            # sum_{m<n} z_m * z_n = ((sum z)^2 - sum z^2) / 2, over present codes
+            pair_sum = 0.5 * (S.pow(2) - Z.pow(2).sum(1))
+            n_pairs = (cnt * (cnt - 1) / 2).clamp(min=1)
+            z_joint = z_joint + self.lin_synergy(pair_sum / n_pairs)
+        return z_joint
+
+    def _user_codes(self, out: RecOutput, users: Tensor, e_u: Tensor) -> Tensor:
+        """Per-modality user codes, then the joint one if :attr:`uses_joint`:
+        ``[B, M(+1), k]`` (``e_u = out.user[users]``)."""
+        lins = [self.user_codes[m] for m in self.code_modalities]
+        from_user = [out.user_modal.get(m) is None or out.user_modal[m].size(-1) != lin.in_features
+                     for m, lin in zip(self.code_modalities, lins)]
+        if self.synergy_weight > 0:
+            lins.append(self.user_joint)
+            from_user.append(True)
+        if all(from_user):  # one matmul for all codes
+            W = torch.cat([lin.weight for lin in lins], 0)
+            return F.linear(e_u, W).view(e_u.size(0), len(lins), -1)
+        return torch.stack([lin(e_u) if fu else lin(out.user_modal[m][users])
+                            for m, lin, fu in zip(self.code_modalities + ["<joint>"], lins, from_user)], 1)
+
+    # -------------------------------------------------------------- interface
+    def forward(self) -> MRdIBOutput:
+        out = self.backbone()
+        if not self.uses_joint:
+            return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras, out)
+        Z, MU, _, P = self._codes(out, None, sample=self.training and self.stochastic)
+        user = torch.cat([out.user, self.user_joint(out.user)], -1)
+        item = torch.cat([out.item, self._joint(Z, P)], -1)
+        return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, out)
+
+    @torch.no_grad()
+    def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
+        if not self.uses_joint:
+            return self.backbone.embeddings_for_eval()
+        out = self.backbone()
+        if type(self.backbone).embeddings_for_eval is not Recommender.embeddings_for_eval:
+            eu, ei = self.backbone.embeddings_for_eval()
+        else:
+            eu, ei = out.user, out.item
+        _, MU, _, P = self._codes(out, None, sample=False)
+        return torch.cat([eu, self.user_joint(out.user)], -1), torch.cat([ei, self._joint(MU, P)], -1)
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
+             out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
+        if isinstance(out, MRdIBOutput) and out.backbone is not None:
+            out = out.backbone
+        elif out is None:
+            out = self.backbone()
+        terms = dict(self.backbone.loss(users, pos, neg, out=out))
+        if not self.active:
+            return terms
+        clash = {"mrdib_kl", "mrdib_unique", "mrdib_redundant", "mrdib_synergy"} & set(terms)
+        if clash:
+            raise RuntimeError(f"backbone loss terms {sorted(clash)} clash with MRdIB's names")
+
+        self._reseed(users.device)
+        if self.sub_batch is not None and users.numel() > self.sub_batch:
+            # the sampler shuffles the triples: a prefix is an unbiased sub-sample
+            users, pos, neg = users[: self.sub_batch], pos[: self.sub_batch], neg[: self.sub_batch]
+        B = users.numel()
+        neg2 = neg.view(B, -1)                                                # [B, n]
+        if 2 * neg2.numel() + 2 * B >= self.num_items:
+            # the batch touches most items: encoding all rows is cheaper than
+            # gathering h_m (whose backward scatters into [I, d_m] anyway)
+            items, ip, ineg = None, pos, neg2
+        else:
+            items, inv = torch.unique(torch.cat([pos, neg2.reshape(-1)]), return_inverse=True)
+            ip, ineg = inv[:B], inv[B:].view_as(neg2)
+        Z, MU, LV, P = self._codes(out, items, sample=self.training and self.stochastic)
+        N, M, k = Z.shape
+
+        if self.kl_weight > 0:
+            kl = 0.5 * (MU.pow(2) + LV.exp() - LV - 1.0).sum(-1)              # [N, M]
+            Pf = P.to(kl.dtype)
+            per_m = (kl * Pf).sum(0) / Pf.sum(0).clamp(min=1)                # [M]
+            terms["mrdib_kl"] = self.kl_weight * per_m.mean()
+
+        if self.redundant_weight > 0 and self.pairs:
+            red = self._redundancy(Z, P)
+            if red is not None:
+                terms["mrdib_redundant"] = self.redundant_weight * red
+
+        if self.unique_weight == 0 and self.synergy_weight == 0:
+            return terms
+        # One gather per side for all codes (per-op overhead dominates on CPU).
+        syn = self.synergy_weight > 0
+        table = Z.reshape(N, M * k)
+        if syn:
+            table = torch.cat([table, self._joint(Z, P)], -1)                # [N, (M+1)k]
+        rows = table[torch.cat([ip, ineg.reshape(-1)])]
+        Ip = rows[:B].view(B, 1, -1, k)                                       # [B, 1, M(+1), k]
+        In = rows[B:].view(B, -1, rows.size(-1) // k, k)                      # [B, n, M(+1), k]
+        Pr = P[torch.cat([ip, ineg.reshape(-1)])]
+        valid = Pr[:B].unsqueeze(1) & Pr[B:].view(B, -1, M)                   # [B, n, M]
+        e_u = out.user[users]
+        Cu = self._user_codes(out, users, e_u)                                # [B, M(+1), k]
+        diff = ((Ip - In) * Cu.unsqueeze(1)).sum(-1)                          # [B, n, M(+1)]
+        margin = diff[..., :M]                                                # Delta_m
+
+        if self.unique_weight > 0:
+            vf = valid.to(margin.dtype)
+            cnt = vf.sum((0, 1))                                              # [M]
+            per_m = (F.softplus(-margin) * vf).sum((0, 1)) / cnt.clamp(min=1)
+            has = cnt > 0
+            if has.any():
+                terms["mrdib_unique"] = self.unique_weight * per_m[has].mean()
+
+        if syn:
+            d_joint = diff[..., M]                                            # [B, n]
+            with torch.no_grad():
+                d_bb = ((e_u * out.item[pos]).sum(-1, keepdim=True)
+                        - (e_u.unsqueeze(1) * out.item[neg2]).sum(-1))
+                best = margin.masked_fill(~valid, float("-inf")).max(-1).values  # [B, n]
+                has = torch.isfinite(best)
+            loss_syn = F.softplus(-(d_bb + d_joint)).mean()
+            if has.any():
+                loss_syn = loss_syn + F.softplus(-(d_joint - best))[has].mean()
+            terms["mrdib_synergy"] = self.synergy_weight * loss_syn
+        return terms
+
+    # ----------------------------------------------------------- redundancy
+    def _redundancy(self, Z: Tensor, P: Tensor) -> Optional[Tensor]:
+        r"""Mean MI estimate over modality pairs (rows with both codes, at most
+        ``mi_batch`` of them) of the stacked codes ``Z [N, M, k]``; caches the
+        detached inputs for the estimator's own step."""
+        vals, cache = [], []
+        idx = {m: j for j, m in enumerate(self.code_modalities)}
+        for m, n in self.pairs:
+            a, b = idx[m], idx[n]
+            rows = (P[:, a] & P[:, b]).nonzero().view(-1)
+            if rows.numel() < 2:
+                continue
+            if rows.numel() > self.mi_batch:
+                perm = torch.randperm(rows.numel(), generator=self._generator(rows.device),
+                                      device=rows.device)
+                rows = rows[perm[: self.mi_batch]]
+            x, y = Z[rows, a], Z[rows, b]
+            key = self._pair_key(m, n)
+            vals.append(self.mi_estimate(key, x, y))
+            cache.append((key, x.detach(), y.detach()))
+        self._mi_cache = cache
+        return torch.stack(vals).mean() if vals else None
+
+    def mi_estimate(self, key: str, x: Tensor, y: Tensor) -> Tensor:
+        """The estimate minimised by the main loss for one modality pair; the
+        estimator's own parameters receive no gradient from it."""
+        est = self.estimators[key]
+        with _frozen(est):
+            fn = getattr(est, "mi_upper_bound", None) or getattr(est, "mi_estimate")
+            return fn(x, y)
+
+    def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
+        params = list(self.backbone.auxiliary_parameters())
+        if self.active and self.redundant_weight > 0 and self.pairs:
+            params += list(self.estimators.parameters())
+        return params
+
+    def auxiliary_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Optional[Tensor]:
+        total = self.backbone.auxiliary_loss(users, pos, neg)
+        if not (self.active and self.redundant_weight > 0 and self.pairs):
+            return total
+        if not self._mi_cache:  # estimator step before any main step: encode this batch
+            with torch.no_grad():
+                out = self.backbone()
+                items = torch.unique(torch.cat([pos.view(-1), neg.view(-1)]))
+                Z, _, _, P = self._codes(out, items, sample=self.training and self.stochastic)
+                self._redundancy(Z, P)
+        losses = [self.estimators[key].learning_loss(x, y) for key, x, y in self._mi_cache]
+        if not losses:
+            return total
+        own = torch.stack(losses).mean()
+        return own if total is None else total + own
+
+    def extra_repr(self) -> str:
+        return (f"enabled={self.enabled}, modalities={self.code_modalities}, latent_dim={self.latent_dim}, "
+                f"kl={self.kl_weight}, unique={self.unique_weight}, redundant={self.redundant_weight}, "
+                f"synergy={self.synergy_weight}, mi={self.mi_estimator}")

@@ -1,0 +1,98 @@
+r"""The InfoNCE contrastive loss between aligned views, with a correctly
+averaged multi-view variant."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class InfoNCE(torch.nn.Module):
+    r"""The InfoNCE loss from the `"Representation Learning with Contrastive
+    Predictive Coding" <https://arxiv.org/abs/1807.03748>`_ paper, used by
+    `I3-MRec <https://arxiv.org/abs/2508.04247>`_ to maximise the mutual
+    information between the full fusion :math:`Z` and the masked fusion
+    :math:`Z^{\mathcal{M}}` of the same items.
+
+    Row :math:`i` of view :math:`a` is the anchor, row :math:`i` of view
+    :math:`b` its positive and the other rows of :math:`b` its negatives:
+
+    .. math::
+        \mathcal{L}(a, b) = -\frac{1}{N}\sum_{i=1}^N \log
+            \frac{\exp(s(a_i, b_i)/\tau)}{\sum_{j=1}^N \exp(s(a_i, b_j)/\tau)},
+
+    with :math:`s` the cosine similarity (or the dot product). With :math:`V`
+    views, :meth:`multi_view` averages over the :math:`V(V-1)` ordered pairs,
+    so the loss scale does not depend on the number of views;
+    :math:`-\mathcal{L} + \log N` lower-bounds :math:`I(a; b)`.
+
+    Args:
+        temperature (float, optional): :math:`\tau`. (default: :obj:`0.2`)
+        normalize (bool, optional): use cosine similarity (L2-normalise the
+            rows first); otherwise the plain dot product. (default: :obj:`True`)
+        symmetric (bool, optional): in :meth:`forward`, average
+            :math:`\mathcal{L}(a, b)` and :math:`\mathcal{L}(b, a)`.
+            (default: :obj:`False`)
+
+    Shapes:
+        - **input:** views :math:`(N, d)` each
+        - **output:** scalar
+    """
+
+    def __init__(self, temperature: float = 0.2, normalize: bool = True,
+                 symmetric: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"InfoNCE: temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.normalize = bool(normalize)
+        self.symmetric = bool(symmetric)
+
+    def reset_parameters(self) -> None:  # no parameters; kept for the PyG convention
+        pass
+
+    def _prepare(self, view: Tensor, name: str) -> Tensor:
+        if view.dim() != 2:
+            raise ValueError(f"InfoNCE: expected {name} of shape [N, d], got {list(view.shape)}")
+        return F.normalize(view, dim=-1) if self.normalize else view
+
+    def _one_way(self, a: Tensor, b: Tensor) -> Tensor:
+        logits = a @ b.t() / self.temperature
+        # the positive of row i is column i: a softmax cross-entropy per row
+        return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
+
+    def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
+        a, b = self._prepare(anchor, "anchor"), self._prepare(positive, "positive")
+        if a.shape != b.shape:
+            raise ValueError(f"InfoNCE: views must have the same shape, got "
+                             f"{list(a.shape)} and {list(b.shape)}")
+        if self.symmetric:
+            return 0.5 * (self._one_way(a, b) + self._one_way(b, a))
+        return self._one_way(a, b)
+
+    def multi_view(self, views: Union[Sequence[Tensor], Tensor]) -> Tensor:
+        r"""Mean of :math:`\mathcal{L}(v_a, v_b)` over all ordered pairs
+        :math:`a \neq b` of ``views`` (a sequence of, or a stacked ``[V, N, d]``
+        tensor of, :math:`V \geq 2` aligned views)."""
+        views = list(views.unbind(0)) if isinstance(views, Tensor) else list(views)
+        if len(views) < 2:
+            raise ValueError(f"InfoNCE.multi_view: need at least 2 views, got {len(views)}")
+        vs = [self._prepare(v, f"views[{k}]") for k, v in enumerate(views)]
+        if any(v.shape != vs[0].shape for v in vs):
+            raise ValueError(f"InfoNCE.multi_view: views must share one shape, got "
+                             f"{[list(v.shape) for v in vs]}")
+        total = vs[0].new_zeros(())
+        for i, a in enumerate(vs):
+            for j, b in enumerate(vs):
+                if i != j:
+                    total = total + self._one_way(a, b)
+        return total / (len(vs) * (len(vs) - 1))
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(temperature={self.temperature}, "
+                f"normalize={self.normalize}, symmetric={self.symmetric})")
+
+
+__all__ = ["InfoNCE"]

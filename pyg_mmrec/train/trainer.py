@@ -1,0 +1,542 @@
+r"""The training loop: BPR mini-batches, validation with early stopping,
+exact resume, and a single test evaluation at the selected epoch.
+
+The loop is written for one process but keeps the two seams distributed
+data-parallel training needs (issue 7): the epoch's BPR triples come from
+``BPRSampler.sample(epoch, rank, world_size)`` (a disjoint shard per rank), and
+gradients pass through :meth:`Trainer.reduce_gradients` before every optimiser
+step (a no-op with one process). Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from .checkpoint import (CHECKPOINT_NAME, atomic_write_text, clone_state_dict, get_rng_state,
+                         load_checkpoint, save_checkpoint, set_rng_state)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request (SIGINT); a checkpoint was written."""
+
+    def __init__(self, checkpoint: Optional[Path], epoch: int, batch: int) -> None:
+        where = f"a checkpoint was written to {checkpoint}" if checkpoint else "no output directory, nothing saved"
+        super().__init__(f"training interrupted at epoch {epoch}, batch {batch}; {where}")
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.batch = batch
+
+
+@dataclass
+class TrainData:
+    r"""Everything the trainer needs besides the model.
+
+    ``train_*`` are the (filled) inputs seen during training, ``eval_*`` the
+    ones seen at validation/test time (they differ under the ``fm`` protocols,
+    where the test-time masks hide more modalities than the training ones).
+    """
+
+    num_users: int
+    num_items: int
+    train_edge_index: Tensor
+    valid_edge_index: Tensor
+    test_edge_index: Tensor
+    train_features: Dict[str, Tensor] = field(default_factory=dict)
+    train_masks: Dict[str, Tensor] = field(default_factory=dict)
+    eval_features: Optional[Dict[str, Tensor]] = None
+    eval_masks: Optional[Dict[str, Tensor]] = None
+
+    def eval_inputs_differ(self) -> bool:
+        """Whether validation needs :meth:`Recommender.set_modality_inputs`."""
+        if self.eval_features is None and self.eval_masks is None:
+            return False
+        ef = self.eval_features if self.eval_features is not None else self.train_features
+        em = self.eval_masks if self.eval_masks is not None else self.train_masks
+        for m in self.train_features:
+            if ef[m] is not self.train_features[m] and not torch.equal(ef[m], self.train_features[m]):
+                return True
+            a, b = em.get(m), self.train_masks.get(m)
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
+                return True
+        return False
+
+
+@dataclass
+class FitResult:
+    """Outcome of :meth:`Trainer.fit`. Epochs are counted from 0."""
+
+    best_epoch: int
+    valid: Dict[str, float]
+    test: Optional[Dict[str, float]]
+    seconds_per_epoch: float
+    seconds_per_eval: float
+    epochs: int
+    stopped_early: bool
+    history: List[Dict[str, Any]]
+
+
+def metrics_to_dict(metrics: Any) -> Dict[str, float]:
+    """A :class:`pyg_mmrec.metrics.Metrics` (or any mapping) -> ``{name: float}``."""
+    for attr in ("to_dict", "as_dict"):
+        if hasattr(metrics, attr):
+            metrics = getattr(metrics, attr)()
+            break
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"cannot read metrics from {type(metrics).__name__}")
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, Tensor):
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[str(k)] = float(v)
+    return out
+
+
+class Trainer:
+    r"""Trains a :class:`~pyg_mmrec.models.Recommender` with BPR mini-batches.
+
+    Each epoch draws the shuffled BPR triples :math:`(u, i^+, i^-)` of
+    ``BPRSampler.sample(epoch)`` and, per mini-batch,
+
+    1. if the model has auxiliary (estimator) parameters, steps them on
+       ``model.auxiliary_loss(u, i+, i-)`` with their own Adam optimiser;
+    2. steps the model's parameters on :math:`\sum_t \mathcal{L}_t`, the sum of
+       the named terms returned by ``model.loss(u, i+, i-)``.
+
+    Every ``eval_every`` epochs the model is validated (full ranking, with the
+    evaluation features/masks) and :class:`~pyg_mmrec.train.EarlyStopping`
+    watches ``train["metric"]``; the best state is kept. At the end the best
+    state is restored and the test split is evaluated **once**.
+
+    With ``out_dir`` the trainer writes ``metrics.jsonl`` (one JSON line per
+    epoch) and an atomic ``checkpoint.pt`` from which :meth:`fit` with
+    ``resume=True`` continues bit-for-bit (on CPU), also from the middle of an
+    epoch after a ``SIGINT``.
+
+    Args:
+        model: the recommender (already on ``device`` or moved there).
+        data: the splits and modality inputs (:class:`TrainData`).
+        train: validated training settings (see ``configs/train.yaml``).
+        seed: seed of the BPR sampler.
+        out_dir: run directory for the log and the checkpoint (``None``: in memory only).
+        device: ``"cpu"`` or ``"cuda"``.
+        quiet: no progress bars and no per-epoch lines.
+        config: the full run configuration, stored in the checkpoint.
+        rank, world_size: process rank and count (distributed training).
+    """
+
+    def __init__(self, model: torch.nn.Module, data: TrainData, train: Mapping[str, Any],
+                 seed: int = 0, out_dir: Optional[os.PathLike] = None,
+                 device: str | torch.device = "cpu", quiet: bool = True,
+                 config: Optional[Mapping[str, Any]] = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        from pyg_mmrec.config import eval_ks, parse_metric  # lazy: config imports models
+        from pyg_mmrec.data import BPRSampler
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.train_cfg = dict(train)
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.quiet = quiet
+        self.config = dict(config) if config is not None else {"train": self.train_cfg}
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.ks = eval_ks(self.train_cfg)
+        self.metric = "{}@{}".format(*parse_metric(self.train_cfg["metric"]))
+        self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
+                                  num_neg=self.train_cfg["num_neg"], seed=self.seed)
+        self._switch_inputs = data.eval_inputs_differ()
+
+        aux = list(self.model.auxiliary_parameters()) if hasattr(self.model, "auxiliary_parameters") else []
+        aux_ids = {id(p) for p in aux}
+        self.main_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in aux_ids]
+        self.aux_params = [p for p in aux if p.requires_grad]
+        t = self.train_cfg
+        self.optimizer = torch.optim.Adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])
+        self.aux_optimizer = (torch.optim.Adam(self.aux_params, lr=t["aux_lr"] or t["lr"])
+                              if self.aux_params else None)
+        self.early_stopping = self._make_early_stopping()
+
+        # run state (all of it goes into the checkpoint)
+        self.epoch = 0                 # next epoch to run
+        self.batch = 0                 # next batch within self.epoch
+        self.best_state: Optional[Dict[str, Tensor]] = None
+        self.best_epoch = -1
+        self.best_valid: Dict[str, float] = {}
+        self.history: List[Dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.eval_seconds: List[float] = []
+        self.finished = False
+        self.stopped_early = False
+        self._epoch_sums: Dict[str, float] = {}
+        self._epoch_batches = 0
+        self._epoch_seconds = 0.0
+        self._rng_epoch_start: Optional[Dict[str, Any]] = None
+        self._stop_requested = False
+        self._tb = None
+
+    # ------------------------------------------------------------------ helpers
+    def _make_early_stopping(self):
+        from .early_stopping import EarlyStopping
+        t = self.train_cfg
+        return EarlyStopping(metric=self.metric, patience=t["patience"], min_delta=t["min_delta"])
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    @property
+    def log_path(self) -> Optional[Path]:
+        return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
+
+    def _progress(self) -> bool:
+        return not self.quiet and sys.stderr.isatty() and self.is_main
+
+    def _say(self, msg: str) -> None:
+        if not self.quiet and self.is_main:
+            from tqdm import tqdm
+            tqdm.write(msg, file=sys.stderr)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current batch and write a checkpoint
+        (what ``SIGINT`` does)."""
+        self._stop_requested = True
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        """Hook called after every optimiser step (subclasses, tests)."""
+
+    def reduce_gradients(self, params: List[torch.nn.Parameter]) -> None:
+        """Average gradients over ranks; a no-op in one process. Distributed
+        training (DDP / all-reduce) plugs in here."""
+
+    # --------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "valid") -> Dict[str, float]:
+        r"""Full-ranking metrics on ``split`` (``"valid"`` or ``"test"``) with the
+        evaluation features/masks. Training interactions (and, for ``test``,
+        validation interactions) are excluded from the ranking."""
+        from pyg_mmrec.metrics import evaluate_full_ranking
+        if split not in ("valid", "test"):
+            raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
+        d = self.data
+        was_training = self.model.training
+        self.model.eval()
+        if self._switch_inputs:
+            self.model.set_modality_inputs(self._to_dev(d.eval_features or d.train_features),
+                                           self._to_dev(d.eval_masks or d.train_masks))
+        try:
+            user, item = self.model.embeddings_for_eval()
+            if split == "valid":
+                target, exclude = d.valid_edge_index, [d.train_edge_index]
+            else:
+                target, exclude = d.test_edge_index, [d.train_edge_index, d.valid_edge_index]
+            metrics = evaluate_full_ranking(user, item, target.to(user.device),
+                                            [e.to(user.device) for e in exclude],
+                                            ks=tuple(self.ks), split=split,
+                                            rank=self.rank, world_size=self.world_size)
+            if self.world_size > 1:  # per-rank metric sums -> global means
+                metrics = metrics.all_reduce()
+        finally:
+            if self._switch_inputs:
+                self.model.set_modality_inputs(self._to_dev(d.train_features),
+                                               self._to_dev(d.train_masks))
+            self.model.train(was_training)
+        self._last_metrics_obj = metrics
+        return metrics_to_dict(metrics)
+
+    def _to_dev(self, tensors: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in tensors.items()}
+
+    # ------------------------------------------------------------------- epochs
+    def _train_epoch(self, epoch: int, resume_rng: Optional[Dict[str, Any]] = None) -> None:
+        """Run the batches ``self.batch ..`` of ``epoch``; updates the running sums."""
+        from tqdm import tqdm
+
+        model, t = self.model, self.train_cfg
+        model.train()
+        if self.batch == 0:
+            self._rng_epoch_start = get_rng_state()
+            self._epoch_sums, self._epoch_batches, self._epoch_seconds = {}, 0, 0.0
+        else:
+            # Mid-epoch resume: replay the epoch's start (hooks, sampling) from its
+            # RNG state, then continue from the state saved after the last batch.
+            set_rng_state(self._rng_epoch_start)
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch)
+        users, pos, neg = self.sampler.sample(epoch, self.rank, self.world_size)
+        if resume_rng is not None:
+            set_rng_state(resume_rng)
+        n = users.numel()
+        bs = t["batch_size"]
+        num_batches = max(1, math.ceil(n / bs))
+        bar = tqdm(total=num_batches, initial=self.batch, desc=f"epoch {epoch}", leave=False,
+                   disable=not self._progress(), dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            while self.batch < num_batches:
+                b = self.batch
+                sl = slice(b * bs, min(n, (b + 1) * bs))
+                u = users[sl].to(self.device)
+                p = pos[sl].to(self.device)
+                q = neg[sl].to(self.device)
+                terms = self._step(u, p, q, epoch, b)
+                for k, v in terms.items():
+                    self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
+                self._epoch_batches += 1
+                self.batch += 1
+                bar.update(1)
+                if bar.n % 10 == 0 and not bar.disable:
+                    bar.set_postfix(loss=f"{terms['loss']:.4f}")
+                self.on_batch_end(epoch, b)
+                if self._stop_requested and self.batch < num_batches:
+                    self._epoch_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self._interrupt(epoch)
+        finally:
+            self._epoch_seconds += time.perf_counter() - t0
+            bar.close()
+
+    def _step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+        model, t = self.model, self.train_cfg
+        if self.aux_optimizer is not None:
+            # the estimator first (its own optimiser), then the main loss
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux = model.auxiliary_loss(u, p, q)
+            if aux is not None:
+                aux.backward()
+                self.reduce_gradients(self.aux_params)
+                self.aux_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = model.loss(u, p, q)
+        if not isinstance(terms, Mapping) or not terms:
+            raise RuntimeError(f"{type(model).__name__}.loss must return a non-empty dict of "
+                               f"loss terms, got {type(terms).__name__}")
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            vals = {k: float(v.detach()) for k, v in terms.items()}
+            raise RuntimeError(f"non-finite loss at epoch {epoch}, batch {b}: {vals} "
+                               "(try a lower lr or grad_clip)")
+        loss.backward()
+        self.reduce_gradients(self.main_params)
+        if t["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(self.main_params, t["grad_clip"])
+        self.optimizer.step()
+        out = {"loss": float(loss.detach())}
+        out.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
+        if self.aux_optimizer is not None and aux is not None:
+            out["loss/aux"] = float(aux.detach())
+        return out
+
+    # --------------------------------------------------------------- checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
+            "early_stopping": self.early_stopping.state_dict(),
+            "rng": get_rng_state(),
+            "rng_epoch_start": self._rng_epoch_start if self.batch > 0 else None,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "epoch_sums": dict(self._epoch_sums),
+            "epoch_batches": self._epoch_batches,
+            "epoch_seconds": self._epoch_seconds,
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_valid": dict(self.best_valid),
+            "history": list(self.history),
+            "train_seconds": self.train_seconds,
+            "eval_seconds": list(self.eval_seconds),
+            "finished": self.finished,
+            "stopped_early": self.stopped_early,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.aux_optimizer is not None:
+            if state["aux_optimizer"] is None:
+                raise RuntimeError("checkpoint has no auxiliary optimiser state but the model has "
+                                   "auxiliary parameters")
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._epoch_sums = dict(state["epoch_sums"])
+        self._epoch_batches = int(state["epoch_batches"])
+        self._epoch_seconds = float(state["epoch_seconds"])
+        self._rng_epoch_start = state["rng_epoch_start"]
+        self.best_state = state["best_state"]
+        self.best_epoch = int(state["best_epoch"])
+        self.best_valid = dict(state["best_valid"])
+        self.history = list(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        self.eval_seconds = list(state["eval_seconds"])
+        self.finished = bool(state["finished"])
+        self.stopped_early = bool(state["stopped_early"])
+        set_rng_state(state["rng"])
+
+    def save(self) -> Optional[Path]:
+        """Write the checkpoint (rank 0 only); returns its path."""
+        if self.checkpoint_path is None or not self.is_main:
+            return None
+        return save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    def _interrupt(self, epoch: int):
+        path = self.save()
+        raise TrainingInterrupted(path, epoch, self.batch)
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.log_path is not None and self.is_main:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._tb.add_scalar(k, v, record["epoch"])
+            for k, v in (record.get("valid") or {}).items():
+                self._tb.add_scalar(f"valid/{k}", v, record["epoch"])
+
+    def _rewrite_log(self) -> None:
+        # After a resume the log must hold exactly the epochs in the checkpoint.
+        if self.log_path is not None and self.is_main:
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
+            atomic_write_text(self.log_path, text)
+
+    # ---------------------------------------------------------------------- fit
+    def fit(self, resume: bool = False, test: bool = True) -> FitResult:
+        r"""Train until early stopping or ``epochs``, restore the best state and
+        evaluate the test split once (unless ``test=False``, used by grid search
+        before a setting is selected).
+
+        Args:
+            resume: continue from ``out_dir/checkpoint.pt`` (it must exist).
+            test: evaluate the test split at the end.
+
+        Raises:
+            TrainingInterrupted: after ``SIGINT`` / :meth:`request_stop`, once
+                the checkpoint is written.
+        """
+        resume_rng = None
+        if resume:
+            if self.checkpoint_path is None or not self.checkpoint_path.exists():
+                raise FileNotFoundError(f"resume: no checkpoint at {self.checkpoint_path}")
+            state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+            self.load_state_dict(state)
+            resume_rng = state["rng"] if self.batch > 0 else None
+            self._rewrite_log()
+        elif self.log_path is not None and self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("")
+        if self.train_cfg["tensorboard"] and self.out_dir is not None and self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+        handler_installed, previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            def _on_sigint(signum, frame):
+                self._say("SIGINT: stopping after the current batch (press again to abort)")
+                self._stop_requested = True
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            previous = signal.signal(signal.SIGINT, _on_sigint)
+            handler_installed = True
+        try:
+            if not self.finished:
+                self._loop(resume_rng)
+            return self._finish(test)
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGINT, previous)
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
+
+    def _loop(self, resume_rng: Optional[Dict[str, Any]]) -> None:
+        t = self.train_cfg
+        while self.epoch < t["epochs"]:
+            epoch = self.epoch
+            self._train_epoch(epoch, resume_rng)
+            resume_rng = None
+            self.train_seconds += self._epoch_seconds
+            nb = max(1, self._epoch_batches)
+            record: Dict[str, Any] = {"epoch": epoch, "seconds": round(self._epoch_seconds, 4)}
+            record.update({k: v / nb for k, v in sorted(self._epoch_sums.items())})
+            last = epoch == t["epochs"] - 1
+            stop = False
+            if (epoch + 1) % t["eval_every"] == 0 or last:
+                t0 = time.perf_counter()
+                valid = self.evaluate("valid")
+                self.eval_seconds.append(time.perf_counter() - t0)
+                record["valid"] = valid
+                record["eval_seconds"] = round(self.eval_seconds[-1], 4)
+                stop, improved = self._early_stop_step(valid, epoch)
+                if improved:
+                    self.best_state = clone_state_dict(self.model)
+                    self.best_epoch, self.best_valid = epoch, dict(valid)
+                record["best_epoch"] = self.best_epoch
+            self._log(record)
+            self._say(self._format(record))
+            self.epoch, self.batch = epoch + 1, 0
+            self._epoch_sums, self._epoch_batches, self._epoch_seconds = {}, 0, 0.0
+            self.finished = stop or self.epoch >= t["epochs"]
+            self.stopped_early = stop
+            every = t["checkpoint_every"]
+            if self.finished or (every and self.epoch % every == 0) or self._stop_requested:
+                self.save()
+            if self.finished:
+                break
+            if self._stop_requested:
+                self._interrupt(self.epoch)
+
+    def _early_stop_step(self, valid: Dict[str, float], epoch: int) -> tuple[bool, bool]:
+        """Feed the validation :class:`Metrics` to early stopping -> ``(stop, improved)``."""
+        es = self.early_stopping
+        improved = bool(es.step(epoch, self._last_metrics_obj))
+        return bool(es.should_stop), improved
+
+    def _format(self, r: Dict[str, Any]) -> str:
+        s = f"epoch {r['epoch']:4d}  loss {r.get('loss', float('nan')):.4f}  {r['seconds']:.2f}s"
+        if "valid" in r:
+            s += f"  valid {self.metric} {r['valid'].get(self.metric, float('nan')):.4f}"
+            s += f"  (best epoch {r['best_epoch']})"
+        return s
+
+    def _finish(self, test: bool) -> FitResult:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        test_metrics = self.evaluate("test") if test else None
+        epochs = self.epoch
+        return FitResult(
+            best_epoch=self.best_epoch,
+            valid=dict(self.best_valid),
+            test=test_metrics,
+            seconds_per_epoch=self.train_seconds / max(1, epochs),
+            seconds_per_eval=(sum(self.eval_seconds) / len(self.eval_seconds)) if self.eval_seconds else 0.0,
+            epochs=epochs,
+            stopped_early=self.stopped_early,
+            history=list(self.history),
+        )
+
+
+__all__ = ["Trainer", "TrainData", "FitResult", "TrainingInterrupted", "metrics_to_dict"]

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from pyg_mmrec.nn.infonce import InfoNCE
+
+
+def hand_loss(a, b, tau):
+    """Row-by-row InfoNCE with cosine similarity, in plain Python."""
+    def cos(u, v):
+        return sum(x * y for x, y in zip(u, v)) / math.sqrt(
+            sum(x * x for x in u) * sum(y * y for y in v))
+    total = 0.0
+    for i, ai in enumerate(a):
+        sims = [cos(ai, bj) / tau for bj in b]
+        total += -(sims[i] - math.log(sum(math.exp(s) for s in sims)))
+    return total / len(a)
+
+
+A = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
+B = [[1.0, 1.0], [0.0, 1.0], [-1.0, 2.0]]
+C = [[3.0, -1.0], [1.0, 0.5], [0.2, 1.0]]
+
+
+def test_matches_hand_computation():
+    tau = 0.5
+    got = InfoNCE(temperature=tau)(torch.tensor(A), torch.tensor(B))
+    assert got.item() == pytest.approx(hand_loss(A, B, tau), rel=1e-5)
+    # identity views, tau = 1: every row gives log(1 + e^-1)
+    eye = torch.eye(2)
+    assert InfoNCE(temperature=1.0)(eye, eye).item() == pytest.approx(math.log(1 + math.exp(-1)))
+
+
+def test_symmetric_and_multi_view_averaging():
+    tau = 0.3
+    a, b, c = map(torch.tensor, (A, B, C))
+    sym = InfoNCE(temperature=tau, symmetric=True)(a, b)
+    assert sym.item() == pytest.approx(0.5 * (hand_loss(A, B, tau) + hand_loss(B, A, tau)), rel=1e-5)
+    views = (A, B, C)
+    pairs = [hand_loss(views[i], views[j], tau) for i in range(3) for j in range(3) if i != j]
+    nce = InfoNCE(temperature=tau)
+    assert nce.multi_view([a, b, c]).item() == pytest.approx(sum(pairs) / 6, rel=1e-5)
+    assert nce.multi_view(torch.stack([a, b, c])).item() == pytest.approx(sum(pairs) / 6, rel=1e-5)
+    # two views: multi_view is the symmetric loss
+    assert nce.multi_view([a, b]).item() == pytest.approx(
+        InfoNCE(temperature=tau, symmetric=True)(a, b).item(), rel=1e-6)
+
+
+def test_dot_product_variant_and_scale():
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    cos = InfoNCE(temperature=1.0)
+    assert torch.allclose(cos(a, b), cos(3 * a, 0.5 * b), atol=1e-6)  # cosine: scale-free
+    dot = InfoNCE(temperature=1.0, normalize=False)
+    expected = torch.nn.functional.cross_entropy(a @ b.t(), torch.arange(6))
+    assert torch.allclose(dot(a, b), expected, atol=1e-6)
+
+
+def test_aligned_views_score_lower_than_shuffled():
+    a = torch.randn(32, 8)
+    nce = InfoNCE(temperature=0.2)
+    assert nce(a, a + 0.01 * torch.randn_like(a)) < nce(a, a[torch.randperm(32)])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="temperature"):
+        InfoNCE(temperature=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        InfoNCE()(torch.randn(3, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"\[N, d\]"):
+        InfoNCE()(torch.randn(3), torch.randn(3))
+    with pytest.raises(ValueError, match="at least 2 views"):
+        InfoNCE().multi_view([torch.randn(3, 2)])

@@ -1,0 +1,299 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyg_mmrec.ops import (
+    EXT_DEVICES,
+    WITH_EXT,
+    csr_transpose,
+    masked_spmm,
+    masked_spmm_reference,
+)
+from pyg_mmrec.ops.masked_spmm import _csr_transpose_reference
+
+requires_ext = pytest.mark.skipif(not WITH_EXT, reason="pyg_mmrec._C is not built")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in EXT_DEVICES else [])
+
+
+def random_csr(n_dst, n_src, num_edges, index_dtype=torch.long, empty_rows=True, device="cpu"):
+    """Random CSR graph with duplicate edges and (optionally) some rows without edges."""
+    row = torch.randint(0, n_dst, (num_edges,))
+    if empty_rows:  # rows 0 and n_dst // 2 never receive edges
+        row = row[(row != 0) & (row != n_dst // 2)]
+    col = torch.randint(0, n_src, (row.numel(),))
+    row, order = row.sort(stable=True)
+    col = col[order]
+    rowptr = torch.zeros(n_dst + 1, dtype=torch.long)
+    rowptr[1:] = torch.bincount(row, minlength=n_dst).cumsum(0)
+    return rowptr.to(index_dtype).to(device), col.to(index_dtype).to(device)
+
+
+def make_inputs(dtype=torch.float64, index_dtype=torch.long, n_dst=30, n_src=25, num_edges=200,
+                feat=7, with_mask=True, with_value=True, device="cpu"):
+    rowptr, col = random_csr(n_dst, n_src, num_edges, index_dtype, device=device)
+    x = torch.randn(n_src, feat, dtype=dtype, device=device)
+    mask = (torch.rand(n_src, device=device) < 0.6) if with_mask else None
+    value = (torch.rand(col.numel(), dtype=dtype, device=device) + 0.1) if with_value else None
+    return rowptr, col, x, mask, value
+
+
+def run_with_grads(fn, rowptr, col, x, mask, value, reduce, **kwargs):
+    x = x.detach().clone().requires_grad_()
+    value = value.detach().clone().requires_grad_() if value is not None else None
+    out, wsum = fn(rowptr, col, x, mask, value, reduce, **kwargs)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    g_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+    g_ws = torch.randn(wsum.shape, generator=gen, dtype=wsum.dtype).to(wsum.device)
+    ((out * g_out).sum() + (wsum * g_ws).sum()).backward()
+    return out, wsum, x.grad, (value.grad if value is not None else None)
+
+
+def assert_close_all(a, b, **tol):
+    for p, q in zip(a, b):
+        if p is None or q is None:
+            assert p is None and q is None
+        else:
+            torch.testing.assert_close(p, q, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("with_value", [False, True])
+def test_matches_reference(device, dtype, index_dtype, reduce, with_mask, with_value):
+    inputs = make_inputs(dtype, index_dtype, with_mask=with_mask, with_value=with_value,
+                         device=device)
+    got = run_with_grads(masked_spmm, *inputs, reduce)
+    want = run_with_grads(masked_spmm_reference, *inputs, reduce)
+    assert got[0].shape == (30, 7) and got[1].shape == (30,)
+    assert_close_all(got, want)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_cached_transpose_gives_same_gradients(reduce):
+    rowptr, col, x, mask, value = make_inputs()
+    csc = csr_transpose(rowptr, col, x.size(0))
+    got = run_with_grads(masked_spmm, rowptr, col, x, mask, value, reduce, csc=csc)
+    want = run_with_grads(masked_spmm, rowptr, col, x, mask, value, reduce)
+    assert_close_all(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_csr_transpose(index_dtype):
+    rowptr, col = random_csr(40, 33, 300, index_dtype)
+    colptr, row_t, perm = csr_transpose(rowptr, col, 35)  # two sources without edges
+    assert colptr.dtype == row_t.dtype == perm.dtype == index_dtype
+    assert colptr.numel() == 36 and int(colptr[-1]) == col.numel()
+    # Every CSC entry is the CSR edge perm[k]: same endpoints, sorted by source, stable.
+    row = torch.repeat_interleave(torch.arange(40), rowptr.long().diff())
+    assert torch.equal(row[perm.long()], row_t.long())
+    src = torch.repeat_interleave(torch.arange(35), colptr.long().diff())
+    assert torch.equal(col.long()[perm.long()], src)
+    for a, b in zip((colptr, row_t, perm), _csr_transpose_reference(rowptr, col, 35)):
+        assert torch.equal(a, b)
+
+
+def test_empty_rows_all_masked_rows_and_duplicates():
+    # row 0: no edge; row 1: only masked sources; row 2: duplicate edge 1->2 twice plus source 0
+    rowptr = torch.tensor([0, 0, 2, 5])
+    col = torch.tensor([1, 3, 2, 2, 0])
+    x = torch.arange(12, dtype=torch.float64).view(4, 3)
+    mask = torch.tensor([True, False, True, False])
+    value = torch.tensor([1.0, 2.0, 0.5, 0.25, 1.0], dtype=torch.float64)
+    out, wsum = masked_spmm(rowptr, col, x, mask, value, "sum")
+    torch.testing.assert_close(wsum, torch.tensor([0.0, 0.0, 1.75], dtype=torch.float64))
+    torch.testing.assert_close(out[2], 0.75 * x[2] + x[0])
+    assert out[:2].abs().sum() == 0
+    out_mean, _ = masked_spmm(rowptr, col, x, mask, value, "mean")
+    torch.testing.assert_close(out_mean[2], (0.75 * x[2] + x[0]) / 1.75)
+    assert out_mean[:2].abs().sum() == 0
+
+
+@pytest.mark.parametrize("fn", [masked_spmm, masked_spmm_reference])
+def test_missing_rows_never_leak(fn):
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    x[~mask] = float("nan")  # a missing modality may hold garbage
+    x.requires_grad_()
+    out, _ = fn(rowptr, col, x, mask, value, "mean")
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[~mask] == 0).all()
+
+
+def test_mean_of_weights_summing_to_zero_is_zero():
+    rowptr, col = torch.tensor([0, 2]), torch.tensor([0, 1])
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    value = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    for fn in (masked_spmm, masked_spmm_reference):
+        out, wsum = fn(rowptr, col, x, None, value, "mean")
+        assert wsum.item() == 0 and (out == 0).all()
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_non_contiguous_inputs(reduce):
+    rowptr, col, x, mask, value = make_inputs(n_src=25, feat=6)
+    x_nc = torch.randn(6, 25, dtype=torch.float64).t()  # column-major view
+    x_nc.copy_(x)
+    col_nc = torch.stack([col, col]).t()[:, 0]  # stride 2
+    value_nc = torch.stack([value, value]).t()[:, 1]
+    mask_nc = torch.stack([mask, mask]).t()[:, 0]
+    rowptr_nc = torch.stack([rowptr, rowptr]).t()[:, 0]
+    assert not (x_nc.is_contiguous() or col_nc.is_contiguous() or value_nc.is_contiguous())
+    got = run_with_grads(masked_spmm, rowptr_nc, col_nc, x_nc, mask_nc, value_nc, reduce)
+    want = run_with_grads(masked_spmm_reference, rowptr, col, x, mask, value, reduce)
+    assert_close_all(got, want)
+
+
+def test_zero_edges_and_zero_rows():
+    x = torch.randn(4, 3, requires_grad=True)
+    out, wsum = masked_spmm(torch.zeros(3, dtype=torch.long), torch.zeros(0, dtype=torch.long), x)
+    assert out.shape == (2, 3) and (out == 0).all() and (wsum == 0).all()
+    out.sum().backward()
+    assert (x.grad == 0).all()
+    out, wsum = masked_spmm(torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long), x)
+    assert out.shape == (0, 3) and wsum.shape == (0,)
+
+
+@requires_ext
+def test_bfloat16_forward_close_to_float32():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    out, wsum = masked_spmm(rowptr, col, x.bfloat16(), mask, value.bfloat16(), "mean")
+    assert out.dtype == torch.bfloat16
+    ref, ref_ws = masked_spmm_reference(rowptr, col, x, mask, value, "mean")
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(wsum.float(), ref_ws, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("fn", [masked_spmm, masked_spmm_reference])
+def test_gradcheck(reduce, fn):
+    rowptr, col, x, mask, value = make_inputs(n_dst=8, n_src=7, num_edges=30, feat=3)
+    x.requires_grad_()
+    value.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, v: fn(rowptr, col, x, mask, v, reduce), (x, value))
+
+
+@requires_ext
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_opcheck(reduce):
+    rowptr, col, x, mask, value = make_inputs(n_dst=8, n_src=7, num_edges=30, feat=3)
+    csc = csr_transpose(rowptr, col, x.size(0))
+    op = torch.ops.pyg_mmrec.masked_spmm
+    samples = [
+        (rowptr, col, x.requires_grad_(), mask, value.requires_grad_(), reduce, *csc),
+        (rowptr, col, x, None, None, reduce, None, None, None),
+    ]
+    for args in samples:
+        torch.library.opcheck(op, args)
+    torch.library.opcheck(torch.ops.pyg_mmrec.csr_transpose, (rowptr, col, x.size(0)))
+
+
+def test_torch_compile_fullgraph():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    csc = csr_transpose(rowptr, col, x.size(0))
+
+    def layer(x, value):
+        h, _ = masked_spmm(rowptr, col, x, mask, value, "mean", csc=csc)
+        return torch.tanh(h).sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x1 = x.clone().requires_grad_()
+    v1 = value.clone().requires_grad_()
+    loss = compiled(x1, v1)
+    loss.backward()
+    x2 = x.clone().requires_grad_()
+    v2 = value.clone().requires_grad_()
+    ref = layer(x2, v2)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(v1.grad, v2.grad)
+
+
+def test_import_without_extension():
+    code = ("import torch; import pyg_mmrec.ops as o; assert not o.WITH_EXT; "
+            "out, w = o.masked_spmm(torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1, 2)); "
+            "assert out.tolist() == [[1.0, 1.0]]")
+    env = {"PYG_MMREC_DISABLE_EXT": "1", "OMP_NUM_THREADS": "1", "PATH": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: the public function (Python checks, also guarding the fallback), the reference,
+# and the compiled ops called directly (C++ TORCH_CHECK_VALUE) all raise a ValueError naming
+# the argument.
+
+def _bad_cases():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    n = x.size(0)
+    return {
+        "mask_length": (dict(mask=torch.ones(n + 1, dtype=torch.bool)), "mask"),
+        "float_mask": (dict(mask=torch.ones(n)), "mask"),
+        "value_length": (dict(value=torch.ones(col.numel() - 1)), "value"),
+        "value_dtype": (dict(value=torch.ones(col.numel(), dtype=torch.float64)), "value"),
+        "rowptr_not_monotone": (dict(rowptr=rowptr.flip(0)), "rowptr"),
+        "rowptr_bad_end": (dict(rowptr=torch.cat([rowptr[:-1], rowptr[-1:] - 1])), "rowptr"),
+        "col_out_of_range": (dict(col=col + n), "col"),
+        "col_negative": (dict(col=col - n), "col"),
+        "index_dtype_mismatch": (dict(col=col.int()), "col"),
+        "float_rowptr": (dict(rowptr=rowptr.float()), "rowptr"),
+        "x_1d": (dict(x=x[:, 0]), "x"),
+        "x_integer": (dict(x=x.long()), "x"),
+        "device_mismatch": (dict(x=x.to("meta")), "x"),
+    }, dict(rowptr=rowptr, col=col, x=x, mask=mask, value=value)
+
+
+BAD = list(_bad_cases()[0])
+
+
+@pytest.mark.parametrize("case", BAD)
+@pytest.mark.parametrize("fn", ["masked_spmm", "reference", "cpp"])
+def test_bad_input_names_argument(case, fn):
+    cases, good = _bad_cases()
+    override, name = cases[case]
+    args = {**good, **override}
+    if fn == "cpp":
+        if not WITH_EXT:
+            pytest.skip("pyg_mmrec._C is not built")
+        if case == "device_mismatch":
+            pytest.skip("the dispatcher routes by device before the checks run")
+        call = lambda: torch.ops.pyg_mmrec.masked_spmm(  # noqa: E731
+            args["rowptr"], args["col"], args["x"], args["mask"], args["value"], "mean")
+    else:
+        f = masked_spmm if fn == "masked_spmm" else masked_spmm_reference
+        call = lambda: f(**args)  # noqa: E731
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        call()
+
+
+def test_bad_reduce_and_csc():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    with pytest.raises(ValueError, match="`reduce`"):
+        masked_spmm(rowptr, col, x, mask, value, reduce="max")
+    colptr, row_t, perm = csr_transpose(rowptr, col, x.size(0))
+    with pytest.raises(ValueError, match="`colptr`"):
+        masked_spmm(rowptr, col, x, csc=(colptr[:-1], row_t, perm))
+    with pytest.raises(ValueError, match="`csc`"):
+        masked_spmm(rowptr, col, x, csc=(colptr, row_t))
+
+
+@requires_ext
+def test_cpp_backward_checks():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    colptr, row_t, perm = csr_transpose(rowptr, col, x.size(0))
+    g = torch.randn(rowptr.numel() - 1, x.size(1))
+    bwd_x = torch.ops.pyg_mmrec.masked_spmm_backward_x
+    with pytest.raises(ValueError, match="`row_t`"):
+        bwd_x(colptr, row_t + 1000, perm, g, mask, value, None, False)
+    with pytest.raises(ValueError, match="`weight_sum`"):
+        bwd_x(colptr, row_t, perm, g, mask, value, None, True)
+    with pytest.raises(ValueError, match="`num_src`"):
+        torch.ops.pyg_mmrec.csr_transpose(rowptr, col, -1)
+    out, wsum = masked_spmm(rowptr, col, x, mask, value, "sum")
+    with pytest.raises(ValueError, match="`grad_out`"):
+        torch.ops.pyg_mmrec.masked_spmm_backward_value(rowptr, col, x, g[1:], None, mask, out,
+                                                       wsum, False)

@@ -1,0 +1,150 @@
+import json
+
+import numpy as np
+import pytest
+
+from pyg_mmrec.__main__ import main
+
+
+def write_tiny_mmrec(root, name="tiny", num_users=20, num_items=30, per_user=8, seed=0):
+    """A tiny MMRec-format dataset: <root>/<name>/<name>.inter + two modalities."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
+    for u in range(num_users):
+        items = rng.permutation(num_items)[:per_user]
+        if u < num_items // 4:  # make sure every item id occurs
+            items[2:6] = [(4 * u + j) % num_items for j in range(4)]
+            items = list(dict.fromkeys(items.tolist()))
+        for j, i in enumerate(items):
+            label = 1 if j == 0 else 2 if j == 1 else 0
+            lines.append(f"{u}\t{i}\t5\t{j}\t{label}")
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    np.save(folder / "image_feat.npy", rng.normal(size=(num_items, 6)).astype(np.float32))
+    np.save(folder / "text_feat.npy", rng.normal(size=(num_items, 5)).astype(np.float32))
+    mask = np.ones(num_items, dtype=bool)
+    mask[:3] = False
+    np.save(folder / "image_mask.npy", mask)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
+    return write_tiny_mmrec(tmp_path / "data")
+
+
+BASE = ["train", "--model", "LightGCN", "--dataset", "tiny", "--epochs", "2", "--topk", "5,10",
+        "--metric", "recall@10", "--batch-size", "64", "--quiet"]
+
+
+def results_of(out):
+    return sorted(out.rglob("result.json"))
+
+
+def test_train_seeds_then_refuse_overwrite_then_resume(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = BASE + ["--root", str(tiny_root), "--seeds", "0,1", "--out", str(out),
+                   "--missing", "i3mrec:fm:0.3"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| tiny | lightgcn | i3mrec:fm:0.3 |" in table and " ± " in table
+    files = results_of(out)
+    assert len(files) == 2
+    for f in files:
+        run_dir = f.parent
+        assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl",
+                                                       "result.json", "checkpoint.pt"}
+        r = json.loads(f.read_text())
+        assert r["test"]["recall@10"] >= 0 and r["config"]["train"]["epochs"] == 2
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    before = [f.read_text() for f in files]
+
+    assert main(args) == 2  # never overwrite a previous run silently
+    assert "already holds a run" in capsys.readouterr().err
+    assert [f.read_text() for f in files] == before
+
+    assert main(args + ["--resume"]) == 0  # finished runs are reused
+    after = [json.loads(f.read_text()) for f in files]
+    assert [a["test"] for a in after] == [json.loads(b)["test"] for b in before]
+
+
+def test_grid_selects_on_validation_and_tests_only_the_selected(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(BASE + ["--root", str(tiny_root), "--out", str(out), "--seeds", "3",
+                        "--grid", "n_layers=1,2", "--grid", "lr=0.01,0.001"]) == 0
+    sel = json.loads(next(out.rglob("selection.json")).read_text())
+    assert len(sel["settings"]) == 4
+    best = max(sel["settings"], key=lambda s: s["score"])
+    assert sel["selected"] == best["setting"]
+    runs = [json.loads(f.read_text()) for f in results_of(out)]
+    assert len(runs) == 4
+    tested = [r for r in runs if r["test"] is not None]
+    assert len(tested) == 1
+    chosen = tested[0]["config"]
+    assert chosen["hparams"]["n_layers"] == best["setting"]["n_layers"]
+    assert chosen["train"]["lr"] == best["setting"]["lr"]
+    assert "lr=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-1"], "train.lr: expected a positive number"),
+    (["--model", "NoSuchNet"], "unknown model 'NoSuchNet'"),
+    (["--set", "depth=3"], "unknown configuration key 'depth'"),
+    (["--set", "n_layers=two"], "model.n_layers"),
+    (["--missing", "bogus:0.3"], "--missing"),
+    (["--topk", "10,50"], "K=50 is larger than the number of items (30)"),
+    (["--fill", "median"], None),  # argparse rejects it
+    (["--grid", "metric=recall@5,recall@10"], "cannot be searched"),
+])
+def test_bad_config_fails_before_training(tiny_root, tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    args = BASE + ["--root", str(tiny_root), "--out", str(out)] + extra
+    if message is None:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        return
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+    assert not results_of(out) and not list(out.rglob("metrics.jsonl"))
+
+
+def test_results_table_and_plot(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    for spec in ("natural", "entry:0.3"):
+        assert main(BASE + ["--root", str(tiny_root), "--out", str(out), "--seeds", "0,1",
+                            "--missing", spec]) == 0
+    capsys.readouterr()
+    assert main(["results", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and all(" ± " in r for r in rows)
+    assert "4 run(s), 2 group(s)" in text
+    # mean over the two seeds
+    runs = [json.loads(f.read_text()) for f in results_of(out) if "natural" in str(f)]
+    mean = sum(r["test"]["recall@10"] for r in runs) / 2
+    assert f"{mean:.4f} ± " in rows[0] or f"{mean:.4f} ± " in rows[1]
+
+    png = tmp_path / "plot.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert main(["results", str(out), "--plot", str(png), "--metric", "recall@10"]) == 1
+        assert "needs matplotlib" in capsys.readouterr().err
+    else:
+        assert main(["results", str(out), "--plot", str(png), "--metric", "recall@10"]) == 0
+        assert png.stat().st_size > 0
+
+
+def test_results_missing_dir(tmp_path, capsys):
+    assert main(["results", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_build_dataset_subcommand_is_wired():
+    with pytest.raises(SystemExit) as e:
+        main(["build-dataset", "--help"])
+    assert e.value.code == 0

@@ -1,0 +1,102 @@
+import pytest
+
+from pyg_mmrec.config import (CONFIG_DIR, ConfigError, build_config, check_against_data,
+                              eval_ks, load_yaml, parse_assignments, parse_grid, parse_value,
+                              train_defaults, validate_train)
+
+
+def test_train_yaml_is_complete_and_valid():
+    t = validate_train(train_defaults())
+    assert t["epochs"] == 1000 and t["patience"] == 20 and t["batch_size"] == 2048
+    assert t["lr"] == 1e-3 and t["topk"] == [10, 20, 50] and t["metric"] == "recall@20"
+
+
+def test_layers_model_yaml_then_overrides():
+    c = build_config("LightGCN", {"n_layers": 3, "lr": 1e-2, "train.topk": [5, 20]})
+    assert c["model"] == "lightgcn"
+    assert c["hparams"]["n_layers"] == 3
+    assert c["hparams"]["embedding_size"] == load_yaml(CONFIG_DIR / "lightgcn.yaml")["embedding_size"]
+    assert c["train"]["lr"] == 1e-2 and c["train"]["topk"] == [5, 20]
+    assert eval_ks(c["train"]) == [5, 20]
+    # int accepted (and widened) where the default is a float
+    assert build_config("lightgcn", {"reg_weight": 0})["hparams"]["reg_weight"] == 0.0
+    assert build_config("lightgcn", {"model.reg_weight": 1e-3})["hparams"]["reg_weight"] == 1e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": -1e-3}, "train.lr: expected a positive number"),
+    ({"lr": 0}, "train.lr: expected a positive number"),
+    ({"lr": "fast"}, "train.lr: expected a number"),
+    ({"epochs": 0}, "train.epochs: expected an integer >= 1"),
+    ({"batch_size": 2.5}, "train.batch_size"),
+    ({"patience": True}, "train.patience"),
+    ({"topk": [0, 10]}, "train.topk"),
+    ({"metric": "auc@10"}, "train.metric"),
+    ({"grad_clip": -1}, "train.grad_clip"),
+    ({"deterministic": "yes"}, "train.deterministic: expected true or false"),
+    ({"n_layers": 1.5}, "'model.n_layers': expected a value of type int"),
+    ({"n_layers": "two"}, "'model.n_layers'"),
+    ({"no_such_key": 1}, "unknown configuration key 'no_such_key'"),
+    ({"train.no_such_key": 1}, "unknown key 'no_such_key' for train"),
+    ({"model.lr": 1}, "unknown key 'lr' for model"),
+    ({"foo.lr": 1}, "unknown section 'foo'"),
+    ({"plugin.kl_weight": 1}, "no plug-in selected"),
+])
+def test_bad_values_fail_with_clear_message(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config("lightgcn", overrides)
+
+
+def test_unknown_model_and_plugin():
+    with pytest.raises(ConfigError, match="unknown model 'NoSuchNet'"):
+        build_config("NoSuchNet")
+    with pytest.raises(ConfigError, match="unknown plug-in 'xyz'"):
+        build_config("lightgcn", plugin="xyz")
+    with pytest.raises(ConfigError, match="expected a registry name or a callable"):
+        build_config(42)
+
+
+def test_k_larger_than_item_count():
+    c = build_config("bpr", {"topk": [10, 20, 50]})
+    check_against_data(c, num_items=50)
+    with pytest.raises(ConfigError, match="K=50 is larger than the number of items \\(40\\)"):
+        check_against_data(c, num_items=40)
+    c = build_config("bpr", {"topk": [5], "metric": "ndcg@30"})
+    with pytest.raises(ConfigError, match="K=30"):
+        check_against_data(c, num_items=20)
+
+
+def test_callable_model_keys_from_signature():
+    def net(num_users, num_items, train_edge_index, features, masks, dim=8, tau=0.5):
+        raise AssertionError("not built by build_config")
+    c = build_config(net, {"dim": 16, "lr": 0.1})
+    assert c["model"] == "net" and c["hparams"] == {"dim": 16} and c["train"]["lr"] == 0.1
+    with pytest.raises(ConfigError, match="'model.dim': expected a value of type int"):
+        build_config(net, {"dim": 1.5})
+    with pytest.raises(ConfigError, match="unknown configuration key 'depth'"):
+        build_config(net, {"depth": 2})
+
+
+def test_plugin_keys():
+    pytest.importorskip("pyg_mmrec.models.mrdib")
+    c = build_config("lightgcn", {"plugin.kl_weight": 0.01, "unique_weight": 0.0}, plugin="mrdib")
+    assert c["plugin"] == "mrdib"
+    assert c["plugin_hparams"]["kl_weight"] == 0.01 and c["plugin_hparams"]["unique_weight"] == 0.0
+
+
+def test_parse_value_and_assignments():
+    assert parse_value("1e-3") == 1e-3 and parse_value("3") == 3 and parse_value("true") is True
+    assert parse_value("[10,20]") == [10, 20] and parse_value("null") is None
+    assert parse_value("mean") == "mean"
+    assert parse_assignments(["lr=1e-3", "topk=[5, 10]"]) == {"lr": 1e-3, "topk": [5, 10]}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_assignments(["lr"])
+
+
+def test_parse_grid():
+    g = parse_grid(["lr=1e-3,1e-2", "topk=[10,20],[5]", "n_layers=1"])
+    assert g == {"lr": [1e-3, 1e-2], "topk": [[10, 20], [5]], "n_layers": [1]}
+    with pytest.raises(ConfigError, match="empty value"):
+        parse_grid(["lr=1e-3,"])
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_grid(["lr=1", "lr=2"])

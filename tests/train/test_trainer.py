@@ -1,0 +1,247 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyg_mmrec.config import train_defaults, validate_train
+from pyg_mmrec.models.base import Recommender, RecOutput
+from pyg_mmrec.train import TrainData, Trainer, TrainingInterrupted, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TinyMF(Recommender):
+    """MF + one modality projection, with dropout (consumes the torch RNG) and a
+    side estimator trained by the auxiliary optimiser."""
+
+    def __init__(self, num_users, num_items, train_edge_index, features=None, masks=None,
+                 dim=8, dropout=0.2):
+        super().__init__(num_users, num_items, train_edge_index, features, masks)
+        self.user_emb = torch.nn.Embedding(num_users, dim)
+        self.item_emb = torch.nn.Embedding(num_items, dim)
+        self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(features[m].size(1), dim)
+                                         for m in self.modalities})
+        self.drop = torch.nn.Dropout(dropout)
+        self.est = torch.nn.Linear(dim, dim)
+        self.epochs_seen = []
+
+    def forward(self):
+        item = self.item_emb.weight
+        for m in self.modalities:
+            item = item + self.proj[m](self.feature(m)) * self.mask(m).unsqueeze(1)
+        return RecOutput(user=self.drop(self.user_emb.weight), item=item)
+
+    def loss(self, users, pos, neg, out=None):
+        terms = super().loss(users, pos, neg, out)
+        terms["reg"] = 1e-3 * self.user_emb.weight[users].pow(2).mean()
+        return terms
+
+    def auxiliary_parameters(self):
+        return list(self.est.parameters())
+
+    def auxiliary_loss(self, users, pos, neg):
+        u = self.user_emb.weight[users].detach()
+        return (self.est(u) - self.item_emb.weight[pos].detach()).pow(2).mean()
+
+    def on_epoch_start(self, epoch):
+        self.epochs_seen.append(epoch)
+
+
+def tiny_data(num_users=30, num_items=40, per_user=7, seed=0, eval_masks_differ=True):
+    g = torch.Generator().manual_seed(seed)
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(num_users):
+        items = torch.randperm(num_items, generator=g)[:per_user].tolist()
+        rows["valid"].append((u, items[0]))
+        rows["test"].append((u, items[1]))
+        rows["train"] += [(u, i) for i in items[2:]]
+    ei = {k: torch.tensor(v, dtype=torch.long).t().contiguous() for k, v in rows.items()}
+    feat = {"image": torch.randn(num_items, 6, generator=g)}
+    masks = {"image": torch.rand(num_items, generator=g) > 0.3}
+    eval_masks = {"image": masks["image"] & (torch.rand(num_items, generator=g) > 0.3)}
+    eval_feat = {"image": feat["image"] * eval_masks["image"].unsqueeze(1)}
+    return TrainData(num_users, num_items, ei["train"], ei["valid"], ei["test"],
+                     {"image": feat["image"] * masks["image"].unsqueeze(1)}, masks,
+                     eval_feat if eval_masks_differ else None,
+                     eval_masks if eval_masks_differ else None)
+
+
+def cfg(**kw):
+    t = train_defaults()
+    t.update(dict(epochs=6, batch_size=32, lr=0.01, eval_every=2, patience=10, topk=[5, 10],
+                  metric="recall@10"))
+    t.update(kw)
+    return validate_train(t)
+
+
+def make_model(data, seed=0):
+    torch.manual_seed(seed)
+    return TinyMF(data.num_users, data.num_items, data.train_edge_index, data.train_features,
+                  data.train_masks)
+
+
+def strip_times(history):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
+
+
+class StopAt(Trainer):
+    """Requests a stop (like SIGINT) after global batch ``stop_at``."""
+
+    stop_at = None
+
+    def on_batch_end(self, epoch, batch):
+        self._global = getattr(self, "_global", 0) + 1
+        if self._global == self.stop_at:
+            self.request_stop()
+
+
+def test_fit_trains_validates_and_tests_once(tmp_path):
+    data = tiny_data()
+    model = make_model(data)
+    tr = Trainer(model, data, cfg(), out_dir=tmp_path)
+    calls = []
+    orig = tr.evaluate
+    tr.evaluate = lambda split="valid": calls.append(split) or orig(split)
+    res = tr.fit()
+    assert calls.count("test") == 1 and calls[-1] == "test"
+    assert calls.count("valid") == 3  # epochs 1, 3, 5 (eval_every=2)
+    assert res.epochs == 6 and res.best_epoch in (1, 3, 5)
+    assert set(res.valid) >= {"recall@10", "ndcg@5"} and set(res.test) == set(res.valid)
+    assert model.epochs_seen == list(range(6))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(6))
+    assert {"loss", "loss/bpr", "loss/reg", "loss/aux", "seconds"} <= set(lines[0])
+    assert "valid" in lines[1] and "valid" not in lines[0]
+    # the model ends in the best state
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["finished"] and ck["best_epoch"] == res.best_epoch
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["best_state"][k])
+
+
+@pytest.mark.parametrize("stop_at", [3, 5, 9])  # mid-epoch, end of epoch 0, mid-epoch 1
+def test_resume_is_bit_for_bit(tmp_path, stop_at):
+    data = tiny_data()
+    full_model = make_model(data)
+    full = Trainer(full_model, data, cfg(), out_dir=tmp_path / "full").fit()
+
+    StopAt.stop_at = stop_at
+    m1 = make_model(data)
+    with pytest.raises(TrainingInterrupted):
+        StopAt(m1, data, cfg(), out_dir=tmp_path / "cut").fit()
+    ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (ck["epoch"], ck["batch"]) == divmod(stop_at, 5)  # 150 train pairs / 32 -> 5 batches
+
+    m2 = make_model(data, seed=123)  # different init: everything must come from the checkpoint
+    resumed = Trainer(m2, data, cfg(), out_dir=tmp_path / "cut").fit(resume=True)
+    for k, v in full_model.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+    assert resumed.best_epoch == full.best_epoch
+    assert resumed.valid == full.valid and resumed.test == full.test
+    assert strip_times(resumed.history) == strip_times(full.history)
+    log = lambda d: strip_times([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])  # noqa
+    assert log(tmp_path / "cut") == log(tmp_path / "full")
+
+
+def test_early_stopping_and_eval_inputs(tmp_path):
+    data = tiny_data()
+    model = make_model(data)
+    seen = []
+    orig = model.set_modality_inputs
+    model.set_modality_inputs = lambda f, m=None: seen.append(m["image"].sum().item()) or orig(f, m)
+    res = Trainer(model, data, cfg(epochs=200, eval_every=1, patience=2, lr=0.3)).fit()
+    assert res.stopped_early and res.epochs < 200
+    assert res.epochs - 1 - res.best_epoch == 2
+    # validation switches to the eval masks and back to the train masks
+    assert seen[:2] == [data.eval_masks["image"].sum().item(), data.train_masks["image"].sum().item()]
+
+    # with identical train/eval inputs, no switching at all
+    data2 = tiny_data(eval_masks_differ=False)
+    model2 = make_model(data2)
+    model2.set_modality_inputs = lambda *a: pytest.fail("inputs should not be switched")
+    Trainer(model2, data2, cfg(epochs=2)).fit()
+
+
+def test_grad_clip_and_nonfinite_loss():
+    data = tiny_data()
+    model = make_model(data)
+    tr = Trainer(model, data, cfg(epochs=1, grad_clip=1e-6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr.fit(test=False)
+    assert not torch.equal(before["user_emb.weight"], model.user_emb.weight)
+
+    model.loss = lambda u, p, n, out=None: {"bpr": torch.tensor(float("nan"), requires_grad=True)}
+    with pytest.raises(RuntimeError, match="non-finite loss at epoch 0, batch 0"):
+        Trainer(model, data, cfg(epochs=1)).fit()
+
+
+def test_resume_without_checkpoint_fails(tmp_path):
+    data = tiny_data()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(make_model(data), data, cfg(), out_dir=tmp_path).fit(resume=True)
+
+
+SIGINT_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from pathlib import Path
+    from pyg_mmrec.config import train_defaults, validate_train
+    from pyg_mmrec.models.bpr import BPR
+    from pyg_mmrec.train import Trainer, TrainData, TrainingInterrupted
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    g = torch.Generator().manual_seed(0)
+    U, I = 50, 60
+    items = torch.stack([torch.randperm(I, generator=g)[:8] for _ in range(U)])
+    users = torch.arange(U).repeat_interleave(8).view(U, 8)
+    ei = lambda sl: torch.stack([users[:, sl].reshape(-1), items[:, sl].reshape(-1)])
+    data = TrainData(U, I, ei(slice(2, 8)), ei(slice(0, 1)), ei(slice(1, 2)))
+    t = train_defaults(); t.update(epochs=10**6, batch_size=16, patience=10**6, topk=[5])
+    class Slow(Trainer):
+        def on_batch_end(self, epoch, batch):
+            (out / "started").touch()
+            time.sleep(0.005)
+    torch.manual_seed(0)
+    tr = Slow(BPR(U, I, data.train_edge_index), data, validate_train(t), out_dir=out)
+    try:
+        tr.fit()
+    except TrainingInterrupted as e:
+        print("INTERRUPTED", e.epoch, e.batch, flush=True)
+        sys.exit(130)
+    sys.exit(1)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_writes_loadable_checkpoint(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SIGINT_SCRIPT)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "INTERRUPTED" in stdout
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["epoch"] * 19 + ck["batch"] > 0  # 300 pairs / 16 -> 19 batches per epoch
+    assert not ck["finished"] and "model" in ck and "optimizer" in ck
+    assert not list(out.glob(".*.tmp"))  # no temporary file left behind
