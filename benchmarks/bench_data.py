@@ -40,6 +40,15 @@ DEFAULT_DATA = Path(os.environ.get("PYG_MMREC_DATA", ROOT / ".." / "shared" / "d
 
 
 def rss_mb() -> float:
+    """Peak resident memory of this process in MB. VmHWM is per address space;
+    ru_maxrss would include the parent's RSS at fork (Linux keeps it across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 

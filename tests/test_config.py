@@ -100,3 +100,13 @@ def test_parse_grid():
         parse_grid(["lr=1e-3,"])
     with pytest.raises(ConfigError, match="given twice"):
         parse_grid(["lr=1", "lr=2"])
+
+
+def test_tensorboard_needs_the_package():
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except Exception:
+        with pytest.raises(ConfigError, match="needs the `tensorboard` package"):
+            build_config("bpr", {"tensorboard": True})
+    else:
+        assert build_config("bpr", {"tensorboard": True})["train"]["tensorboard"] is True

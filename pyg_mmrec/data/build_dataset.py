@@ -356,7 +356,9 @@ def split_per_user(user: np.ndarray, ratios: Sequence[float] = (0.8, 0.1, 0.1),
     order) when ``timestamp`` is given, else shuffled with ``seed``; the first
     :math:`\mathrm{round}(r_0 n_u)` are train, the next
     :math:`\mathrm{round}(r_1 n_u)` valid and the rest test (rounding half to
-    even; the shipped ``ml100k_mm`` split follows this rule exactly).
+    even; the shipped ``ml100k_mm`` split follows this rule exactly). A user
+    with :math:`n_u \ge 3` gets at least one valid and one test interaction
+    (taken from train), so a 5-core user splits 3/1/1 rather than 4/0/1.
     """
     r = np.asarray(ratios, dtype=np.float64)
     if r.shape != (3,) or (r < 0).any() or abs(r.sum() - 1.0) > 1e-6:
@@ -370,7 +372,15 @@ def split_per_user(user: np.ndarray, ratios: Sequence[float] = (0.8, 0.1, 0.1),
     rank = np.arange(len(user)) - start[user[order]]
     n = counts[user[order]].astype(np.float64)
     n_train = np.round(r[0] * n)
-    n_valid = np.round(r[1] * n)
+    n_valid = np.minimum(np.round(r[1] * n), n - n_train)
+    # Small users (e.g. 5-core: round(0.5) = 0) would get no valid/test item;
+    # from 3 interactions on, each non-empty split gets at least one, taken from train.
+    small = n >= 3
+    give_v = small & (r[1] > 0) & (n_valid == 0)
+    n_valid = n_valid + give_v
+    n_train = n_train - give_v
+    give_t = small & (r[2] > 0) & (n - n_train - n_valid == 0)
+    n_train = n_train - give_t
     lab_sorted = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
     label = np.empty(len(user), dtype=np.int64)
     label[order] = lab_sorted

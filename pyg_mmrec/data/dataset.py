@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import os.path as osp
-import re
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import masked_spmm
-from ._propagation import BipartitePropagation
+from ..nn.lightgcn_conv import LightGCNConv
 from .base import Recommender, RecOutput, bpr_loss
 
 
@@ -17,8 +16,7 @@ class _ModalityGCN(torch.nn.Module):
     :math:`\mathrm{MLP}_m(f_i^m)`, and :math:`L` layers of
 
     .. math::
-        h_n^{(l)} = \mathrm{LReLU}\big(W_l \operatorname{mean}_{n' \in \mathcal{N}(n)}
-        x_{n'}^{(l-1)}\big), \quad
+        h_n^{(l)} = \mathrm{LReLU}\big(W_l (\hat{A} x^{(l-1)})_n\big), \quad
         \hat{x}_n^{(l)} = \mathrm{LReLU}(W'_l x_n^{(l-1)}) + e_n, \quad
         x_n^{(l)} = \mathrm{LReLU}(G_l h_n^{(l)} + \hat{x}_n^{(l)}).
     """
@@ -39,18 +37,16 @@ class _ModalityGCN(torch.nn.Module):
         for mod in (self.mlp, *self.conv, *self.linear, *self.gate):
             mod.reset_parameters()
 
-    def forward(self, graph: BipartitePropagation, feat: Tensor, mask: Tensor,
+    def forward(self, conv: LightGCNConv, feat: Tensor, mask: Tensor,
                 id_user: Tensor, id_item: Tensor) -> tuple[Tensor, Tensor]:
         # missing items start from zero and send nothing in the first layer
         x_i = self.mlp(feat) * mask.unsqueeze(-1).to(feat.dtype)
         x_u = self.preference
         x = F.normalize(torch.cat([x_u, x_i]), dim=-1)
-        x_u, x_i = x[:graph.num_users], x[graph.num_users:]
-        for layer, (conv, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
-            src_mask = mask if layer == 0 else None
-            agg_u = masked_spmm(graph.u_rowptr, graph.u_col, x_i, src_mask, None, "mean")[0]
-            agg_i = masked_spmm(graph.i_rowptr, graph.i_col, x_u, None, None, "mean")[0]
-            h_u, h_i = F.leaky_relu(conv(agg_u)), F.leaky_relu(conv(agg_i))
+        x_u, x_i = x[:conv.num_users], x[conv.num_users:]
+        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
+            agg_u, agg_i = conv((x_u, x_i), item_mask=mask if layer == 0 else None)
+            h_u, h_i = F.leaky_relu(w(agg_u)), F.leaky_relu(w(agg_i))
             xh_u = F.leaky_relu(lin(x_u)) + id_user
             xh_i = F.leaky_relu(lin(x_i)) + id_item
             x_u = F.leaky_relu(gate(h_u) + xh_u)
@@ -108,7 +104,7 @@ class MMGCN(Recommender):
         self.gcns = torch.nn.ModuleDict({
             m: _ModalityGCN(num_users, self._features[m].size(1), dim_latent, d, n_layers)
             for m in self.modalities})
-        self.graph = BipartitePropagation(train_edge_index, num_users, num_items)
+        self.ui_conv = LightGCNConv(num_users, num_items, train_edge_index)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,7 +117,7 @@ class MMGCN(Recommender):
         user_modal, item_modal = {}, {}
         for m in self.modalities:
             user_modal[m], item_modal[m] = self.gcns[m](
-                self.graph, self.feature(m), self.mask(m),
+                self.ui_conv, self.feature(m), self.mask(m),
                 self.user_embedding.weight, self.item_embedding.weight)
         user = torch.stack(list(user_modal.values())).mean(0)
         item = torch.stack(list(item_modal.values())).mean(0)

@@ -110,8 +110,10 @@ class MRdIB(Recommender):
     The objective is :math:`\mathcal{L}_{\mathrm{backbone}} +
     \beta\mathcal{L}_{\mathrm{MIB}} + \lambda_u\mathcal{L}_{\mathrm{uni}} +
     \lambda_r\mathcal{L}_{\mathrm{red}} + \lambda_s\mathcal{L}_{\mathrm{syn}}`,
-    the backbone's own terms computed on the same forward pass. All codes are
-    computed for the batch items only.
+    the backbone's own terms computed on the same forward pass (one backbone
+    forward per step). The plug-in's terms use the first ``sub_batch`` triples
+    of each shuffled batch and encode only their items (all items when those
+    cover most of the catalogue), which bounds its cost.
 
     **Missing modalities.** A modality absent for an item contributes no code:
     its KL, unique, redundancy and emergent terms skip that item (pair) and
@@ -149,7 +151,7 @@ class MRdIB(Recommender):
         sub_batch (int, optional): the unique and synergy terms use the first
             ``sub_batch`` triples of each (shuffled) batch, an unbiased
             sub-sample that bounds the plug-in's cost; :obj:`None` = all.
-            (default: :obj:`1024`)
+            (default: :obj:`256`)
         seed (int): seed of the plug-in's own initialisation and noise.
         in_channels (dict, optional): ``{m: d_m}``; inferred by one no-grad
             forward of the backbone (under a forked RNG) when omitted.
@@ -160,7 +162,8 @@ class MRdIB(Recommender):
                  unique_weight: float = 1e-2, redundant_weight: float = 1e-3,
                  synergy_weight: float = 1e-2, stochastic: bool = True,
                  mi_estimator: str = "club", mi_hidden: int = 64, mi_batch: int = 512,
-                 sub_batch: Optional[int] = 1024, seed: int = 0, in_channels: Optional[Dict[str, int]] = None) -> None:
+                 sub_batch: Optional[int] = 256, seed: int = 0,
+                 in_channels: Optional[Dict[str, int]] = None) -> None:
         # Recommender.__init__ would re-run set_modality_inputs on the backbone
         # (rebuilding its caches); the wrapper holds no inputs of its own.
         Module.__init__(self)

@@ -116,9 +116,7 @@ class CSRAdjacency:
 
     def gather(self, edge_attr: Tensor) -> Tensor:
         """Reorders a per-edge tensor given in the *input* edge order into CSR order."""
-        if edge_attr.size(0) != self.num_edges:
-            raise ValueError(f"edge_weight: expected {self.num_edges} entries (one per edge), "
-                             f"got shape {list(edge_attr.shape)}")
+        _check_edge_weight(edge_attr, self.num_edges)
         return edge_attr if self.edge_perm is None else edge_attr[self.edge_perm]
 
     def row(self) -> Tensor:

@@ -58,24 +58,27 @@ class InfoNCE(torch.nn.Module):
             raise ValueError(f"InfoNCE: expected {name} of shape [N, d], got {list(view.shape)}")
         return F.normalize(view, dim=-1) if self.normalize else view
 
-    def _one_way(self, a: Tensor, b: Tensor) -> Tensor:
-        logits = a @ b.t() / self.temperature
-        # the positive of row i is column i: a softmax cross-entropy per row
-        return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
+    def _both_ways(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(L(a, b), L(b, a))`` from one similarity matrix: the row-wise and
+        the column-wise log-sum-exp of :math:`S = a b^\top / \tau`."""
+        s = (a / self.temperature) @ b.t()
+        pos = s.diagonal()
+        return ((torch.logsumexp(s, dim=1) - pos).mean(),
+                (torch.logsumexp(s, dim=0) - pos).mean())
 
     def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
         a, b = self._prepare(anchor, "anchor"), self._prepare(positive, "positive")
         if a.shape != b.shape:
             raise ValueError(f"InfoNCE: views must have the same shape, got "
                              f"{list(a.shape)} and {list(b.shape)}")
-        if self.symmetric:
-            return 0.5 * (self._one_way(a, b) + self._one_way(b, a))
-        return self._one_way(a, b)
+        ab, ba = self._both_ways(a, b)
+        return 0.5 * (ab + ba) if self.symmetric else ab
 
     def multi_view(self, views: Union[Sequence[Tensor], Tensor]) -> Tensor:
         r"""Mean of :math:`\mathcal{L}(v_a, v_b)` over all ordered pairs
         :math:`a \neq b` of ``views`` (a sequence of, or a stacked ``[V, N, d]``
-        tensor of, :math:`V \geq 2` aligned views)."""
+        tensor of, :math:`V \geq 2` aligned views). Each unordered pair costs
+        one similarity matrix."""
         views = list(views.unbind(0)) if isinstance(views, Tensor) else list(views)
         if len(views) < 2:
             raise ValueError(f"InfoNCE.multi_view: need at least 2 views, got {len(views)}")
@@ -84,10 +87,10 @@ class InfoNCE(torch.nn.Module):
             raise ValueError(f"InfoNCE.multi_view: views must share one shape, got "
                              f"{[list(v.shape) for v in vs]}")
         total = vs[0].new_zeros(())
-        for i, a in enumerate(vs):
-            for j, b in enumerate(vs):
-                if i != j:
-                    total = total + self._one_way(a, b)
+        for i in range(len(vs)):
+            for j in range(i + 1, len(vs)):
+                ab, ba = self._both_ways(vs[i], vs[j])
+                total = total + ab + ba
         return total / (len(vs) * (len(vs) - 1))
 
     def __repr__(self) -> str:

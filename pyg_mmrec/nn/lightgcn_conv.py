@@ -198,17 +198,20 @@ class LightGCNConv(torch.nn.Module):
             raise ValueError(f"num_layers: expected an int >= 0, got {L!r}")
         x, as_pair = self._split_input(x)
         mask, adj = self._node_mask(item_mask), self.adj
-        layers: List[Tensor] = [x]
-        for _ in range(int(L)):
-            layers.append(self._step(layers[-1], mask, adj))
-        if combine == "last":
-            return self._output(layers[-1], as_pair)
         if combine == "stack":
+            layers: List[Tensor] = [x]
+            for _ in range(int(L)):
+                layers.append(self._step(layers[-1], mask, adj))
             out = torch.stack(layers, dim=0)
             return out.split([self.num_users, self.num_items], dim=1) if as_pair else out
-        out = torch.stack(layers, dim=0).sum(0)
-        if combine == "mean":
-            out = out / len(layers)
+        # Running sum: no [L+1, N, F] stack is materialised.
+        h, total = x, x
+        for _ in range(int(L)):
+            h = self._step(h, mask, adj)
+            total = total + h
+        if combine == "last":
+            return self._output(h, as_pair)
+        out = total / (int(L) + 1) if combine == "mean" else total
         return self._output(out, as_pair)
 
     def __repr__(self) -> str:

@@ -230,6 +230,9 @@ class MissingAwareConv(MessagePassing):
             ei, w = edge_index.to_edge_index()
             edge_weight = w if edge_weight is None else edge_index.gather(edge_weight)
             edge_index, num_dst = ei, edge_index.num_dst
+        elif isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_coo and \
+                not edge_index.is_coalesced():
+            edge_index = edge_index.coalesce()  # PyG reads .indices() of COO inputs
         # The presence indicator travels as one extra channel, so one scatter
         # yields both sum_j w m x_j and the weight sum s_i. `where` (not a
         # product) keeps NaN/inf in a missing node's row from leaking.

@@ -273,19 +273,23 @@ if WITH_EXT:
 
     def _backward(ctx, grad_out, grad_weight_sum):
         rowptr, col, x, mask, value, colptr, row_t, perm, out, weight_sum = ctx.saved_tensors
+        # The dispatcher drops trailing arguments left at their default (None), so
+        # needs_input_grad may be shorter than the schema.
+        needs = tuple(ctx.needs_input_grad) + (False,) * 9
         grad_x = grad_value = None
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        if ctx.needs_input_grad[2]:
+        if needs[2]:
             if colptr is None:
                 colptr, row_t, perm = torch.ops.pyg_mmrec.csr_transpose(rowptr, col, x.shape[0])
             grad_x = torch.ops.pyg_mmrec.masked_spmm_backward_x(
                 colptr, row_t, perm, grad_out, mask, value,
                 weight_sum if ctx.mean else None, ctx.mean)
-        if ctx.needs_input_grad[4]:
+        if needs[4] and value is not None:
             grad_value = torch.ops.pyg_mmrec.masked_spmm_backward_value(
                 rowptr, col, x, grad_out, grad_weight_sum, mask, out, weight_sum, ctx.mean)
-        return None, None, grad_x, None, grad_value, None, None, None, None
+        grads = (None, None, grad_x, None, grad_value, None, None, None, None)
+        return grads[:len(ctx.needs_input_grad)]
 
     torch.library.register_autograd("pyg_mmrec::masked_spmm", _backward,
                                     setup_context=_setup_context)

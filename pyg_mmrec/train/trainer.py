@@ -158,6 +158,10 @@ class Trainer:
         self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
                                   num_neg=self.train_cfg["num_neg"], seed=self.seed)
         self._switch_inputs = data.eval_inputs_differ()
+        if self.device.type != "cpu" and data.train_features:
+            # move the modality inputs once instead of on every forward
+            self.model.set_modality_inputs(self._to_dev(data.train_features),
+                                           self._to_dev(data.train_masks))
 
         aux = list(self.model.auxiliary_parameters()) if hasattr(self.model, "auxiliary_parameters") else []
         aux_ids = {id(p) for p in aux}

@@ -138,10 +138,10 @@ def test_non_contiguous_inputs(reduce):
     rowptr, col, x, mask, value = make_inputs(n_src=25, feat=6)
     x_nc = torch.randn(6, 25, dtype=torch.float64).t()  # column-major view
     x_nc.copy_(x)
-    col_nc = torch.stack([col, col]).t()[:, 0]  # stride 2
-    value_nc = torch.stack([value, value]).t()[:, 1]
-    mask_nc = torch.stack([mask, mask]).t()[:, 0]
-    rowptr_nc = torch.stack([rowptr, rowptr]).t()[:, 0]
+    col_nc = torch.stack([col, col], dim=1)[:, 0]  # stride 2
+    value_nc = torch.stack([value, value], dim=1)[:, 1]
+    mask_nc = torch.stack([mask, mask], dim=1)[:, 0]
+    rowptr_nc = torch.stack([rowptr, rowptr], dim=1)[:, 0]
     assert not (x_nc.is_contiguous() or col_nc.is_contiguous() or value_nc.is_contiguous())
     got = run_with_grads(masked_spmm, rowptr_nc, col_nc, x_nc, mask_nc, value_nc, reduce)
     want = run_with_grads(masked_spmm_reference, rowptr, col, x, mask, value, reduce)
