@@ -104,16 +104,19 @@ def _ascii_ints(cols, sep=b"\t"):
     row_len = sum(ndig) + len(cols)  # separators + newline
     start = np.zeros(n, dtype=np.int64)
     np.cumsum(row_len[:-1], out=start[1:])
-    buf = np.empty(int(row_len.sum()), dtype=np.uint8)
+    total = int(row_len.sum())
+    buf = np.empty(total + 1, dtype=np.uint8)  # last byte: scratch for unused digit slots
     off = start.copy()
     for j, (c, nd) in enumerate(zip(cols, ndig)):
         for d in range(int(nd.max())):
-            has = nd > d
-            p = 10 ** (nd[has] - 1 - d)
-            buf[off[has] + d] = (c[has] // p) % 10 + 48
+            # no boolean compaction: rows with fewer digits write into the scratch byte
+            idx = np.where(nd > d, off + d, total)
+            p = 10 ** np.maximum(nd - 1 - d, 0)
+            buf[idx] = (c // p) % 10 + 48
         off += nd
         buf[off] = ord("\t") if j < len(cols) - 1 else ord("\n")
         off += 1
+    buf = buf[:total]
     return buf.tobytes()
 
 

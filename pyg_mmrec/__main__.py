@@ -37,7 +37,8 @@ def _parse_seeds(text: str) -> List[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds: expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--seeds: expected comma-separated integers, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds: expected distinct integers, got {text!r}")
     return seeds
@@ -57,7 +58,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", action="append", default=None, metavar="SPEC",
                    help="missing-modality protocol, e.g. natural, i3mrec:fm:0.3, dgmrec:0.667, "
                         "entry:0.3; may be repeated (default: natural)")
-    p.add_argument("--seeds", type=_parse_seeds, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--seeds", type=_parse_seeds, default=[0],
+                   help="comma-separated seeds (default: 0)")
     p.add_argument("--plugin", default=None, help="plug-in wrapping the backbone (mrdib)")
     p.add_argument("--fill", default=None, choices=["zero", "mean", "propagate"],
                    help="how missing feature rows are filled (default: zero)")
@@ -66,6 +68,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue runs from their checkpoints (finished runs are reused)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="YAML of overrides (flat model keys, optional train:/plugin: sections); "
+                        "--set and flags win over it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (YAML-typed); may be repeated")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -90,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pyg_mmrec.train import TrainingInterrupted, run
 
     # ---- validate everything before any training
-    overrides = parse_assignments(args.set)
+    overrides = _overrides_from_yaml(args.config) if args.config else {}
+    overrides.update(parse_assignments(args.set))
     for flag in list(_TRAIN_FLAGS) + ["topk"]:
         v = getattr(args, flag)
         if v is not None:
@@ -159,17 +165,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides_from_yaml(path: str) -> Dict[str, Any]:
+    """``{k: v, train: {lr: ..}, plugin: {..}}`` -> ``{"k": v, "train.lr": .., "plugin.x": ..}``."""
+    from pyg_mmrec.config import ConfigError, load_yaml
+    if not Path(path).is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    out: Dict[str, Any] = {}
+    for k, v in load_yaml(path).items():
+        if k in ("train", "model", "plugin"):
+            if not isinstance(v, dict):
+                raise ConfigError(f"--config {path}: '{k}' must be a mapping")
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[f"model.{k}"] = v
+    return out
+
+
 def _print(args, msg: str) -> None:
     if not args.quiet:
         print(msg, file=sys.stderr)
 
 
 def add_results_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", help="run directories or result.json files (searched recursively)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="also plot test Recall@20 vs missing rate")
-    p.add_argument("--metric", default="recall@20", help="metric of the plot (default: %(default)s)")
+    p.add_argument("paths", nargs="+",
+                   help="run directories or result.json files (searched recursively)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also plot test Recall@20 vs missing rate")
+    p.add_argument("--metric", default="recall@20",
+                   help="metric of the plot (default: %(default)s)")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated table columns (default: recall@10,recall@20,ndcg@10,ndcg@20)")
+                   help="comma-separated table columns "
+                        "(default: recall@10,recall@20,ndcg@10,ndcg@20)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--json", action="store_true", help="print the aggregated rows as JSON")
 
@@ -202,8 +228,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pyg_mmrec",
-                                     description="Multimodal recommendation with missing modalities.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pyg_mmrec",
+        description="Multimodal recommendation with missing modalities.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train and evaluate a model (grid search, several seeds)")
     add_train_arguments(p)

@@ -260,10 +260,12 @@ def validate_train(train: Mapping[str, Any]) -> Dict[str, Any]:
     """Check every training setting; returns the normalised settings."""
     unknown = sorted(set(train) - set(_TRAIN_CHECKS))
     if unknown:
-        raise ConfigError(f"unknown training key(s) {unknown}; expected some of {sorted(_TRAIN_CHECKS)}")
+        raise ConfigError(f"unknown training key(s) {unknown}; "
+                          f"expected some of {sorted(_TRAIN_CHECKS)}")
     missing = sorted(set(_TRAIN_CHECKS) - set(train))
     if missing:
-        raise ConfigError(f"training key(s) {missing} have no value (is configs/train.yaml complete?)")
+        raise ConfigError(f"training key(s) {missing} have no value "
+                          "(is configs/train.yaml complete?)")
     out = {k: _TRAIN_CHECKS[k](k, train[k]) for k in _TRAIN_CHECKS}
     if out["tensorboard"]:
         try:

@@ -148,3 +148,18 @@ def test_build_dataset_subcommand_is_wired():
     with pytest.raises(SystemExit) as e:
         main(["build-dataset", "--help"])
     assert e.value.code == 0
+
+
+def test_config_file_and_set_precedence(tiny_root, tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("n_layers: 1\ntrain:\n  lr: 0.02\n  patience: 3\n")
+    out = tmp_path / "runs"
+    assert main(BASE + ["--root", str(tiny_root), "--out", str(out), "--config", str(cfg),
+                        "--set", "train.patience=4"]) == 0
+    r = json.loads(results_of(out)[0].read_text())
+    assert r["config"]["hparams"]["n_layers"] == 1
+    assert r["config"]["train"]["lr"] == 0.02 and r["config"]["train"]["patience"] == 4
+    cfg.write_text("train:\n  lr: -1\n")
+    assert main(BASE + ["--root", str(tiny_root), "--out", str(tmp_path / "r2"),
+                        "--config", str(cfg)]) == 2
+    assert "train.lr" in capsys.readouterr().err

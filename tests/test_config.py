@@ -15,7 +15,8 @@ def test_layers_model_yaml_then_overrides():
     c = build_config("LightGCN", {"n_layers": 3, "lr": 1e-2, "train.topk": [5, 20]})
     assert c["model"] == "lightgcn"
     assert c["hparams"]["n_layers"] == 3
-    assert c["hparams"]["embedding_size"] == load_yaml(CONFIG_DIR / "lightgcn.yaml")["embedding_size"]
+    yaml_defaults = load_yaml(CONFIG_DIR / "lightgcn.yaml")
+    assert c["hparams"]["embedding_size"] == yaml_defaults["embedding_size"]
     assert c["train"]["lr"] == 1e-2 and c["train"]["topk"] == [5, 20]
     assert eval_ks(c["train"]) == [5, 20]
     # int accepted (and widened) where the default is a float

@@ -2,10 +2,11 @@
 //
 // All kernels are row-parallel gathers: each output row has exactly one writer, so no atomics
 // and no scatter are needed. The backward w.r.t. x gathers over the transposed (CSC) graph.
-// Rows are split between threads by edge count (not row count) so that power-law degree
+// Rows are split into chunks by edge count (not row count) so that power-law degree
 // distributions do not leave one thread with all the hubs. The inner loops run over the
-// contiguous feature dimension F and are vectorised (`omp simd`); the rows gathered next are
-// prefetched because the source rows are visited in random order.
+// contiguous feature dimension F, accumulate a 256-byte feature block in registers over all
+// edges of a row, and are vectorised (`omp simd`, AVX2/AVX-512 chosen at run time); the source
+// rows gathered next are prefetched because they are visited in random order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../masked_spmm.h"
@@ -20,44 +22,255 @@
 namespace pyg_mmrec {
 namespace {
 
-// How many edges ahead the source row is prefetched. The gather is latency bound: a row of
-// F = 64 floats spans 4 cache lines and lives at a random address.
-constexpr int64_t kPrefetchDistance = 8;
+#define PYG_MMREC_INLINE inline __attribute__((always_inline))
+
+// How many edges ahead the next source row is prefetched (only when it is present: prefetching
+// masked rows would waste half the memory traffic at 50% missingness).
+constexpr int64_t kPrefetchDistance = 12;
+
+// Features are processed in blocks of 256 bytes of accumulator kept in a local array (in
+// registers once vectorised) across all edges of a row; wider rows take several passes.
+template <typename acc_t>
+constexpr int kBlock = 256 / sizeof(acc_t);
 
 template <typename scalar_t>
-inline void prefetch_row(const scalar_t* p, int64_t F) {
+PYG_MMREC_INLINE void prefetch(const scalar_t* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
-  const int64_t bytes = F * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
 }
 
-// y += a * x over F contiguous features.
 template <typename acc_t, typename scalar_t>
-inline void axpy(acc_t* __restrict y, const scalar_t* __restrict x, acc_t a, int64_t F) {
-#pragma omp simd
-  for (int64_t f = 0; f < F; ++f) y[f] += a * static_cast<acc_t>(x[f]);
-}
-
-template <typename acc_t, typename scalar_t>
-inline acc_t dot(const scalar_t* __restrict a, const scalar_t* __restrict b, int64_t F) {
+PYG_MMREC_INLINE acc_t dot(const scalar_t* __restrict a, const scalar_t* __restrict b,
+                           int64_t F) {
   acc_t s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t f = 0; f < F; ++f) s += static_cast<acc_t>(a[f]) * static_cast<acc_t>(b[f]);
   return s;
 }
 
-// Runs fn(row_begin, row_end) over [0, n) split into one contiguous block per thread, each
-// with about the same number of edges + rows (ptr is a CSR/CSC pointer of length n + 1).
+// Kernel arguments (raw pointers to contiguous, validated tensors; optional ones are nullptr).
+template <typename scalar_t, typename index_t>
+struct ForwardArgs {
+  const index_t *rowptr, *col;
+  const scalar_t* x;
+  const bool* mask;
+  const scalar_t* value;
+  scalar_t *out, *wsum;
+  int64_t n_dst, F;
+  bool mean;
+};
+
+template <typename scalar_t, typename index_t>
+struct BackwardXArgs {
+  const index_t *colptr, *row_t, *perm;
+  const scalar_t* grad_out;
+  const bool* mask;
+  const scalar_t* value;
+  const at::opmath_type<scalar_t>* inv_wsum;  // 1 / weight_sum (0 where it is 0), or nullptr
+  scalar_t* grad_x;
+  int64_t n_src, F;
+};
+
+template <typename scalar_t, typename index_t>
+struct BackwardValueArgs {
+  const index_t *rowptr, *col;
+  const scalar_t *x, *grad_out, *grad_wsum;
+  const bool* mask;
+  const scalar_t *out, *wsum;
+  scalar_t* grad_value;
+  int64_t n_dst, F;
+  bool mean;
+};
+
+// Forward for rows [r0, r1), feature block [f0, f0 + len) (len == BF unless TAIL).
+template <int BF, bool TAIL, typename scalar_t, typename index_t>
+PYG_MMREC_INLINE void forward_block(const ForwardArgs<scalar_t, index_t>& a, int64_t r0,
+                                    int64_t r1, int64_t f0, int64_t len) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t F = a.F, n_edges = a.rowptr[a.n_dst];
+  for (int64_t i = r0; i < r1; ++i) {
+    acc_t acc[BF];
+    for (int f = 0; f < BF; ++f) acc[f] = acc_t(0);
+    acc_t ws = 0;
+    const int64_t e1 = a.rowptr[i + 1];
+    for (int64_t e = a.rowptr[i]; e < e1; ++e) {
+      if (e + kPrefetchDistance < n_edges) {
+        const int64_t jp = a.col[e + kPrefetchDistance];
+        if (a.mask == nullptr || a.mask[jp]) prefetch(a.x + jp * F + f0, BF);
+      }
+      const int64_t j = a.col[e];
+      if (a.mask != nullptr && !a.mask[j]) continue;
+      const acc_t w = a.value != nullptr ? static_cast<acc_t>(a.value[e]) : acc_t(1);
+      ws += w;
+      const scalar_t* __restrict xr = a.x + j * F + f0;
+      if constexpr (TAIL) {
+        for (int64_t f = 0; f < len; ++f) acc[f] += w * static_cast<acc_t>(xr[f]);
+      } else {
+#pragma omp simd
+        for (int f = 0; f < BF; ++f) acc[f] += w * static_cast<acc_t>(xr[f]);
+      }
+    }
+    const acc_t scale = !a.mean ? acc_t(1) : (ws != acc_t(0) ? acc_t(1) / ws : acc_t(0));
+    scalar_t* __restrict o = a.out + i * F + f0;
+    for (int64_t f = 0; f < (TAIL ? len : BF); ++f) o[f] = static_cast<scalar_t>(acc[f] * scale);
+    if (f0 == 0) a.wsum[i] = static_cast<scalar_t>(ws);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+PYG_MMREC_INLINE void forward_rows(const ForwardArgs<scalar_t, index_t>& a, int64_t r0,
+                                   int64_t r1) {
+  constexpr int BF = kBlock<at::opmath_type<scalar_t>>;
+  int64_t f0 = 0;
+  for (; f0 + BF <= a.F; f0 += BF) forward_block<BF, false>(a, r0, r1, f0, BF);
+  // The tail block also writes weight_sum when F == 0.
+  if (f0 < a.F || a.F == 0) forward_block<BF, true>(a, r0, r1, f0, a.F - f0);
+}
+
+// Backward w.r.t. x for source rows [r0, r1): grad_x[j] = m_j sum_k c_k grad_out[row_t[k]].
+template <int BF, bool TAIL, typename scalar_t, typename index_t>
+PYG_MMREC_INLINE void backward_x_block(const BackwardXArgs<scalar_t, index_t>& a, int64_t r0,
+                                       int64_t r1, int64_t f0, int64_t len) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t F = a.F, n_edges = a.colptr[a.n_src];
+  for (int64_t j = r0; j < r1; ++j) {
+    acc_t acc[BF];
+    for (int f = 0; f < BF; ++f) acc[f] = acc_t(0);
+    // A masked source contributes to no output, so its gradient is exactly 0.
+    if (a.mask == nullptr || a.mask[j]) {
+      const int64_t k1 = a.colptr[j + 1];
+      for (int64_t k = a.colptr[j]; k < k1; ++k) {
+        if (k + kPrefetchDistance < n_edges) {
+          prefetch(a.grad_out + static_cast<int64_t>(a.row_t[k + kPrefetchDistance]) * F + f0,
+                   BF);
+        }
+        const int64_t i = a.row_t[k];
+        acc_t c = a.value != nullptr ? static_cast<acc_t>(a.value[a.perm[k]]) : acc_t(1);
+        if (a.inv_wsum != nullptr) c *= a.inv_wsum[i];
+        const scalar_t* __restrict gr = a.grad_out + i * F + f0;
+        if constexpr (TAIL) {
+          for (int64_t f = 0; f < len; ++f) acc[f] += c * static_cast<acc_t>(gr[f]);
+        } else {
+#pragma omp simd
+          for (int f = 0; f < BF; ++f) acc[f] += c * static_cast<acc_t>(gr[f]);
+        }
+      }
+    }
+    scalar_t* __restrict o = a.grad_x + j * F + f0;
+    for (int64_t f = 0; f < (TAIL ? len : BF); ++f) o[f] = static_cast<scalar_t>(acc[f]);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+PYG_MMREC_INLINE void backward_x_rows(const BackwardXArgs<scalar_t, index_t>& a, int64_t r0,
+                                      int64_t r1) {
+  constexpr int BF = kBlock<at::opmath_type<scalar_t>>;
+  int64_t f0 = 0;
+  for (; f0 + BF <= a.F; f0 += BF) backward_x_block<BF, false>(a, r0, r1, f0, BF);
+  if (f0 < a.F) backward_x_block<BF, true>(a, r0, r1, f0, a.F - f0);
+}
+
+// Backward w.r.t. value for rows [r0, r1): one dot product per present edge.
+template <typename scalar_t, typename index_t>
+PYG_MMREC_INLINE void backward_value_rows(const BackwardValueArgs<scalar_t, index_t>& a,
+                                          int64_t r0, int64_t r1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t F = a.F, n_edges = a.rowptr[a.n_dst];
+  for (int64_t i = r0; i < r1; ++i) {
+    const scalar_t* g_i = a.grad_out + i * F;
+    acc_t inv = 1, c_i = 0;
+    if (a.mean) {
+      const acc_t w = static_cast<acc_t>(a.wsum[i]);
+      inv = w != acc_t(0) ? acc_t(1) / w : acc_t(0);
+      // d out_i / d w_e = m_j (x_j - out_i) / W_i, so <g_i, out_i> is shared by the row.
+      if (inv != acc_t(0)) c_i = dot<acc_t>(g_i, a.out + i * F, F);
+    }
+    const acc_t gws = a.grad_wsum != nullptr ? static_cast<acc_t>(a.grad_wsum[i]) : acc_t(0);
+    const int64_t e1 = a.rowptr[i + 1];
+    for (int64_t e = a.rowptr[i]; e < e1; ++e) {
+      if (e + kPrefetchDistance < n_edges) {
+        const int64_t jp = a.col[e + kPrefetchDistance];
+        if (a.mask == nullptr || a.mask[jp]) prefetch(a.x + jp * F, F);
+      }
+      const int64_t j = a.col[e];
+      if (a.mask != nullptr && !a.mask[j]) {
+        a.grad_value[e] = scalar_t(0);
+        continue;
+      }
+      acc_t d = 0;
+      if (inv != acc_t(0)) d = (dot<acc_t>(g_i, a.x + j * F, F) - c_i) * inv;
+      a.grad_value[e] = static_cast<scalar_t>(d + gws);
+    }
+  }
+}
+
+// ---- Runtime ISA dispatch. The kernels above are compiled three times (baseline x86-64,
+// AVX2+FMA, AVX-512) through always-inline templates and the best one the CPU supports runs:
+// wheels stay portable, and the feature loops use 8- or 16-wide FMAs where available.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define PYG_MMREC_MULTIVERSION 1
+Isa detect_isa() {
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+      return Isa::kAvx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    return Isa::kBaseline;
+  }();
+  return isa;
+}
+#define PYG_MMREC_DEFINE_VERSIONS(KERNEL)                                                  \
+  template <typename Args>                                                                 \
+  __attribute__((target("avx512f,avx512vl,avx2,fma"))) void KERNEL##_avx512(               \
+      const Args& a, int64_t r0, int64_t r1) {                                             \
+    KERNEL(a, r0, r1);                                                                     \
+  }                                                                                        \
+  template <typename Args>                                                                 \
+  __attribute__((target("avx2,fma"))) void KERNEL##_avx2(const Args& a, int64_t r0,        \
+                                                         int64_t r1) {                     \
+    KERNEL(a, r0, r1);                                                                     \
+  }                                                                                        \
+  template <typename Args>                                                                 \
+  void KERNEL##_baseline(const Args& a, int64_t r0, int64_t r1) {                          \
+    KERNEL(a, r0, r1);                                                                     \
+  }                                                                                        \
+  template <typename Args>                                                                 \
+  void KERNEL##_dispatch(const Args& a, int64_t r0, int64_t r1) {                          \
+    switch (detect_isa()) {                                                                \
+      case Isa::kAvx512: KERNEL##_avx512(a, r0, r1); break;                                \
+      case Isa::kAvx2: KERNEL##_avx2(a, r0, r1); break;                                    \
+      default: KERNEL##_baseline(a, r0, r1);                                               \
+    }                                                                                      \
+  }
+#else
+#define PYG_MMREC_DEFINE_VERSIONS(KERNEL)                                                  \
+  template <typename Args>                                                                 \
+  void KERNEL##_dispatch(const Args& a, int64_t r0, int64_t r1) {                          \
+    KERNEL(a, r0, r1);                                                                     \
+  }
+#endif
+
+PYG_MMREC_DEFINE_VERSIONS(forward_rows)
+PYG_MMREC_DEFINE_VERSIONS(backward_x_rows)
+PYG_MMREC_DEFINE_VERSIONS(backward_value_rows)
+
+// Runs fn(row_begin, row_end) over [0, n): contiguous chunks of about equal edges + rows
+// (ptr is a CSR/CSC pointer of length n + 1), several per thread, handed out dynamically so
+// that a thread slowed down by a hub row or by a busy core does not hold the others up.
 template <typename index_t, typename Fn>
 void parallel_rows(const index_t* ptr, int64_t n, int64_t F, const Fn& fn) {
   const int64_t cost = static_cast<int64_t>(ptr[n]) + n;
   const int64_t work = cost * std::max<int64_t>(F, 1);
-  const int64_t nthreads = at::get_num_threads();
-  const int64_t nchunks = (work < (1 << 16) || nthreads <= 1) ? 1 : std::min(nthreads, n);
-  if (nchunks <= 1) {
+  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (work < (1 << 16) || nthreads <= 1 || n <= 1) {
     fn(int64_t(0), n);
     return;
   }
+  const int64_t nchunks = std::min<int64_t>(8 * nthreads, n);
   // First row r with ptr[r] + r >= target; ptr[r] + r is strictly increasing in r.
   auto boundary = [&](int64_t c) -> int64_t {
     if (c >= nchunks) return n;
@@ -69,145 +282,11 @@ void parallel_rows(const index_t* ptr, int64_t n, int64_t F, const Fn& fn) {
     }
     return lo;
   };
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next++; c < nchunks; c = next++) {
       const int64_t r0 = boundary(c), r1 = boundary(c + 1);
       if (r0 < r1) fn(r0, r1);
-    }
-  });
-}
-
-// Accumulator row: the output row itself when scalar_t is the accumulation type, else a
-// per-thread buffer in float (bf16 / half inputs).
-template <typename scalar_t, typename acc_t>
-struct RowAcc {
-  std::vector<acc_t> buf;
-  explicit RowAcc(int64_t F) {
-    if constexpr (!std::is_same_v<scalar_t, acc_t>) buf.resize(F);
-  }
-  acc_t* begin(scalar_t* out_row, int64_t F) {
-    acc_t* a;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) a = out_row; else a = buf.data();
-    std::fill(a, a + F, acc_t(0));
-    return a;
-  }
-  void finish(acc_t* a, scalar_t* out_row, acc_t scale, int64_t F) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      if (scale != acc_t(1)) {
-#pragma omp simd
-        for (int64_t f = 0; f < F; ++f) out_row[f] = a[f] * scale;
-      }
-    } else {
-      for (int64_t f = 0; f < F; ++f) out_row[f] = static_cast<scalar_t>(a[f] * scale);
-    }
-  }
-};
-
-template <typename scalar_t, typename index_t>
-void forward_kernel(const index_t* rowptr, const index_t* col, const scalar_t* x, const bool* mask,
-                    const scalar_t* value, scalar_t* out, scalar_t* wsum, int64_t n_dst,
-                    int64_t F, bool mean) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_edges = rowptr[n_dst];
-  parallel_rows(rowptr, n_dst, F, [&](int64_t r0, int64_t r1) {
-    RowAcc<scalar_t, acc_t> acc_row(F);
-    for (int64_t i = r0; i < r1; ++i) {
-      scalar_t* out_i = out + i * F;
-      acc_t* acc = acc_row.begin(out_i, F);
-      acc_t ws = 0;
-      const int64_t e1 = rowptr[i + 1];
-      for (int64_t e = rowptr[i]; e < e1; ++e) {
-        if (e + kPrefetchDistance < n_edges) {
-          prefetch_row(x + static_cast<int64_t>(col[e + kPrefetchDistance]) * F, F);
-        }
-        const int64_t j = col[e];
-        if (mask != nullptr && !mask[j]) continue;
-        const acc_t w = value != nullptr ? static_cast<acc_t>(value[e]) : acc_t(1);
-        ws += w;
-        axpy(acc, x + j * F, w, F);
-      }
-      acc_t scale = 1;
-      if (mean) scale = ws != acc_t(0) ? acc_t(1) / ws : acc_t(0);
-      acc_row.finish(acc, out_i, scale, F);
-      wsum[i] = static_cast<scalar_t>(ws);
-    }
-  });
-}
-
-template <typename scalar_t, typename index_t>
-void backward_x_kernel(const index_t* colptr, const index_t* row_t, const index_t* perm,
-                       const scalar_t* grad_out, const bool* mask, const scalar_t* value,
-                       const scalar_t* wsum, scalar_t* grad_x, int64_t n_src, int64_t n_dst,
-                       int64_t F, bool mean) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_edges = colptr[n_src];
-  // 1 / weight_sum per destination row (0 where the sum is 0: those rows output a constant 0).
-  std::vector<acc_t> inv_ws;
-  if (mean) {
-    inv_ws.resize(n_dst);
-    at::parallel_for(0, n_dst, 1 << 14, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const acc_t w = static_cast<acc_t>(wsum[i]);
-        inv_ws[i] = w != acc_t(0) ? acc_t(1) / w : acc_t(0);
-      }
-    });
-  }
-  const acc_t* inv = mean ? inv_ws.data() : nullptr;
-  parallel_rows(colptr, n_src, F, [&](int64_t r0, int64_t r1) {
-    RowAcc<scalar_t, acc_t> acc_row(F);
-    for (int64_t j = r0; j < r1; ++j) {
-      scalar_t* gx_j = grad_x + j * F;
-      acc_t* acc = acc_row.begin(gx_j, F);
-      // A masked source contributes nothing to any output, so its gradient is exactly 0.
-      if (mask == nullptr || mask[j]) {
-        const int64_t k1 = colptr[j + 1];
-        for (int64_t k = colptr[j]; k < k1; ++k) {
-          if (k + kPrefetchDistance < n_edges) {
-            prefetch_row(grad_out + static_cast<int64_t>(row_t[k + kPrefetchDistance]) * F, F);
-          }
-          const int64_t i = row_t[k];
-          acc_t c = value != nullptr ? static_cast<acc_t>(value[perm[k]]) : acc_t(1);
-          if (mean) c *= inv[i];
-          axpy(acc, grad_out + i * F, c, F);
-        }
-      }
-      acc_row.finish(acc, gx_j, acc_t(1), F);
-    }
-  });
-}
-
-template <typename scalar_t, typename index_t>
-void backward_value_kernel(const index_t* rowptr, const index_t* col, const scalar_t* x,
-                           const scalar_t* grad_out, const scalar_t* grad_wsum, const bool* mask,
-                           const scalar_t* out, const scalar_t* wsum, scalar_t* grad_value,
-                           int64_t n_dst, int64_t F, bool mean) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_edges = rowptr[n_dst];
-  parallel_rows(rowptr, n_dst, F, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const scalar_t* g_i = grad_out + i * F;
-      acc_t inv = 1, c_i = 0;
-      if (mean) {
-        const acc_t w = static_cast<acc_t>(wsum[i]);
-        inv = w != acc_t(0) ? acc_t(1) / w : acc_t(0);
-        // d out_i / d w_e = m_j (x_j - out_i) / W_i, so <g_i, out_i> is shared by the row.
-        if (inv != acc_t(0)) c_i = dot<acc_t>(g_i, out + i * F, F);
-      }
-      const acc_t gws = grad_wsum != nullptr ? static_cast<acc_t>(grad_wsum[i]) : acc_t(0);
-      const int64_t e1 = rowptr[i + 1];
-      for (int64_t e = rowptr[i]; e < e1; ++e) {
-        if (e + kPrefetchDistance < n_edges) {
-          prefetch_row(x + static_cast<int64_t>(col[e + kPrefetchDistance]) * F, F);
-        }
-        const int64_t j = col[e];
-        if (mask != nullptr && !mask[j]) {
-          grad_value[e] = scalar_t(0);
-          continue;
-        }
-        acc_t d = 0;
-        if (inv != acc_t(0)) d = (dot<acc_t>(g_i, x + j * F, F) - c_i) * inv;
-        grad_value[e] = static_cast<scalar_t>(d + gws);
-      }
     }
   });
 }
@@ -239,10 +318,12 @@ std::tuple<at::Tensor, at::Tensor> masked_spmm_cpu(
   auto wsum = at::empty({n_dst}, x.options());
   PYG_MMREC_DISPATCH_FLOATS(x.scalar_type(), "masked_spmm_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "masked_spmm_cpu", [&] {
-      forward_kernel<scalar_t, index_t>(
+      const ForwardArgs<scalar_t, index_t> a{
           rowptr_c.data_ptr<index_t>(), col_c.data_ptr<index_t>(), x_c.data_ptr<scalar_t>(),
           ptr_or_null<bool>(mask_c), ptr_or_null<scalar_t>(value_c), out.data_ptr<scalar_t>(),
-          wsum.data_ptr<scalar_t>(), n_dst, F, mean);
+          wsum.data_ptr<scalar_t>(), n_dst, F, mean};
+      parallel_rows(a.rowptr, n_dst, F,
+                    [&](int64_t r0, int64_t r1) { forward_rows_dispatch(a, r0, r1); });
     });
   });
   return {out, wsum};
@@ -263,10 +344,25 @@ at::Tensor masked_spmm_backward_x_cpu(const at::Tensor& colptr, const at::Tensor
   auto grad_x = at::empty({n_src, F}, grad_out.options());
   PYG_MMREC_DISPATCH_FLOATS(grad_out.scalar_type(), "masked_spmm_backward_x_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(colptr.scalar_type(), "masked_spmm_backward_x_cpu", [&] {
-      backward_x_kernel<scalar_t, index_t>(
+      using acc_t = at::opmath_type<scalar_t>;
+      // 1 / weight_sum per destination row (0 where the sum is 0: those rows output 0).
+      std::vector<acc_t> inv_wsum;
+      if (mean) {
+        const scalar_t* ws = ws_c->data_ptr<scalar_t>();
+        inv_wsum.resize(n_dst);
+        at::parallel_for(0, n_dst, 1 << 14, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            const acc_t w = static_cast<acc_t>(ws[i]);
+            inv_wsum[i] = w != acc_t(0) ? acc_t(1) / w : acc_t(0);
+          }
+        });
+      }
+      const BackwardXArgs<scalar_t, index_t> a{
           colptr_c.data_ptr<index_t>(), row_t_c.data_ptr<index_t>(), perm_c.data_ptr<index_t>(),
           g_c.data_ptr<scalar_t>(), ptr_or_null<bool>(mask_c), ptr_or_null<scalar_t>(value_c),
-          ptr_or_null<scalar_t>(ws_c), grad_x.data_ptr<scalar_t>(), n_src, n_dst, F, mean);
+          mean ? inv_wsum.data() : nullptr, grad_x.data_ptr<scalar_t>(), n_src, F};
+      parallel_rows(a.colptr, n_src, F,
+                    [&](int64_t r0, int64_t r1) { backward_x_rows_dispatch(a, r0, r1); });
     });
   });
   return grad_x;
@@ -286,11 +382,13 @@ at::Tensor masked_spmm_backward_value_cpu(const at::Tensor& rowptr, const at::Te
   auto grad_value = at::empty({col.numel()}, x.options());
   PYG_MMREC_DISPATCH_FLOATS(x.scalar_type(), "masked_spmm_backward_value_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "masked_spmm_backward_value_cpu", [&] {
-      backward_value_kernel<scalar_t, index_t>(
+      const BackwardValueArgs<scalar_t, index_t> a{
           rowptr_c.data_ptr<index_t>(), col_c.data_ptr<index_t>(), x_c.data_ptr<scalar_t>(),
           g_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(gws_c), ptr_or_null<bool>(mask_c),
           out_c.data_ptr<scalar_t>(), ws_c.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(),
-          n_dst, F, mean);
+          n_dst, F, mean};
+      parallel_rows(a.rowptr, n_dst, F,
+                    [&](int64_t r0, int64_t r1) { backward_value_rows_dispatch(a, r0, r1); });
     });
   });
   return grad_value;

@@ -131,15 +131,22 @@ def _check_contiguous(path: str, what: str, ids: Tensor) -> int:
     return n
 
 
-def _check_duplicates(path: str, user: Tensor, item: Tensor, num_items: int) -> None:
-    key = user * num_items + item
-    sorted_key, perm = key.sort()
+def _sort_and_check_duplicates(path: str, user: Tensor, item: Tensor, num_items: int
+                               ) -> Tuple[Tensor, Tensor]:
+    r"""One global sort by key :math:`u\cdot I + i`: finds duplicates and gives
+    every split its (user, item)-sorted order for free.
+
+    Returns:
+        ``(sorted_key, perm)`` with ``sorted_key = key[perm]``.
+    """
+    sorted_key, perm = (user * num_items + item).sort()
     dup = (sorted_key[1:] == sorted_key[:-1]).nonzero().view(-1)
     if dup.numel() > 0:
         a, b = sorted(perm[dup[0]: dup[0] + 2].tolist())
         raise ValueError(f"{path}: lines {a + 2} and {b + 2}: duplicate interaction "
                          f"(user {int(user[a])}, item {int(item[a])}); {dup.numel()} duplicates "
                          f"in total: each (user, item) pair may occur once across all splits")
+    return sorted_key, perm
 
 
 def read_features(folder: str, modality: str, num_items: int) -> Tuple[Tensor, Tensor]:
@@ -188,47 +195,48 @@ def read_features(folder: str, modality: str, num_items: int) -> Tuple[Tensor, T
     return x, torch.from_numpy(mk.copy())
 
 
-def _sort_edges(user: Tensor, item: Tensor, num_items: int) -> Tensor:
-    # Sorted by (user, item): independent of the row order in the file.
-    perm = (user * num_items + item).argsort()
-    return torch.stack([user[perm], item[perm]], dim=0).contiguous()
-
-
 def build_hetero_data(folder: str, name: str) -> HeteroData:
     r"""Parses and validates the raw files of one MMRec dataset."""
     path = osp.join(folder, f"{name}.inter")
     user, item, label = read_inter(path)
     num_users = _check_contiguous(path, "userID", user)
     num_items = _check_contiguous(path, "itemID", item)
-    _check_duplicates(path, user, item, num_items)
+    sorted_key, perm = _sort_and_check_duplicates(path, user, item, num_items)
+    del user, item  # the sorted keys carry everything from here on
+    sorted_label = label[perm]
+    del perm, label
 
-    split_idx = {s: (label == j).nonzero().view(-1) for j, s in enumerate(SPLITS)}
-    for s, idx in split_idx.items():
-        if idx.numel() == 0:
-            raise ValueError(f"{path}: the {s} split (x_label={SPLITS.index(s)}) is empty")
+    # Edges of every split, sorted by (user, item): independent of file order.
+    split_key = {s: sorted_key[sorted_label == j] for j, s in enumerate(SPLITS)}
+    del sorted_key, sorted_label
+    for j, (s, k) in enumerate(split_key.items()):
+        if k.numel() == 0:
+            raise ValueError(f"{path}: the {s} split (x_label={j}) is empty")
 
     # MMRec evaluates only users that have training interactions: cold-start
     # users cannot be ranked by collaborative models, so drop them (logged).
     has_train = torch.zeros(num_users, dtype=torch.bool)
-    has_train[user[split_idx["train"]]] = True
+    has_train[split_key["train"] // num_items] = True
     num_cold: Dict[str, int] = {}
     for s in ("valid", "test"):
-        idx = split_idx[s]
-        keep = has_train[user[idx]]
-        num_cold[s] = int(user[idx[~keep]].unique().numel())
+        k = split_key[s]
+        u = k // num_items
+        keep = has_train[u]
+        num_cold[s] = int(u[~keep].unique().numel())
         if num_cold[s] > 0:
             log.warning("%s: %d %s users have no training interaction; their %d %s "
                         "interactions are dropped from evaluation", path, num_cold[s], s,
                         int((~keep).sum()), s)
-            split_idx[s] = idx[keep]
-            if split_idx[s].numel() == 0:
+            split_key[s] = k[keep]
+            if split_key[s].numel() == 0:
                 raise ValueError(f"{path}: the {s} split is empty after dropping "
                                  f"{num_cold[s]} users without training interactions")
 
     data = HeteroData()
     data["user"].num_nodes = num_users
     data["item"].num_nodes = num_items
-    edges = {s: _sort_edges(user[i], item[i], num_items) for s, i in split_idx.items()}
+    edges = {s: torch.stack([k // num_items, k % num_items], dim=0)
+             for s, k in split_key.items()}
     store = data[EDGE_TYPE]
     store.edge_index = edges["train"]
     store.valid_edge_index = edges["valid"]

@@ -13,6 +13,7 @@ from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.mi_estimators import CLUB
 from ..nn.missing_aware_fusion import MissingAwareFusion
+from ..nn.variational_bottleneck import VariationalBottleneck
 from .base import Recommender, RecOutput, bpr_loss
 
 
@@ -96,6 +97,12 @@ class I3MRec(Recommender):
             :math:`m`'s graph to its full degree weight when some of its items
             miss :math:`m` (see :class:`~pyg_mmrec.nn.LightGCNConv`), so a
             user's magnitude does not depend on how many items are missing.
+        min_info (str): the bound of :math:`I(Z; X)`: ``"club"`` (CLUB,
+            estimators trained in alternation) or ``"kl"`` (a variational
+            alternative: :math:`Z` becomes a Gaussian code
+            :math:`\mathcal{N}(\mu, \sigma^2)` of the fusion, sampled in
+            training, and :math:`\mathrm{KL}(q(Z \mid X) \| \mathcal{N}(0, I))
+            \geq I(Z; X)` is minimised; :math:`\mu` at inference).
         club_hidden (int): hidden width of the CLUB estimators.
         club_batch (int): at most this many (present) items per modality feed
             each estimator per step.
@@ -111,10 +118,10 @@ class I3MRec(Recommender):
                  penalty_coeff: float = 300.0, max_info_coeff: float = 1e-3,
                  min_info_coeff: float = 1e-5, reg_coeff: float = 1e-3,
                  modal_bpr_coeff: float = 1.0, temperature: float = 0.4,
-                 mask_prob: float = 0.5, num_masked_views: int = 2,
+                 mask_prob: float = 0.5, num_masked_views: int = 1,
                  fusion_mode: str = "mean", fusion_dropout: float = 0.5,
                  detach_modal: bool = True, renormalize: bool = True,
-                 club_hidden: int = 64, club_batch: int = 2048,
+                 min_info: str = "club", club_hidden: int = 64, club_batch: int = 2048,
                  use_irm: bool = True, use_ib: bool = True,
                  use_masked_fusion: bool = True) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
@@ -130,6 +137,8 @@ class I3MRec(Recommender):
             raise ValueError(f"mask_prob: expected a probability in [0, 1), got {mask_prob}")
         if num_masked_views < 1:
             raise ValueError(f"num_masked_views: expected >= 1, got {num_masked_views}")
+        if min_info not in ("club", "kl"):
+            raise ValueError(f"min_info: expected 'club' or 'kl', got {min_info!r}")
         if club_batch < 2:
             raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
         for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
@@ -143,7 +152,7 @@ class I3MRec(Recommender):
         self.reg_coeff, self.modal_bpr_coeff = float(reg_coeff), float(modal_bpr_coeff)
         self.mask_prob, self.num_masked_views = float(mask_prob), int(num_masked_views)
         self.detach_modal = bool(detach_modal)
-        self.club_batch = int(club_batch)
+        self.club_batch, self.min_info = int(club_batch), min_info
         self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
         self.use_masked_fusion = bool(use_masked_fusion)
 
@@ -161,7 +170,9 @@ class I3MRec(Recommender):
         self.infonce = InfoNCE(temperature=temperature)
         self.club = torch.nn.ModuleDict({  # q_m(Z | X^m)
             m: CLUB(self._features[m].size(1), d, hidden_dim=club_hidden)
-            for m in self.modalities})
+            for m in self.modalities} if min_info == "club" else {})
+        # variational alternative: a stochastic Z ~ N(mu, sigma^2) and its KL to N(0, I)
+        self.vib = VariationalBottleneck(d, d) if min_info == "kl" else None
         # Z of the last training step, for the estimators' step (saves a forward
         # pass per batch); a persistent buffer so that a resumed run is exact
         self.register_buffer("z_cache", torch.zeros(num_items, d))
@@ -176,6 +187,11 @@ class I3MRec(Recommender):
         self.fusion.reset_parameters()
         for est in self.club.values():
             est.reset_parameters()
+        if self.vib is not None:
+            self.vib.reset_parameters()
+            with torch.no_grad():  # start as the deterministic fusion (mu = Z)
+                self.vib.lin_mu.weight.copy_(torch.eye(self.embedding_size))
+                self.vib.lin_mu.bias.zero_()
         self.z_cache.zero_()
         self.z_cache_ready.fill_(False)
 
@@ -215,8 +231,11 @@ class I3MRec(Recommender):
             item_modal[m] = ei_m
             user_sum = user_sum + eu_m
         user = e_u + user_sum / len(self.modalities)
-        item = self._fuse(item_modal, self._real_mask())
-        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal)
+        item, extras = self._fuse(item_modal, self._real_mask()), {}
+        if self.vib is not None:
+            item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
+        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
+                         extras=extras)
 
     def _stack(self, item_modal: Dict[str, Tensor], index: Optional[Tensor] = None) -> Tensor:
         h = torch.stack([item_modal[m] if index is None else item_modal[m][index]
@@ -271,10 +290,14 @@ class I3MRec(Recommender):
             if self.use_masked_fusion and self.max_info_coeff and items.numel() > 1:
                 views = [out.item[items]]
                 for _ in range(self.num_masked_views):
-                    views.append(self._fuse(out.item_modal, self.sample_missing_indicator(real),
-                                            items))
+                    zm = self._fuse(out.item_modal, self.sample_missing_indicator(real), items)
+                    views.append(zm if self.vib is None else self.vib(zm)[0])
                 terms["infonce"] = self.max_info_coeff * self.infonce.multi_view(views)
-            if self.min_info_coeff:
+            if self.min_info_coeff and self.vib is not None:
+                kl = self.vib.kl_divergence(out.extras["z_mu"][items],
+                                            out.extras["z_logvar"][items])
+                terms["kl"] = self.min_info_coeff * kl
+            elif self.min_info_coeff:
                 club = self._club_terms(out.item, items, real, upper_bound=True)
                 if club is not None:
                     terms["club"] = self.min_info_coeff * club
@@ -302,7 +325,7 @@ class I3MRec(Recommender):
         r"""Negative log-likelihood of every modality's :math:`q_m(Z \mid X^m)`
         on the batch items, with the (detached) :math:`Z` of the previous
         training step (a gradient-free forward before the first one)."""
-        if not (self.use_ib and self.min_info_coeff):
+        if not (self.use_ib and self.min_info_coeff and len(self.club)):
             return None
         items = torch.unique(pos)
         if bool(self.z_cache_ready):

@@ -216,6 +216,8 @@ class MRdIB(Recommender):
             self.estimators = ModuleDict({self._pair_key(m, n): self._make_estimator(k, mi_hidden)
                                           for m, n in self.pairs})
         self.register_buffer("_noise_step", torch.zeros((), dtype=torch.long))
+        self._batched_encoders = (encoder_hidden is None and
+                                  len({e.in_channels for e in self.encoders.values()}) == 1)
 
     # ---------------------------------------------------------------- set-up
     def _infer_dims(self, in_channels: Optional[Dict[str, int]]):
@@ -303,15 +305,36 @@ class MRdIB(Recommender):
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Stacked codes of ``items`` (all items if ``None``): ``z, mu, logvar``
         of shape ``[N, M, k]`` and the presence ``[N, M]`` (bool)."""
-        zs, mus, lvs, ps = [], [], [], []
-        for m in self.code_modalities:
-            h = out.item_modal[m] if items is None else out.item_modal[m][items]
-            z, mu, logvar = self.encoders[m](h, sample=sample,
-                                             generator=self._generator(h.device) if sample else None)
-            mk = self.mask(m)
+        mods = self.code_modalities
+        P = torch.stack([self.mask(m) for m in mods], 1)
+        encs = [self.encoders[m] for m in mods]
+        if self._batched_encoders:
+            # All encoders are linear with equal input widths: one batched
+            # matmul for every modality and both heads (per-op latency, not
+            # FLOPs, dominates this block on CPU).
+            H = torch.stack([out.item_modal[m] for m in mods], 0)             # [M, I, d]
+            if items is not None:
+                H, P = H.index_select(1, items), P.index_select(0, items)
+            W = torch.stack([torch.cat([e.lin_mu.weight, e.lin_logvar.weight], 0) for e in encs], 0)
+            b = torch.stack([torch.cat([e.lin_mu.bias, e.lin_logvar.bias], 0) for e in encs], 0)
+            y = torch.baddbmm(b.unsqueeze(1), H, W.transpose(1, 2)).transpose(0, 1)  # [N, M, 2k]
+            k = self.latent_dim
+            mu, logvar = y[..., :k], y[..., k:].clamp(*encs[0].logvar_bounds)
+            if sample:
+                eps = torch.randn(mu.shape, generator=self._generator(mu.device), device=mu.device,
+                                  dtype=mu.dtype)
+                z = mu + eps * torch.exp(0.5 * logvar)
+            else:
+                z = mu
+            return z, mu, logvar, P
+        zs, mus, lvs = [], [], []
+        for m, enc in zip(mods, encs):
+            h = out.item_modal[m] if items is None else out.item_modal[m].index_select(0, items)
+            z, mu, logvar = enc(h, sample=sample, generator=self._generator(h.device) if sample else None)
             zs.append(z), mus.append(mu), lvs.append(logvar)
-            ps.append(mk if items is None else mk[items])
-        return torch.stack(zs, 1), torch.stack(mus, 1), torch.stack(lvs, 1), torch.stack(ps, 1)
+        if items is not None:
+            P = P.index_select(0, items)
+        return torch.stack(zs, 1), torch.stack(mus, 1), torch.stack(lvs, 1), P
 
     def _joint(self, Z: Tensor, P: Tensor) -> Tensor:
         r"""Masked additive + pairwise-multiplicative fusion :math:`z_J` of the

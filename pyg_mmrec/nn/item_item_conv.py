@@ -127,6 +127,8 @@ class ItemItemConv(MissingAwareConv):
         out, weight_sum = csr_spmm(adj, h, mask, reduce="sum")
         if mask is not None and self.renormalize:
             value = adj.value.to(h.dtype)
+            if not value.requires_grad:  # constant weights: no backward into weight_sum
+                weight_sum = weight_sum.detach()
             row_sum = torch.zeros_like(weight_sum).index_add_(0, adj.row(), value)
             out = self._rescale(out, weight_sum, row_sum)
         return out, weight_sum

@@ -163,6 +163,9 @@ class LightGCNConv(torch.nn.Module):
     def _step(self, x: Tensor, mask: Optional[Tensor], adj: CSRAdjacency) -> Tensor:
         out, weight_sum = csr_spmm(adj, x, mask, reduce="sum")
         if mask is not None and self.renormalize:
+            # The weights are constants: keep autograd from back-propagating
+            # into weight_sum (a wasted O(E) pass per layer).
+            weight_sum = weight_sum.detach()
             row_sum = self.row_sum.to(x.dtype)
             scale = torch.where(weight_sum > 0, row_sum / weight_sum.clamp_min(1e-30),
                                 torch.zeros_like(weight_sum))

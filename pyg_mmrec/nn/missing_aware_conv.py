@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from torch_geometric import EdgeIndex
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import zeros
@@ -174,12 +175,16 @@ class MissingAwareConv(MessagePassing):
                              "(its values are the edge weights)")
         if size is not None and size[0] is not None and int(size[0]) != num_src:
             raise ValueError(f"size: size[0] = {size[0]} but x has {num_src} source nodes")
-        num_dst = x_dst.size(0) if x_dst is not None else (
-            size[1] if size is not None and size[1] is not None else None)
-        if num_dst is None and not isinstance(x, Tensor) and not is_sparse(edge_index) and \
-                not isinstance(edge_index, CSRAdjacency):
+        num_dst: Optional[int] = None
+        if x_dst is not None:
+            num_dst = x_dst.size(0)
+        elif size is not None and size[1] is not None:
+            num_dst = int(size[1])
+        elif not (is_sparse(edge_index) or isinstance(edge_index, CSRAdjacency) or
+                  (isinstance(edge_index, EdgeIndex) and edge_index.sparse_size(1) is not None)):
+            # a plain edge_index does not know how many targets there are
             raise ValueError("size: (N_src, N_dst) is required when x = (x_src, None) and "
-                             "the graph is an edge_index")
+                             "the graph is an edge_index without a sparse size")
         if self.root_weight and x_dst is None:
             raise ValueError("x: root_weight=True needs the target features x = (x_src, x_dst)")
 
@@ -205,7 +210,7 @@ class MissingAwareConv(MessagePassing):
 
     def _adjacency(self, edge_index, edge_weight: Optional[Tensor], num_src: int,
                    num_dst: Optional[int]) -> CSRAdjacency:
-        size = (num_src, num_dst if num_dst is not None else num_src)
+        size = (num_src, num_dst)  # num_dst None: taken from a sized adjacency
         if self.cached:
             adj = self._cache(edge_index, size, edge_weight)
         else:
@@ -242,8 +247,7 @@ class MissingAwareConv(MessagePassing):
         else:
             m = mask.view(-1, 1)
             h_aug = torch.cat([torch.where(m, h, torch.zeros_like(h)), m.to(h.dtype)], dim=-1)
-        size = None if is_sparse(edge_index) else (
-            num_src, num_dst if num_dst is not None else num_src)
+        size = None if is_sparse(edge_index) or num_dst is None else (num_src, num_dst)
         res = self.propagate(edge_index, x=(h_aug, None), edge_weight=edge_weight, size=size)
         out, weight_sum = res[:, :-1], res[:, -1]
         if self.reduce == "mean":

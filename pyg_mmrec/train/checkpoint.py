@@ -33,6 +33,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _fsync_dir(directory: Path) -> None:
     # Persist the rename itself; not supported on every platform/filesystem.
     try:
@@ -54,6 +63,7 @@ def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp uses 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -77,7 +87,8 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON to ``path``."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
 
 
 def _json_default(o: Any) -> Any:
@@ -123,7 +134,8 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: PathLike,
+                    map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Raises:

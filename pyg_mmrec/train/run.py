@@ -63,7 +63,8 @@ def _load_data(dataset: Any, root: Optional[Union[str, Path]]):
         return MMRecDataset(str(root), dataset)[0]
     if hasattr(dataset, "node_types"):  # a HeteroData in the documented layout
         return dataset
-    raise ValueError(f"dataset: expected a dataset name or a HeteroData, got {type(dataset).__name__}")
+    raise ValueError(f"dataset: expected a dataset name or a HeteroData, "
+                     f"got {type(dataset).__name__}")
 
 
 def _features(data) -> Dict[str, torch.Tensor]:
@@ -76,7 +77,8 @@ def _check_out_dir(out_dir: Path, resume: bool) -> bool:
     existing = [f for f in RUN_FILES if (out_dir / f).exists()]
     if existing and not resume:
         raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}); pass "
-                              "resume=True (--resume) to continue it or choose another output directory")
+                              "resume=True (--resume) to continue it or choose another "
+                              "output directory")
     return (out_dir / CHECKPOINT_NAME).exists()
 
 
@@ -187,7 +189,8 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
 
     # ---- model (seeded), optional plug-in
     set_seed(seed)
-    net = ctor(num_users, num_items, train_ei, dict(train_feat), dict(train_masks), **config["hparams"])
+    net = ctor(num_users, num_items, train_ei, dict(train_feat), dict(train_masks),
+               **config["hparams"])
     if wrapper is not None:
         net = wrapper(net, **config["plugin_hparams"])
 

@@ -31,7 +31,8 @@ class TrainingInterrupted(RuntimeError):
     """Training stopped on request (SIGINT); a checkpoint was written."""
 
     def __init__(self, checkpoint: Optional[Path], epoch: int, batch: int) -> None:
-        where = f"a checkpoint was written to {checkpoint}" if checkpoint else "no output directory, nothing saved"
+        where = (f"a checkpoint was written to {checkpoint}" if checkpoint
+                 else "no output directory, nothing saved")
         super().__init__(f"training interrupted at epoch {epoch}, batch {batch}; {where}")
         self.checkpoint = checkpoint
         self.epoch = epoch
@@ -64,7 +65,8 @@ class TrainData:
         ef = self.eval_features if self.eval_features is not None else self.train_features
         em = self.eval_masks if self.eval_masks is not None else self.train_masks
         for m in self.train_features:
-            if ef[m] is not self.train_features[m] and not torch.equal(ef[m], self.train_features[m]):
+            x = self.train_features[m]
+            if ef[m] is not x and not torch.equal(ef[m], x):
                 return True
             a, b = em.get(m), self.train_masks.get(m)
             if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
@@ -163,12 +165,15 @@ class Trainer:
             self.model.set_modality_inputs(self._to_dev(data.train_features),
                                            self._to_dev(data.train_masks))
 
-        aux = list(self.model.auxiliary_parameters()) if hasattr(self.model, "auxiliary_parameters") else []
+        aux = (list(self.model.auxiliary_parameters())
+               if hasattr(self.model, "auxiliary_parameters") else [])
         aux_ids = {id(p) for p in aux}
-        self.main_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in aux_ids]
+        self.main_params = [p for p in self.model.parameters()
+                            if p.requires_grad and id(p) not in aux_ids]
         self.aux_params = [p for p in aux if p.requires_grad]
         t = self.train_cfg
-        self.optimizer = torch.optim.Adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])
+        self.optimizer = torch.optim.Adam(self.main_params, lr=t["lr"],
+                                          weight_decay=t["weight_decay"])
         self.aux_optimizer = (torch.optim.Adam(self.aux_params, lr=t["aux_lr"] or t["lr"])
                               if self.aux_params else None)
         self.early_stopping = self._make_early_stopping()
@@ -332,8 +337,11 @@ class Trainer:
             raise RuntimeError(f"{type(model).__name__}.loss must return a non-empty dict of "
                                f"loss terms, got {type(terms).__name__}")
         loss = sum(terms.values())
+        if not isinstance(loss, Tensor) or not loss.requires_grad:
+            raise RuntimeError(f"{type(model).__name__}.loss: the terms {sorted(terms)} do not "
+                               "depend on any trainable parameter")
         if not torch.isfinite(loss):
-            vals = {k: float(v.detach()) for k, v in terms.items()}
+            vals = {k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in terms.items()}
             raise RuntimeError(f"non-finite loss at epoch {epoch}, batch {b}: {vals} "
                                "(try a lower lr or grad_clip)")
         loss.backward()
@@ -342,7 +350,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.main_params, t["grad_clip"])
         self.optimizer.step()
         out = {"loss": float(loss.detach())}
-        out.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
+        out.update({f"loss/{k}": float(v.detach() if isinstance(v, Tensor) else v)
+                    for k, v in terms.items()})
         if self.aux_optimizer is not None and aux is not None:
             out["loss/aux"] = float(aux.detach())
         return out
@@ -536,7 +545,8 @@ class Trainer:
             valid=dict(self.best_valid),
             test=test_metrics,
             seconds_per_epoch=self.train_seconds / max(1, epochs),
-            seconds_per_eval=(sum(self.eval_seconds) / len(self.eval_seconds)) if self.eval_seconds else 0.0,
+            seconds_per_eval=(sum(self.eval_seconds) / len(self.eval_seconds)
+                              if self.eval_seconds else 0.0),
             epochs=epochs,
             stopped_early=self.stopped_early,
             history=list(self.history),

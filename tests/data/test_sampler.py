@@ -74,3 +74,13 @@ def test_bad_inputs():
     full = torch.stack([torch.zeros(3, dtype=torch.long), torch.arange(3)])
     with pytest.raises(ValueError, match="user 0 interacted with all 3 items"):
         BPRSampler(full, 1, 3)
+
+
+def test_is_positive_large_query_path_matches_small():
+    ei, adj = graph(U=300, I=400, density=0.3)
+    s = BPRSampler(ei, 300, 400)
+    g = torch.Generator().manual_seed(0)
+    u, i = torch.randint(0, 300, (70_000,), generator=g), torch.randint(0, 400, (70_000,), generator=g)
+    big = s.is_positive(u, i)  # sorted-query path (>= 2**16 queries)
+    small = torch.cat([s.is_positive(u[k:k + 1000], i[k:k + 1000]) for k in range(0, 70_000, 1000)])
+    assert torch.equal(big, small) and torch.equal(big, adj[u, i])

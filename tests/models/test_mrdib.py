@@ -18,14 +18,13 @@ class Toy(Recommender):
     modality (the ``h_m``), with dropout so that it consumes the global RNG."""
 
     def __init__(self, num_users, num_items, train_edge_index, features, masks, dim=8,
-                 dropout=0.2, user_modal=False):
+                 dropout=0.2, user_modal=False, equal_dims=False):
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         self.user_emb = torch.nn.Embedding(num_users, dim)
         self.item_emb = torch.nn.Embedding(num_items, dim)
-        self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(x.size(1), dim + i)
-                                         for i, (m, x) in enumerate(features.items())})
-        self.back = torch.nn.ModuleDict({m: torch.nn.Linear(dim + i, dim)
-                                         for i, m in enumerate(features)})
+        w = {m: dim + (0 if equal_dims else i) for i, m in enumerate(features)}
+        self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(x.size(1), w[m]) for m, x in features.items()})
+        self.back = torch.nn.ModuleDict({m: torch.nn.Linear(w[m], dim) for m in features})
         self.user_modal_emb = (torch.nn.ModuleDict({m: torch.nn.Embedding(num_users, dim + i)
                                                     for i, m in enumerate(features)})
                                if user_modal else None)
@@ -208,6 +207,24 @@ def test_missing_modality_contributes_no_code(B):
     j1, j2 = model._joint(c1[0], c1[3]), model._joint(c2[0], c2[3])
     assert torch.allclose(j1, j2, atol=1e-6)
     assert torch.equal(j1[3], torch.zeros(4))  # item 3 has no modality
+
+
+def test_batched_encoders_match_per_modality_encoders():
+    model = MRdIB(toy(n_mod=3, equal_dims=True), latent_dim=4).train()
+    assert model._batched_encoders and not MRdIB(toy(n_mod=3))._batched_encoders
+    out = model.backbone()
+    items = torch.tensor([0, 3, 5, 19])
+    for it in (None, items):
+        model._batched_encoders = True
+        a = model._codes(out, it, sample=False)
+        model._batched_encoders = False
+        b = model._codes(out, it, sample=False)
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, atol=1e-6)
+    model._batched_encoders = True
+    model._generator(torch.device("cpu")).manual_seed(0)
+    z, mu, logvar, _ = model._codes(out, None, sample=True)
+    assert not torch.allclose(z, mu) and torch.isfinite(z).all()
 
 
 def test_masks_follow_set_modality_inputs():

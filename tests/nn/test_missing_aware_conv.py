@@ -139,6 +139,15 @@ def test_bipartite_items_to_users_without_target_features():
     assert out.shape == (n_users, 3) and torch.allclose(out, ref, atol=1e-6)
     conv.fuse = False
     assert torch.allclose(conv((x_item, None), ei, mask, size=(n_items, n_users)), ref, atol=1e-6)
+    # sized adjacencies know N_dst themselves
+    sized = [torch.sparse_coo_tensor(ei.flip(0), torch.ones(20), (n_users, n_items)),
+             EdgeIndex(ei, sparse_size=(n_items, n_users)), to_csr(ei, (n_items, n_users))]
+    for fuse in (True, False):
+        conv.fuse = fuse
+        for adj in sized:
+            assert torch.allclose(conv((x_item, None), adj, mask), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="size"):
+        conv((x_item, None), ei, mask)
 
 
 @pytest.mark.parametrize("fuse", [True, False])
