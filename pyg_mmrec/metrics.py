@@ -17,10 +17,17 @@ removed) is in :math:`T_u`. Per user
 
 and every metric is averaged over the users with :math:`|T_u|>0` (MMRec's
 ``recall``, ``ndcg``, ``precision`` and ``map``; ``hit`` as in RecBole).
-These coincide with :class:`torch_geometric.metrics.LinkPredRecall`,
-``LinkPredNDCG``, ``LinkPredPrecision``, ``LinkPredMAP`` and
-``LinkPredHitRatio`` applied to the same top-:math:`K` lists; the PyG metrics
-leave the exclusion of training items to the caller, which is done here.
+These coincide (checked in ``tests/test_metrics.py``) with
+:class:`torch_geometric.metrics.LinkPredRecall`, ``LinkPredNDCG``,
+``LinkPredPrecision``, ``LinkPredMAP`` and ``LinkPredHitRatio`` of
+torch_geometric 2.8 applied to the same top-:math:`K` lists (PyG also averages
+over examples with at least one label and clamps the MAP / IDCG length at
+:math:`\min(|T_u|, K)`). What PyG leaves to the caller is done here: scoring
+all items, excluding training (and validation) items, and a single ``topk``
+per chunk. PyG's ``weighted=True`` variants (graded relevance), ``LinkPredMRR``
+and the beyond-accuracy metrics have no MMRec counterpart and are not used.
+Note that MMRec's own test loader excludes only training items; pass
+``[train, valid]`` to also exclude validation items when testing.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../masked_spmm.h"
@@ -212,14 +214,17 @@ enum class Isa { kBaseline, kAvx2, kAvx512 };
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define PYG_MMREC_MULTIVERSION 1
+// PYG_MMREC_CPU_ISA=baseline|avx2 caps the choice (to test or compare the code paths).
 Isa detect_isa() {
   static const Isa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-      return Isa::kAvx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-    return Isa::kBaseline;
+    const char* cap_env = std::getenv("PYG_MMREC_CPU_ISA");
+    const std::string cap = cap_env != nullptr ? cap_env : "";
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (cap == "baseline") return Isa::kBaseline;
+    if (avx512 && cap != "avx2") return Isa::kAvx512;
+    return avx2 ? Isa::kAvx2 : Isa::kBaseline;
   }();
   return isa;
 }

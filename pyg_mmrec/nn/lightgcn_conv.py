@@ -90,8 +90,10 @@ class LightGCNConv(torch.nn.Module):
         it moves with ``.to(device)`` but stays out of checkpoints."""
         if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
                 edge_index.size(0) != 2:
-            raise ValueError(f"edge_index: expected a (user, item) tensor of shape [2, E], got "
-                             f"{list(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__}")
+            got = list(edge_index.shape) if isinstance(edge_index, Tensor) else \
+                type(edge_index).__name__
+            raise ValueError(f"edge_index: expected a (user, item) tensor of shape [2, E], "
+                             f"got {got}")
         if edge_index.is_floating_point() or edge_index.dtype == torch.bool:
             raise ValueError(f"edge_index: expected an integer tensor, got {edge_index.dtype}")
         U, I = self.num_users, self.num_items

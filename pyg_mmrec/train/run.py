@@ -17,7 +17,7 @@ import torch
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from .trainer import TrainData, Trainer
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", CHECKPOINT_NAME)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", CHECKPOINT_NAME, "masks")
 FILLS = ("zero", "mean", "propagate")
 
 
@@ -205,6 +205,8 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
                                   f"{out}: {'; '.join(diff)}")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", config_to_yaml(config))
+        if raw:  # the exact missing entries of this run, for audit and re-use
+            masks.save(str(out / "masks"))
 
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()

@@ -88,6 +88,22 @@ class FitResult:
     history: List[Dict[str, Any]]
 
 
+class BatchLoss(torch.nn.Module):
+    r"""``forward(users, pos, neg) -> model.loss(users, pos, neg)``.
+
+    The trainer computes every batch loss through this module, so that
+    distributed training can wrap it in
+    :class:`~torch.nn.parallel.DistributedDataParallel` (which hooks ``forward``)
+    without touching the models."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> Dict[str, Tensor]:
+        return self.model.loss(users, pos, neg)
+
+
 def metrics_to_dict(metrics: Any) -> Dict[str, float]:
     """A :class:`pyg_mmrec.metrics.Metrics` (or any mapping) -> ``{name: float}``."""
     for attr in ("to_dict", "as_dict"):
@@ -160,6 +176,8 @@ class Trainer:
         self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
                                   num_neg=self.train_cfg["num_neg"], seed=self.seed)
         self._switch_inputs = data.eval_inputs_differ()
+        #: what computes the batch loss (replace by a DDP-wrapped BatchLoss for multi-process)
+        self.loss_module: torch.nn.Module = BatchLoss(self.model)
         if self.device.type != "cpu" and data.train_features:
             # move the modality inputs once instead of on every forward
             self.model.set_modality_inputs(self._to_dev(data.train_features),
@@ -332,7 +350,7 @@ class Trainer:
                 self.reduce_gradients(self.aux_params)
                 self.aux_optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        terms = model.loss(u, p, q)
+        terms = self.loss_module(u, p, q)
         if not isinstance(terms, Mapping) or not terms:
             raise RuntimeError(f"{type(model).__name__}.loss must return a non-empty dict of "
                                f"loss terms, got {type(terms).__name__}")
@@ -553,4 +571,5 @@ class Trainer:
         )
 
 
-__all__ = ["Trainer", "TrainData", "FitResult", "TrainingInterrupted", "metrics_to_dict"]
+__all__ = ["Trainer", "TrainData", "FitResult", "TrainingInterrupted", "BatchLoss",
+           "metrics_to_dict"]

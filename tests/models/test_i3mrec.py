@@ -99,6 +99,22 @@ def test_irm_variant_and_ablations():
         build(mask_prob=1.0)
 
 
+def test_variational_kl_alternative():
+    model = build(min_info="kl")
+    assert list(model.auxiliary_parameters()) == []
+    b = batch()
+    terms = model.loss(*b)
+    assert "kl" in terms and "club" not in terms and model.auxiliary_loss(*b) is None
+    sum(terms.values()).backward()
+    assert model.vib.lin_logvar.weight.grad is not None
+    model.eval()
+    out = model()
+    assert torch.equal(out.item, out.extras["z_mu"])  # deterministic at inference
+    assert torch.equal(model().item, out.item)
+    with pytest.raises(ValueError, match="min_info"):
+        build(min_info="mine")
+
+
 def test_three_modalities_and_single_modality():
     model = build(data=make_data(dims=(12, 8, 5)))
     assert len(model.club) == 3

@@ -279,3 +279,14 @@ def test_torch_compile_fullgraph():
     # a plain edge_index is converted inside the graph without breaks, too
     explanation = torch._dynamo.explain(model)(x, ei, mask)
     assert explanation.graph_break_count == 0
+
+
+def test_sparse_values_receive_gradients():
+    ei, w, mask = make_graph()
+    x = torch.randn(8, 3)
+    w1 = w.clone().requires_grad_()
+    adj = torch.sparse_coo_tensor(ei.flip(0), w1, (8, 8))
+    MissingAwareConv(aggr="mean")(x, adj, mask).pow(2).sum().backward()
+    w2 = w.clone().requires_grad_()
+    dense_reference(x, ei, mask, w2, 8, "mean")[0].pow(2).sum().backward()
+    assert torch.allclose(w1.grad, w2.grad, atol=1e-5)

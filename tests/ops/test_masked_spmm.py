@@ -73,6 +73,61 @@ def test_matches_reference(device, dtype, index_dtype, reduce, with_mask, with_v
     assert_close_all(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("feat", [0, 1, 32, 64, 70, 130])
+def test_feature_widths(dtype, feat):
+    # The CPU kernels work on 256-byte feature blocks plus a tail: cover both and F == 0.
+    inputs = make_inputs(dtype, feat=feat)
+    got = run_with_grads(masked_spmm, *inputs, "mean")
+    want = run_with_grads(masked_spmm_reference, *inputs, "mean")
+    assert_close_all(got, want)
+
+
+ISA_SCRIPT = """
+import torch
+from pyg_mmrec.ops import masked_spmm, masked_spmm_reference
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for feat in (7, 70):
+        rowptr = torch.tensor([0, 3, 3, 7, 12])
+        col = torch.tensor([0, 1, 5, 2, 2, 3, 4, 0, 1, 2, 3, 5])
+        x = torch.randn(6, feat, dtype=dtype, requires_grad=True)
+        v = torch.rand(12, dtype=dtype, requires_grad=True)
+        m = torch.tensor([True, False, True, True, False, True])
+        res = []
+        for fn in (masked_spmm, masked_spmm_reference):
+            out, ws = fn(rowptr, col, x, m, v, "mean")
+            res.append((out, ws, *torch.autograd.grad(out.square().sum() + ws.sum(), (x, v))))
+        for a, b in zip(*res):
+            torch.testing.assert_close(a, b)
+"""
+
+
+@requires_ext
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_cpu_code_paths(isa):
+    # The CPU kernels are compiled for several instruction sets and picked at run time; the
+    # fastest one runs in the other tests, this checks the narrower ones.
+    env = {"PYG_MMREC_CPU_ISA": isa, "OMP_NUM_THREADS": "2", "PATH": ""}
+    subprocess.run([sys.executable, "-c", ISA_SCRIPT], check=True, env=env, timeout=120)
+
+
+@requires_ext
+def test_multithreaded_equals_single_threaded():
+    # Rows are split into edge-balanced chunks handed out dynamically; each row is still
+    # computed by one thread in the same order, so the results are bitwise equal.
+    inputs = make_inputs(torch.float32, n_dst=3000, n_src=2000, num_edges=30000, feat=16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_with_grads(masked_spmm, *inputs, "mean")
+        torch.set_num_threads(2)
+        two = run_with_grads(masked_spmm, *inputs, "mean")
+    finally:
+        torch.set_num_threads(threads)
+    assert_close_all(one, two, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_cached_transpose_gives_same_gradients(reduce):
     rowptr, col, x, mask, value = make_inputs()

@@ -70,6 +70,9 @@ def test_run_with_callable_model_fill_and_eval_masks(root, tmp_path):
         emk, ex = eval_in[m]
         assert (emk != mk).any() and (~emk).any()
         assert torch.allclose(ex[~emk], ex[emk].mean(0).expand_as(ex[~emk]), atol=1e-5)
+    from pyg_mmrec.data.missing import MaskSet
+    kept = MaskSet.load(str(tmp_path / "r" / "masks"))  # the run's exact missing entries
+    assert torch.equal(kept.train["image"], train_in["image"][0])
     saved = json.loads((tmp_path / "r" / "result.json").read_text())
     assert saved["test"] == res.test and saved["missing"] == "i3mrec:mm:0.5" and saved["seed"] == 1
 
