@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 from pyg_mmrec.train import run  # noqa: E402
 
-LR_GRID = [1e-3, 5e-4, 2e-3, 2.5e-4, 5e-3]          # first G values are used
-LAMBDA_GRID = [1e-3, 1e-2, 5e-2, 5e-3, 1e-4]        # the paper's grid, most useful first
+LR_GRID = [1e-3, 5e-3, 5e-4, 2e-3, 2.5e-4]          # the first G values are used
+LAMBDA_GRID = [1e-2, 1e-3, 5e-2, 5e-3, 1e-4]        # the paper's grid, the first G values are used
 WEIGHTS = ("kl_weight", "unique_weight", "redundant_weight", "synergy_weight")
 ABLATIONS = {
     "w/o MIB": {"kl_weight": 0.0, "stochastic": False},
@@ -67,7 +67,7 @@ class Runner:
     def train(self, backbone: str, seed: int, overrides: Dict[str, Any], plugin: Optional[str],
               tag: str) -> Dict[str, Any]:
         a = self.args
-        ov = {"train.epochs": a.epochs, "train.patience": a.patience,
+        ov = {"train.epochs": a.epochs, "train.patience": a.patience, "train.eval_every": a.eval_every,
               "train.topk": [5, 20], "train.metric": "recall@20", "train.checkpoint_every": 0}
         ov.update(overrides)
         if plugin:
@@ -79,7 +79,8 @@ class Runner:
                "overrides": {k: v for k, v in ov.items() if not k.startswith("train.") or k == "train.lr"},
                "missing": a.missing, "best_epoch": res.best_epoch, "epochs": res.epochs,
                "valid": res.valid, "test": res.test, "s_per_epoch": res.seconds_per_epoch,
-               "wall": time.perf_counter() - t0}
+               "wall": time.perf_counter() - t0,
+               "curve": [round(h["valid"]["recall@20"], 4) for h in res.history if h.get("valid")]}
         if self.log:
             self.log.write(json.dumps(rec) + "\n")
             self.log.flush()
@@ -122,7 +123,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--seeds", default="1", help="comma-separated, e.g. 1,2,3")
     p.add_argument("--grid-size", type=int, default=3, help="trainings per arm and seed (1..5)")
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--patience", type=int, default=10, help="in validations")
+    p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--missing", default="natural", help="e.g. i3mrec:fm:0.3")
     p.add_argument("--ablation", action="store_true",
                    help="also train w/o MIB / unique / redundant / synergy at the selected config")

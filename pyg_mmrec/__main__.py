@@ -79,6 +79,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=None, dest=flag,
                        help=f"shorthand for --set {flag}=...")
     p.add_argument("--topk", type=_parse_topk, default=None, help="cut-offs, e.g. 10,20,50")
+    # distributed data-parallel training (pyg_mmrec.train.distributed)
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train on N local ranks (127.0.0.1; gloo on CPU, nccl with --device "
+                        "cuda); under torchrun leave it unset (RANK/WORLD_SIZE come from it)")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="a rank waiting longer than this on another rank fails instead of "
+                        "hanging (default: %(default)s)")
 
 
 def _experiment_name(args, missing: str) -> str:
@@ -118,6 +125,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             parse_missing_spec(spec)
         except ValueError as e:
             raise ConfigError(f"--missing: {e}") from e
+
+    from pyg_mmrec.train import distributed
+    rc = distributed.launch_cli(args)  # --nproc N: this process only watches N local ranks
+    if rc is not None:
+        return rc
+    distributed.init_cli(args)  # a rank of torchrun / --nproc: join the process group
 
     out_root = Path(args.out)
     common = dict(root=args.root, plugin=args.plugin, fill=args.fill, device=args.device,

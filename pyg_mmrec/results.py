@@ -141,18 +141,25 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
     except ImportError as e:
         raise RuntimeError("--plot needs matplotlib: pip install 'pyg_mmrec[plot]' "
                            "(or pip install matplotlib)") from e
-    lines: Dict[str, List[tuple]] = {}
+    # one line per (model, dataset, fill, setting) and protocol family; the
+    # "natural" runs (rate 0) anchor every protocol line of the same model
+    series: Dict[tuple, Dict[str, List[tuple]]] = {}
     for r in rows:
         if metric not in r["metrics"]:
             continue
-        label = (f"{r['model']}{'+' + r['plugin'] if r['plugin'] else ''} "
-                 f"[{r['dataset']}, {protocol_family(r['missing'])}, fill={r['fill']}]")
-        if r["setting"] != "default":
-            label += f" {r['setting']}"
+        name = f"{r['model']}{'+' + r['plugin'] if r['plugin'] else ''}"
+        key = (name, r["dataset"], r["fill"], r["setting"])
         m, s = r["metrics"][metric]
-        lines.setdefault(label, []).append((missing_rate(r["missing"]), m, s))
-    if not lines:
+        fam = protocol_family(r["missing"])
+        series.setdefault(key, {}).setdefault(fam, []).append((missing_rate(r["missing"]), m, s))
+    if not series:
         raise ValueError(f"plot: no run has test metric {metric!r}")
+    lines: Dict[str, List[tuple]] = {}
+    for (name, dataset, fill, setting), fams in series.items():
+        natural = fams.pop("natural", [])
+        extra = f" {setting}" if setting != "default" else ""
+        for fam, pts in (fams or {"natural": []}).items():
+            lines[f"{name} [{dataset}, {fam}, fill={fill}]{extra}"] = natural + pts
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, pts in sorted(lines.items()):
         pts.sort()

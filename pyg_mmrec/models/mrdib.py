@@ -2,10 +2,9 @@ r"""MRdIB: the Multimodal Representation-disentangled Information Bottleneck,
 a plug-in that wraps any multimodal :class:`~pyg_mmrec.models.Recommender`."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,21 +21,6 @@ class MRdIBOutput(RecOutput):
     so :meth:`MRdIB.loss` can reuse one forward pass of the backbone."""
 
     backbone: Optional[RecOutput] = None
-
-
-@contextlib.contextmanager
-def _frozen(module: Module) -> Iterator[None]:
-    """Build a graph through ``module`` without edges to its parameters: the MI
-    estimator must only be trained by its own (auxiliary) objective, never by
-    the main loss that *minimises* its estimate."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
 
 
 class MRdIB(Recommender):
@@ -490,12 +474,13 @@ class MRdIB(Recommender):
         return torch.stack(vals).mean() if vals else None
 
     def mi_estimate(self, key: str, x: Tensor, y: Tensor) -> Tensor:
-        """The estimate minimised by the main loss for one modality pair; the
-        estimator's own parameters receive no gradient from it."""
+        """The estimate minimised by the main loss for one modality pair. By the
+        estimators' contract (:mod:`pyg_mmrec.nn.mi_estimators`) it is
+        differentiable in ``x`` and ``y`` only: the estimator's parameters are
+        constants here and are trained by :meth:`auxiliary_loss` alone."""
         est = self.estimators[key]
-        with _frozen(est):
-            fn = getattr(est, "mi_upper_bound", None) or getattr(est, "mi_estimate")
-            return fn(x, y)
+        fn = getattr(est, "mi_upper_bound", None) or getattr(est, "mi_estimate")
+        return fn(x, y)
 
     def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
         params = list(self.backbone.auxiliary_parameters())

@@ -187,6 +187,8 @@ def csr_transpose(rowptr: Tensor, col: Tensor, num_src: int) -> CSC:
     if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
         raise ValueError(f"csr_transpose: `rowptr` and `col` must both be int32 or both int64 "
                          f"(got {rowptr.dtype} and {col.dtype})")
+    if num_src < 0:
+        raise ValueError(f"csr_transpose: `num_src` must be >= 0 (got {num_src})")
     if WITH_EXT and rowptr.device.type in EXT_DEVICES:
         return tuple(torch.ops.pyg_mmrec.csr_transpose(rowptr, col, num_src))
     _check_data(rowptr, col, num_src)
@@ -229,6 +231,15 @@ def masked_spmm(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor] =
 
     Returns:
         ``(out [N_dst, F], weight_sum [N_dst])``.
+
+    Shapes:
+        - **inputs:** rowptr :math:`(N_{dst} + 1)`, col :math:`(E)`, x :math:`(N_{src}, F)`,
+          mask :math:`(N_{src})`, value :math:`(E)`
+        - **outputs:** out :math:`(N_{dst}, F)`, weight_sum :math:`(N_{dst})`
+
+    Rows of :obj:`x` whose :obj:`mask` is :obj:`False` are never read (they may hold NaN), and
+    their gradient is 0. Bad input raises a :class:`ValueError` naming the argument. Only first
+    derivatives are supported on the compiled path.
     """
     _check_meta(rowptr, col, x, mask, value, reduce, csc)
     if WITH_EXT and x.device.type in EXT_DEVICES:

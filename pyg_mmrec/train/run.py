@@ -160,9 +160,13 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
 
     out = Path(out_dir) if out_dir is not None else None
     can_resume = _check_out_dir(out, resume) if out is not None else False
+    from . import distributed as dist_  # one process: rank 0 of 1, all no-ops
+    rank, world_size = dist_.get_rank_world()
+    dist_.barrier("output directory check")  # every rank checked before rank 0 writes
 
     # ---- data, masks, fills
-    data = _load_data(dataset, root)
+    with dist_.rank_zero_first("loading the dataset"):  # rank 0 fills the cache first
+        data = _load_data(dataset, root)
     num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
     check_against_data(config, num_items)
     store = data["user", "rates", "item"]
@@ -203,6 +207,7 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
             if diff:
                 raise ConfigError(f"resume: the configuration differs from the checkpoint's in "
                                   f"{out}: {'; '.join(diff)}")
+    if out is not None and rank == 0:  # only rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", config_to_yaml(config))
         if raw:  # the exact missing entries of this run, for audit and re-use
@@ -212,6 +217,8 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     if config["train"]["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if world_size > 1 and trainer_cls is Trainer:
+        trainer_cls = dist_.DistributedTrainer
     try:
         trainer = trainer_cls(net, td, config["train"], seed=seed, out_dir=out, device=device,
                               quiet=quiet, config=config)
@@ -226,7 +233,7 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
                        seconds_per_eval=fit.seconds_per_eval, epochs=fit.epochs,
                        stopped_early=fit.stopped_early,
                        out_dir=str(out) if out is not None else None, history=fit.history)
-    if out is not None:
+    if out is not None and rank == 0:
         d = result.to_dict()
         d["wall_seconds_last_call"] = wall
         atomic_write_json(out / "result.json", d)

@@ -252,6 +252,11 @@ class Trainer:
         """Average gradients over ranks; a no-op in one process. Distributed
         training (DDP / all-reduce) plugs in here."""
 
+    def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
+        """The model's auxiliary (estimator) loss of a batch, ``None`` to skip the
+        estimator step (distributed training makes all ranks agree on that)."""
+        return self.model.auxiliary_loss(u, p, q)
+
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str = "valid") -> Dict[str, float]:
@@ -344,7 +349,7 @@ class Trainer:
         if self.aux_optimizer is not None:
             # the estimator first (its own optimiser), then the main loss
             self.aux_optimizer.zero_grad(set_to_none=True)
-            aux = model.auxiliary_loss(u, p, q)
+            aux = self.auxiliary_loss(u, p, q)
             if aux is not None:
                 aux.backward()
                 self.reduce_gradients(self.aux_params)

@@ -246,6 +246,7 @@ def test_masked_inputs():
             assert not torch.isclose(feats[m][~masks[m]], x[~masks[m]]).all(1).any()
 
 
+@pytest.mark.realdata
 def test_real_data_masks(data_root, tmp_path):
     from pyg_mmrec.data import MMRecDataset
     ds = MMRecDataset(data_root, "ml100k_mm", cache_dir=str(tmp_path))

@@ -9,10 +9,10 @@ from pyg_mmrec.models import RecOutput, Recommender, get_model_class
 
 U, I = 24, 36
 ID_ONLY = ["bpr", "lightgcn"]
-MULTIMODAL = ["vbpr", "mmgcn", "lattice", "freedom", "mgcn"]
+MULTIMODAL = ["vbpr", "mmgcn", "lattice", "freedom", "mgcn", "lgmrec"]
 KNN_MODELS = ["lattice", "freedom", "mgcn"]
 # models whose scores cannot depend on the filled feature of a missing entry
-MASK_INVARIANT = {"mmgcn": {}, "lattice": {}, "freedom": {}, "mgcn": {},
+MASK_INVARIANT = {"mmgcn": {}, "lattice": {}, "freedom": {}, "mgcn": {}, "lgmrec": {},
                   "vbpr": {"drop_missing": True}}
 CONFIGS = Path(__file__).resolve().parents[2] / "pyg_mmrec" / "configs"
 
@@ -101,7 +101,7 @@ def test_loss_decreases(name):
     assert losses[-1] < 0.9 * losses[0]
 
 
-@pytest.mark.parametrize("name", ["lightgcn", "lattice", "freedom", "mgcn"])
+@pytest.mark.parametrize("name", ["lightgcn", "lattice", "freedom", "mgcn", "lgmrec", "vbpr"])
 def test_zero_modalities_reduce_to_id_model(name):
     model, ei = build(name, 0)
     out = model()
@@ -208,6 +208,8 @@ def test_lattice_learned_graph_gets_gradient_once_per_epoch():
     ("lattice", {"lambda_coeff": 2.0}, "lambda_coeff"),
     ("mgcn", {"knn_k": 0}, "knn_k"),
     ("lightgcn", {"n_layers": -1}, "n_layers"),
+    ("lgmrec", {"keep_rate": 0.0}, "keep_rate"),
+    ("freedom", {"feat_embed_dim": 32}, "feat_embed_dim"),
 ])
 def test_bad_hparams_raise(name, kw, match):
     edge_index, feats, masks = make_data(2, False)

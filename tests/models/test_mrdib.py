@@ -250,10 +250,10 @@ def test_redundancy_estimate_drops_when_codes_become_independent():
     dependent = x @ torch.randn(4, 4, generator=g) + 0.1 * torch.randn(256, 4, generator=g)
     independent = dependent[torch.randperm(256, generator=g)]  # same marginal, no dependence
     present = torch.ones(256, 2, dtype=torch.bool)
-    opt = torch.optim.Adam(model.auxiliary_parameters(), lr=5e-3)
+    opt = torch.optim.Adam(model.auxiliary_parameters(), lr=1e-2)
 
     def fit_and_estimate(y):
-        for _ in range(300):
+        for _ in range(120):
             model._redundancy(torch.stack([x, y], 1), present)
             opt.zero_grad()
             model.auxiliary_loss(*batch(0)).backward()
@@ -263,6 +263,7 @@ def test_redundancy_estimate_drops_when_codes_become_independent():
 
     dep = fit_and_estimate(dependent)
     ind = fit_and_estimate(independent)
+    print(f"CLUB estimate: dependent {dep:.3f}, independent {ind:.3f}")
     assert dep > 1.0
     assert ind < 0.25 * dep
 
@@ -274,8 +275,8 @@ def test_redundancy_term_pushes_codes_apart():
     x = torch.randn(128, 4, generator=g)
     y = (x + 0.1 * torch.randn(128, 4, generator=g)).requires_grad_(True)
     present = torch.ones(128, 2, dtype=torch.bool)
-    opt = torch.optim.Adam(model.estimators.parameters(), lr=5e-3)
-    for _ in range(200):
+    opt = torch.optim.Adam(model.estimators.parameters(), lr=1e-2)
+    for _ in range(80):
         opt.zero_grad()
         model.estimators["text__image"].learning_loss(x, y).backward()
         opt.step()

@@ -1,0 +1,842 @@
+r"""Distributed data-parallel training on :mod:`torch.distributed`.
+
+Every rank holds the whole graph, the features and a replica of the model; the
+epoch's BPR triples are split into disjoint shards; gradients are averaged over
+ranks before every optimiser step; evaluation is sharded by users and the
+metric *sums* are all-reduced; only rank 0 logs and writes files. Backends:
+``gloo`` on CPU, ``nccl`` on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``); the
+process group is created with ``"cpu:gloo,cuda:nccl"`` so that CPU tensors
+(metric sums, checks) and CUDA tensors (gradients) both have a backend.
+
+Launch with ``torchrun`` (one machine or several) or the local spawner::
+
+    torchrun --standalone --nproc-per-node 2 -m pyg_mmrec train --model LightGCN ...
+    python -m pyg_mmrec train --nproc 2 --model LightGCN ...
+
+or programmatically: :func:`init_from_env` (reads ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` as set by ``torchrun``), then
+:func:`pyg_mmrec.train.run` (which switches to :class:`DistributedTrainer` when
+the process group has more than one rank); :func:`launch` runs any function on
+``N`` local ranks.
+
+**Gradient averaging: explicit bucketed all-reduce, not DDP hooks.** The
+trainer steps *two* optimisers per batch (the auxiliary MI estimators first,
+each with its own backward, then the main loss), and
+:class:`~torch.nn.parallel.DistributedDataParallel` ties its reducer to one
+forward/backward pair of one module. So :class:`DistributedTrainer`
+implements :meth:`~pyg_mmrec.train.Trainer.reduce_gradients` as what DDP does
+after backward: gradients are flattened into ~25 MB buckets per dtype and
+``all_reduce``-d, and the parameters are broadcast from rank 0 at start. One
+difference makes results independent of the number of ranks: the average is
+*weighted by the local batch sizes*,
+
+.. math::
+    g = \frac{\sum_r n_r\, g_r}{\sum_r n_r},
+
+which is exactly the gradient of the global-batch mean loss even when the
+epoch's last batch does not split evenly (DDP would weight it equally). A
+parameter without a gradient on some rank counts as zero there; one without a
+gradient on every rank keeps ``grad = None`` everywhere, so Adam's state stays
+identical on all ranks. Auxiliary-estimator gradients go through the same path.
+(What is lost against DDP is the overlap of communication with backward; the
+models' backward is dominated by a few large sparse products, so little.)
+
+**Global batches, any number of ranks.** ``batch_size`` is the *global*
+batch :math:`B` (it must be divisible by the world size :math:`W`). Every rank
+draws the epoch's full seeded permutation and negatives (``BPRSampler.sample(epoch)``,
+cheap and vectorised) and keeps the triples ``r, r+W, r+2W, ...``: local batch
+:math:`b` of rank :math:`r` is the :math:`r`-th strided part of global batch
+:math:`b`, so the union over ranks of a step's triples is exactly the
+one-process batch. With gradient averaging this makes a :math:`W`-rank run follow
+the one-process trajectory up to floating-point summation order, for models that
+draw no random numbers from the global RNG while training (LightGCN, BPR, ...);
+models with dropout or sampled masks (I3-MRec, ...) get a different, equally valid
+random stream. Consequences: a checkpoint written with :math:`W` ranks resumes
+with any other number of ranks, also from the middle of an epoch (the batch index
+is a global one), and the checkpoint holds no per-rank state (the global RNG is
+seeded identically on every rank and stays identical). When the epoch's last
+global batch has fewer than :math:`W` triples they are dropped (every rank must
+run the same number of steps).
+
+**Failures.** Every collective carries the process-group timeout
+(``--dist-timeout``, default :data:`DEFAULT_TIMEOUT` s). A rank that raises or
+dies closes its connections, so the others fail at their next collective with a
+:class:`PeerFailureError` naming the operation; a rank that hangs makes the
+others fail after the timeout. :func:`launch` (behind ``--nproc``) watches its
+children: when one exits non-zero it stops the rest and raises
+:class:`RankFailedError` with that rank's traceback (``torchrun`` does the same
+for its workers). Checkpoints are written atomically by rank 0, so the last one
+stays valid. Parameters are compared across ranks after every epoch
+(:func:`check_consistency`), so silent divergence is an error too.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .trainer import Trainer
+
+#: default timeout (seconds) of the process group: rendezvous and every collective
+DEFAULT_TIMEOUT = 600.0
+#: bucket size of the gradient all-reduce, as DDP's default
+DEFAULT_BUCKET_MB = 25.0
+#: fault injection for tests: ``"rank=1,epoch=0,batch=2[,mode=raise|exit|hang]"``
+FAULT_ENV = "PYG_MMREC_FAULT"
+
+
+class PeerFailureError(RuntimeError):
+    """A collective failed: another rank exited, raised or did not answer in time."""
+
+
+class RankFailedError(RuntimeError):
+    """A rank started by :func:`launch` failed; the others were stopped.
+
+    Attributes:
+        rank: the failing rank (the root cause when several failed).
+        exitcode: its exit code (negative: killed by that signal).
+        error: its traceback or error message (``""`` if it left none).
+    """
+
+    def __init__(self, rank: int, exitcode: int, error: str, others: Sequence[int] = ()) -> None:
+        how = (f"was killed by signal {-exitcode}" if exitcode < 0
+               else f"exited with code {exitcode}")
+        msg = f"rank {rank} {how}"
+        if others:
+            msg += f"; stopped the other rank(s) {', '.join(map(str, others))}"
+        msg += ":\n" + (error.rstrip() if error else "(no Python error recorded: the process "
+                        "died without raising, e.g. killed or out of memory)")
+        super().__init__(msg)
+        self.rank, self.exitcode, self.error = rank, exitcode, error
+
+
+# ----------------------------------------------------------------------------- process group
+@dataclass
+class DistContext:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (set by ``torchrun`` / :func:`launch`), else 1."""
+    text = os.environ.get("WORLD_SIZE")
+    if text is None:
+        return 1
+    try:
+        ws = int(text)
+    except ValueError:
+        raise RuntimeError(f"WORLD_SIZE: expected an integer, got {text!r}") from None
+    if ws < 1:
+        raise RuntimeError(f"WORLD_SIZE: expected >= 1, got {ws}")
+    return ws
+
+
+def _env_int(name: str, default: Optional[int] = None) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        if default is None:
+            raise RuntimeError(f"{name} is not set: launch with torchrun or `--nproc N` "
+                               "(or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise RuntimeError(f"{name}: expected an integer, got {text!r}") from None
+
+
+def init_from_env(device: str | torch.device = "cpu",
+                  timeout: float = DEFAULT_TIMEOUT) -> DistContext:
+    r"""Join the process group described by the environment (``torchrun``).
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (default: ``RANK``) and, for
+    the rendezvous, ``MASTER_ADDR`` / ``MASTER_PORT``. With one rank (or no
+    ``WORLD_SIZE``) nothing is initialised. Idempotent.
+
+    Args:
+        device: ``"cpu"`` (gloo) or ``"cuda"`` (nccl; rank uses ``cuda:LOCAL_RANK``).
+        timeout: seconds for the rendezvous and for every collective; a rank
+            waiting longer on a silent peer raises instead of hanging.
+
+    Returns:
+        :class:`DistContext` (with ``device`` resolved to this rank's device).
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    world = env_world_size()
+    if world == 1:
+        return DistContext(0, 1, 0, dev, "none")
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if not 0 <= rank < world:
+        raise RuntimeError(f"RANK={rank} outside [0, WORLD_SIZE={world})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
+                               "CUDA device(s): start at most one rank per GPU")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        backend = "cpu:gloo,cuda:nccl"
+    else:
+        backend = "gloo"
+    if dist.is_initialized():
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise RuntimeError(f"a process group (rank {dist.get_rank()} of "
+                               f"{dist.get_world_size()}) exists, but the environment says rank "
+                               f"{rank} of {world}")
+        return DistContext(rank, world, local_rank, dev, str(dist.get_backend()))
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(f"{name} is not set: launch with torchrun or `--nproc N`")
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world,
+                                timeout=datetime.timedelta(seconds=float(timeout)))
+    except Exception as e:  # noqa: BLE001 - rendezvous errors come in many types
+        raise PeerFailureError(
+            f"rank {rank}: could not join the process group of {world} ranks at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout:g} s "
+            f"(did every rank start?): {type(e).__name__}: {e}") from e
+    return DistContext(rank, world, local_rank, dev, backend)
+
+
+def destroy() -> None:
+    """Leave the process group (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _timeout_text() -> str:
+    t = os.environ.get("PYG_MMREC_DIST_TIMEOUT")
+    return f"{float(t):g} s" if t else "the process-group timeout"
+
+
+def _collective(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a collective; turn backend errors into a :class:`PeerFailureError`
+    that says which operation failed on which rank."""
+    try:
+        return fn()
+    except PeerFailureError:
+        raise
+    except RuntimeError as e:  # DistBackendError, gloo/nccl errors, timeouts
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        raise PeerFailureError(
+            f"rank {rank}: {what} failed: another rank exited or raised (see its error), "
+            f"or did not answer within {_timeout_text()}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def barrier(what: str = "barrier") -> None:
+    """All ranks meet here (no-op in one process). CPU tensor all-reduce rather
+    than ``dist.barrier`` so that the group timeout applies on every backend."""
+    if is_distributed():
+        t = torch.zeros(1)
+        _collective(what, lambda: dist.all_reduce(t))
+
+
+@contextlib.contextmanager
+def rank_zero_first(what: str = "rank 0 first") -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. processes and caches a dataset), then
+    the other ranks (which then find the cache)."""
+    rank, _ = get_rank_world()
+    if rank != 0:
+        barrier(what)
+    yield
+    if rank == 0:
+        barrier(what)
+
+
+def agree(flag: bool, what: str) -> bool:
+    """All ranks must hold the same ``flag``; raises otherwise (names the ranks)."""
+    if not is_distributed():
+        return bool(flag)
+    ws = dist.get_world_size()
+    t = torch.zeros(ws, dtype=torch.float64)
+    t[dist.get_rank()] = float(bool(flag))
+    _collective(f"agreeing on {what}", lambda: dist.all_reduce(t))
+    values = [bool(v) for v in t.tolist()]
+    if len(set(values)) > 1:
+        yes = [r for r, v in enumerate(values) if v]
+        no = [r for r, v in enumerate(values) if not v]
+        raise RuntimeError(f"ranks disagree on {what}: true on ranks {yes}, false on ranks {no}"
+                           " (on several machines the output directory must be on a shared "
+                           "file system, and every rank needs the same data)")
+    return values[0]
+
+
+# ----------------------------------------------------------------------------- gradients
+def _buckets(params: Sequence[torch.nn.Parameter], cap_bytes: int
+             ) -> List[List[torch.nn.Parameter]]:
+    """Consecutive parameters of one device and dtype, up to ``cap_bytes`` each.
+    Depends only on shapes, so it is identical on every rank."""
+    groups: Dict[tuple, List[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    out = []
+    for ps in groups.values():
+        bucket, size = [], 0
+        for p in ps:
+            bucket.append(p)
+            size += p.numel() * p.element_size()
+            if size >= cap_bytes:
+                out.append(bucket)
+                bucket, size = [], 0
+        if bucket:
+            out.append(bucket)
+    return out
+
+
+@torch.no_grad()
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1.0,
+                         bucket_cap_mb: float = DEFAULT_BUCKET_MB, group=None) -> None:
+    r"""Replace every gradient by the weighted mean over ranks,
+    :math:`g \leftarrow \sum_r w_r g_r / \sum_r w_r` (``weight`` = this rank's
+    :math:`w_r`, e.g. its batch size), in buckets of ``bucket_cap_mb``.
+
+    A missing gradient (``None``) counts as zero; it stays ``None`` only when it
+    is missing on every rank. No-op without a multi-rank process group.
+    """
+    if not is_distributed():
+        return
+    if weight < 0:
+        raise ValueError(f"weight: expected >= 0, got {weight}")
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:  # rare (sparse embeddings): densify
+            p.grad = p.grad.coalesce().to_dense()
+    for bucket in _buckets(params, max(1, int(bucket_cap_mb * 2 ** 20))):
+        dtype = bucket[0].dtype if bucket[0].dtype.is_floating_point else torch.float32
+        n = sum(p.numel() for p in bucket)
+        # [grads..., one presence flag per parameter, the weight]
+        flat = torch.zeros(n + len(bucket) + 1, dtype=dtype, device=bucket[0].device)
+        off = 0
+        for j, p in enumerate(bucket):
+            if p.grad is not None:
+                flat[off:off + p.numel()].copy_(p.grad.reshape(-1)).mul_(weight)
+                flat[n + j] = 1.0
+            off += p.numel()
+        flat[-1] = weight
+        _collective("gradient all-reduce", lambda: dist.all_reduce(flat, group=group))
+        total = float(flat[-1])
+        if total <= 0:
+            raise RuntimeError("all_reduce_gradients: the weights of all ranks sum to 0")
+        off = 0
+        for j, p in enumerate(bucket):
+            g = flat[off:off + p.numel()].view_as(p)
+            off += p.numel()
+            if float(flat[n + j]) == 0:
+                continue  # no rank has a gradient for p
+            g.div_(total)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+
+@torch.no_grad()
+def broadcast_parameters(tensors: Iterable[Tensor], src: int = 0,
+                         bucket_cap_mb: float = DEFAULT_BUCKET_MB) -> None:
+    """Copy ``tensors`` (parameters) from rank ``src`` to every rank, bucketed."""
+    if not is_distributed():
+        return
+    tensors = list(tensors)
+    for bucket in _buckets(tensors, max(1, int(bucket_cap_mb * 2 ** 20))):
+        flat = torch.cat([t.detach().reshape(-1) for t in bucket])
+        _collective("parameter broadcast", lambda: dist.broadcast(flat, src))
+        off = 0
+        for t in bucket:
+            t.copy_(flat[off:off + t.numel()].view_as(t))
+            off += t.numel()
+
+
+@torch.no_grad()
+def check_consistency(named: Iterable[tuple[str, Tensor]], rtol: float = 1e-5) -> None:
+    r"""Raise if the tensors (e.g. ``model.named_parameters()``) differ across
+    ranks: their sums and absolute sums are compared (two small all-reduces)."""
+    if not is_distributed():
+        return
+    named = list(named)
+    if not named:
+        return
+    stats = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().abs().sum()])
+                         for _, t in named]).reshape(-1).cpu()
+    hi, lo = stats.clone(), stats.clone()
+    _collective("consistency check", lambda: dist.all_reduce(hi, op=dist.ReduceOp.MAX))
+    _collective("consistency check", lambda: dist.all_reduce(lo, op=dist.ReduceOp.MIN))
+    bad = ((hi - lo).abs() > rtol * (1.0 + hi.abs())).view(-1, 2).any(1)
+    if bool(bad.any()):
+        names = [named[i][0] for i in bad.nonzero().view(-1).tolist()]
+        raise RuntimeError(f"ranks diverged: parameters {names[:5]}{'...' if len(names) > 5 else ''}"
+                           " differ between ranks (a rank-dependent computation, or gradients "
+                           "that were not reduced)")
+
+
+# ----------------------------------------------------------------------------- sampling
+class GlobalBatchShards:
+    r"""Wraps a :class:`~pyg_mmrec.data.BPRSampler` so that rank :math:`r` of
+    :math:`W` gets the triples ``r::W`` of the *whole* epoch: with a local
+    batch size of :math:`B/W`, its local batch :math:`b` is the :math:`r`-th
+    strided part of global batch :math:`b` (see the module doc). A last global
+    batch of fewer than :math:`W` triples is dropped.
+
+    Args:
+        sampler: the one-process sampler (``sample(epoch)`` -> whole epoch).
+        global_batch_size (int): :math:`B`, divisible by every world size used.
+    """
+
+    def __init__(self, sampler: Any, global_batch_size: int) -> None:
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size: expected >= 1, got {global_batch_size}")
+        self.sampler, self.global_batch_size = sampler, int(global_batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def sample(self, epoch: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if self.global_batch_size % world_size:
+            raise ValueError(f"batch_size: the global batch size {self.global_batch_size} is "
+                             f"not divisible by the {world_size} ranks")
+        users, pos, neg = self.sampler.sample(epoch)  # identical on every rank
+        n = users.numel()
+        tail = n % self.global_batch_size
+        if 0 < tail < world_size:
+            n -= tail
+        sl = slice(rank, n, world_size)
+        return users[sl], pos[sl], neg[sl]
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.sampler!r}, B={self.global_batch_size})"
+
+
+# ----------------------------------------------------------------------------- trainer
+def _parse_fault(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    if not text:
+        return None
+    spec: Dict[str, Any] = {"mode": "raise"}
+    try:
+        for part in text.split(","):
+            k, v = part.split("=")
+            spec[k.strip()] = v.strip() if k.strip() == "mode" else int(v)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}: expected 'rank=R,epoch=E,batch=B[,mode=raise|exit|hang]',"
+                         f" got {text!r}") from None
+    if spec["mode"] not in ("raise", "exit", "hang") or not {"rank", "epoch", "batch"} <= set(spec):
+        raise ValueError(f"{FAULT_ENV}: expected 'rank=R,epoch=E,batch=B[,mode=raise|exit|hang]',"
+                         f" got {text!r}")
+    return spec
+
+
+class DistributedTrainer(Trainer):
+    r"""A :class:`~pyg_mmrec.train.Trainer` for one rank of a data-parallel job.
+
+    Same arguments as :class:`~pyg_mmrec.train.Trainer`; ``rank`` and
+    ``world_size`` default to the initialised process group's. ``batch_size``
+    in ``train`` is the *global* batch (divisible by ``world_size``). What it
+    adds (details in the module doc): global-batch sharding of the epoch
+    (:class:`GlobalBatchShards`), the weighted bucketed gradient all-reduce for
+    the main *and* the auxiliary parameters, parameters broadcast from rank 0,
+    all-reduced loss values in the log, a stop request (``SIGINT``) honoured by
+    all ranks at the same batch, a check that every rank loaded the same data
+    and configuration, and a parameter consistency check after every epoch.
+    With ``world_size == 1`` it behaves exactly like :class:`Trainer`.
+
+    Args:
+        bucket_cap_mb (float): all-reduce bucket size.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: Any, train: Mapping[str, Any],
+                 seed: int = 0, out_dir: Optional[os.PathLike] = None,
+                 device: str | torch.device = "cpu", quiet: bool = True,
+                 config: Optional[Mapping[str, Any]] = None, rank: Optional[int] = None,
+                 world_size: Optional[int] = None,
+                 bucket_cap_mb: float = DEFAULT_BUCKET_MB) -> None:
+        pg_rank, pg_world = get_rank_world()
+        rank = pg_rank if rank is None else int(rank)
+        world_size = pg_world if world_size is None else int(world_size)
+        if world_size > 1 and (pg_world != world_size or pg_rank != rank):
+            raise RuntimeError(f"DistributedTrainer(rank={rank}, world_size={world_size}) needs "
+                               "an initialised process group of that size (init_from_env), got "
+                               f"rank {pg_rank} of {pg_world}")
+        B = int(train["batch_size"])
+        if B % world_size:
+            raise ValueError(f"batch_size: the global batch size {B} must be divisible by the "
+                             f"number of ranks {world_size}")
+        self._stop_pending = self._stop_agreed = False
+        super().__init__(model, data, train, seed=seed, out_dir=out_dir, device=device,
+                         quiet=quiet, config=config, rank=rank, world_size=world_size)
+        self.global_batch_size = B
+        self.bucket_cap_mb = float(bucket_cap_mb)
+        self.train_cfg["batch_size"] = B // world_size  # local share of each global batch
+        self.sampler = GlobalBatchShards(self.sampler, B)
+        self._local_n = 0
+        self._aux_weight = 0.0
+        self._fault = _parse_fault(os.environ.get(FAULT_ENV))
+        if world_size > 1:
+            self._check_same_setup()
+            broadcast_parameters([p for p in self.model.parameters()])
+
+    # A stop request (SIGINT handler, request_stop) only becomes effective once
+    # all ranks agree, at the next batch: every rank stops after the same step.
+    @property
+    def _stop_requested(self) -> bool:
+        return self._stop_agreed if self.world_size > 1 else self._stop_pending
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self._stop_pending = bool(value)
+        if not value:
+            self._stop_agreed = False
+
+    def _check_same_setup(self) -> None:
+        d = self.data
+        ei = d.train_edge_index.detach().to("cpu", torch.long)
+        numel = sum(p.numel() for p in self.model.parameters())
+        mine = torch.tensor([d.num_users, d.num_items, ei.size(1),
+                             int((ei[0] * 2654435761 + ei[1] * 40503 + 17).sum()),
+                             len(list(self.model.parameters())), numel,
+                             self.global_batch_size, self.seed], dtype=torch.long)
+        every = [torch.empty_like(mine) for _ in range(self.world_size)]
+        _collective("setup check", lambda: dist.all_gather(every, mine))
+        names = ["num_users", "num_items", "training interactions", "training graph checksum",
+                 "parameter tensors", "parameters", "batch_size", "seed"]
+        for r, other in enumerate(every):
+            diff = (other != every[0]).nonzero().view(-1).tolist()
+            if diff:
+                raise RuntimeError(f"rank {r} differs from rank 0 in "
+                                   f"{', '.join(names[i] for i in diff)}: every rank must load "
+                                   "the same data and configuration")
+
+    def reduce_gradients(self, params: List[torch.nn.Parameter]) -> None:
+        weight = self._aux_weight if params is self.aux_params else self._local_n
+        all_reduce_gradients(params, weight=float(weight), bucket_cap_mb=self.bucket_cap_mb)
+
+    def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
+        # A model may have no estimator loss for a small local batch (e.g. fewer
+        # than two items with a modality): the ranks agree, so that either all
+        # of them skip the estimator step (as one process would) or all take
+        # part in its gradient all-reduce, those without a loss with weight 0.
+        aux = super().auxiliary_loss(u, p, q)
+        self._aux_weight = float(self._local_n)
+        if self.world_size == 1:
+            return aux
+        flag = torch.tensor([0.0 if aux is None else 1.0], dtype=torch.float64)
+        _collective("auxiliary-loss agreement",
+                    lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX))
+        if float(flag) == 0.0:
+            return None
+        if aux is None:
+            self._aux_weight = 0.0
+            zero = torch.zeros((), device=self.device)
+            for t in self.aux_params:  # a zero loss that reaches every estimator parameter
+                zero = zero + t.reshape(-1)[:1].sum() * 0.0
+            return zero
+        return aux
+
+    def _step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+        self._local_n = int(u.numel())
+        out = super()._step(u, p, q, epoch, b)
+        if self.world_size == 1:
+            return out
+        # The global-batch loss values for the log, and the stop consensus.
+        # Terms may differ between ranks (a model can skip a term on a small
+        # local batch): a header says whether the key sets agree; if not, the
+        # dictionaries themselves are exchanged (missing term = 0).
+        keys = sorted(out)
+        n = float(self._local_n)
+        header = torch.tensor([n, float(self._stop_pending),
+                               float(zlib.crc32("\0".join(keys).encode()))], dtype=torch.float64)
+        rows = [torch.empty_like(header) for _ in range(self.world_size)]
+        _collective("loss all-gather", lambda: dist.all_gather(rows, header))
+        rows_t = torch.stack(rows)
+        total = float(rows_t[:, 0].sum())
+        self._stop_agreed = bool(rows_t[:, 1].max() > 0)
+        if bool((rows_t[:, 2] == rows_t[0, 2]).all()):
+            vec = torch.tensor([out[k] * n for k in keys], dtype=torch.float64)
+            _collective("loss all-reduce", lambda: dist.all_reduce(vec))
+            return {k: float(vec[i]) / total for i, k in enumerate(keys)}
+        every: List[Any] = [None] * self.world_size
+        _collective("loss all-gather", lambda: dist.all_gather_object(every, (n, out)))
+        merged: Dict[str, float] = {}
+        for n_r, out_r in every:
+            for k, v in out_r.items():
+                merged[k] = merged.get(k, 0.0) + v * n_r / total
+        return merged
+
+    def _train_epoch(self, epoch: int, resume_rng: Optional[Dict[str, Any]] = None) -> None:
+        super()._train_epoch(epoch, resume_rng)
+        check_consistency(self.model.named_parameters())
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        super().on_batch_end(epoch, batch)
+        f = self._fault
+        if f and (f["rank"], f["epoch"], f["batch"]) == (self.rank, epoch, batch):
+            if f["mode"] == "exit":
+                os._exit(3)
+            if f["mode"] == "hang":
+                while True:
+                    time.sleep(3600)
+            raise RuntimeError(f"injected failure ({FAULT_ENV}) on rank {self.rank} at epoch "
+                               f"{epoch}, batch {batch}")
+
+    def fit(self, resume: bool = False, test: bool = True):
+        if self.world_size > 1:
+            agree(resume, f"resuming from a checkpoint in {self.out_dir}")
+        return super().fit(resume=resume, test=test)
+
+
+# ----------------------------------------------------------------------------- local launcher
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _watch_parent(parent: int) -> None:
+    # A rank whose launcher died (kill -9) must not linger.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _entry(fn: Callable, rank: int, env: Dict[str, str], err_file: str, args: tuple,
+           threads: Optional[int], parent: int) -> None:
+    os.environ.update(env)
+    if threads:
+        torch.set_num_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    try:
+        rc = fn(*args)
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - report everything, then fail
+        tb = traceback.format_exc()
+        record = {"rank": rank, "time": time.time(), "traceback": tb,
+                  "secondary": isinstance(e, PeerFailureError),
+                  "interrupted": isinstance(e, KeyboardInterrupt)}
+        try:
+            Path(err_file).write_text(json.dumps(record))
+        except OSError:
+            pass
+        sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in tb.splitlines()))
+        sys.stderr.flush()
+        os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(int(rc) if isinstance(rc, int) else 0)
+
+
+def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
+           timeout: float = DEFAULT_TIMEOUT, threads: Optional[int] = None,
+           grace: float = 3.0) -> int:
+    r"""Run ``fn(*args)`` in ``nproc`` fresh processes (``spawn``) that form one
+    job on 127.0.0.1: each sees ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR=127.0.0.1`` and a free ``MASTER_PORT`` (``fn`` calls
+    :func:`init_from_env`). ``fn`` must be importable (module level).
+
+    The children are watched: when one exits non-zero, the others get
+    ``grace`` seconds to stop on their own (they usually fail at their next
+    collective), then are terminated, and :class:`RankFailedError` reports the
+    root cause (the first rank whose error is not a mere consequence of a peer
+    failure). ``Ctrl-C`` reaches every rank, which checkpoint and exit; a second
+    ``Ctrl-C`` terminates them.
+
+    Args:
+        fn: the per-rank function; its integer return value is the exit code.
+        nproc: number of ranks.
+        args: positional arguments of ``fn`` (picklable).
+        timeout: exported as ``PYG_MMREC_DIST_TIMEOUT`` (seconds) for ``fn``.
+        threads: torch threads per rank (default: CPU count / ``nproc``, or
+            ``OMP_NUM_THREADS`` if set).
+        grace: seconds between the first failure and terminating the rest.
+
+    Returns:
+        0 when every rank exits with 0; 130 when they were interrupted.
+
+    Raises:
+        RankFailedError: a rank failed.
+    """
+    if int(nproc) != nproc or nproc < 1:
+        raise ValueError(f"nproc: expected a positive integer, got {nproc!r}")
+    if threads is None:
+        threads = (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS")
+                   else max(1, (os.cpu_count() or 1) // nproc))
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    err_dir = tempfile.mkdtemp(prefix="pyg_mmrec_ranks_")
+    procs = []
+    for r in range(nproc):
+        env = {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "PYG_MMREC_DIST_TIMEOUT": str(float(timeout)), "OMP_NUM_THREADS": str(threads)}
+        p = ctx.Process(target=_entry, name=f"pyg_mmrec-rank{r}",
+                        args=(fn, r, env, os.path.join(err_dir, f"rank{r}.json"), tuple(args),
+                              threads, os.getpid()))
+        p.start()
+        procs.append(p)
+
+    first_failed: Optional[int] = None
+    interrupted = False
+    try:
+        while True:
+            try:
+                multiprocessing.connection.wait([p.sentinel for p in procs], timeout=1.0)
+            except KeyboardInterrupt:
+                if interrupted:  # second Ctrl-C: stop them now
+                    break
+                interrupted = True  # the ranks got SIGINT too: they checkpoint and exit
+                continue
+            failed = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if failed and first_failed is None:
+                first_failed = failed[0]
+                deadline = time.monotonic() + grace
+                while time.monotonic() < deadline and any(p.exitcode is None for p in procs):
+                    time.sleep(0.05)
+                break
+            if all(p.exitcode is not None for p in procs):
+                break
+    finally:
+        stopped = []
+        for r, p in enumerate(procs):
+            if p.exitcode is None:
+                stopped.append(r)
+                p.terminate()
+        for p in procs:
+            p.join(5.0)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+
+    records = {}
+    for r in range(nproc):
+        path = os.path.join(err_dir, f"rank{r}.json")
+        if os.path.exists(path):
+            try:
+                records[r] = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                pass
+            os.unlink(path)
+    os.rmdir(err_dir)
+    codes = [p.exitcode for p in procs]
+    if all(c == 0 for c in codes):
+        return 0
+    if interrupted or all(c in (0, 130) for c in codes):
+        return 130  # Ctrl-C: the ranks checkpointed (or were stopped by a second Ctrl-C)
+    # root cause: the earliest error that is not a consequence of a peer's failure
+    primary = sorted((rec["time"], r) for r, rec in records.items() if not rec["secondary"])
+    if primary:
+        root = primary[0][1]
+    elif first_failed is not None:
+        root = first_failed
+    else:
+        root = next(r for r, c in enumerate(codes) if c != 0)
+    others = [r for r in range(nproc) if r != root and (codes[r] != 0 or r in stopped)]
+    raise RankFailedError(root, codes[root] if codes[root] is not None else 1,
+                          records.get(root, {}).get("traceback", ""), others)
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli_rank_main(namespace: Dict[str, Any]) -> int:
+    from pyg_mmrec.__main__ import cmd_train
+    return cmd_train(argparse.Namespace(**namespace))
+
+
+def launch_cli(args: argparse.Namespace) -> Optional[int]:
+    r"""``--nproc N`` (N > 1) outside a distributed job: run ``cmd_train`` on N
+    local ranks and return the exit code; ``None`` when this process should
+    train itself (no ``--nproc``, ``--nproc 1``, or already a rank)."""
+    from pyg_mmrec.config import ConfigError
+    nproc = getattr(args, "nproc", None)
+    if nproc is None:
+        return None
+    if nproc < 1:
+        raise ConfigError(f"--nproc: expected a positive integer, got {nproc}")
+    timeout = getattr(args, "dist_timeout", DEFAULT_TIMEOUT)
+    if timeout is None or timeout <= 0:
+        raise ConfigError(f"--dist-timeout: expected a positive number of seconds, got {timeout}")
+    ws = env_world_size()
+    if "WORLD_SIZE" in os.environ:
+        if ws != nproc:
+            raise ConfigError(f"--nproc {nproc} conflicts with WORLD_SIZE={ws} set by the "
+                              "launcher (torchrun); drop --nproc under torchrun")
+        return None
+    if nproc == 1:
+        return None
+    if str(args.device).startswith("cuda") and torch.cuda.device_count() < nproc:
+        raise ConfigError(f"--nproc {nproc} with --device cuda needs {nproc} GPUs, found "
+                          f"{torch.cuda.device_count()}")
+    ns = {k: v for k, v in vars(args).items() if k != "func"}
+    try:
+        return launch(_cli_rank_main, nproc, (ns,), timeout=timeout)
+    except RankFailedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exitcode if e.exitcode > 0 else 1
+
+
+def init_cli(args: argparse.Namespace) -> DistContext:
+    r"""In a rank of a distributed job (``torchrun`` or ``--nproc``): join the
+    process group, pin ``--device cuda`` to ``cuda:LOCAL_RANK``, and silence
+    ranks > 0 (only rank 0 prints the results table and progress)."""
+    timeout = getattr(args, "dist_timeout", None) or DEFAULT_TIMEOUT
+    ctx = init_from_env(args.device, timeout=timeout)
+    if ctx.world_size > 1:
+        os.environ.setdefault("PYG_MMREC_DIST_TIMEOUT", str(float(timeout)))
+        if ctx.device.type == "cuda":
+            args.device = str(ctx.device)
+        if ctx.rank != 0:
+            args.quiet = True
+            sys.stdout = open(os.devnull, "w")
+    return ctx
+
+
+__all__ = ["DistributedTrainer", "DistContext", "GlobalBatchShards", "PeerFailureError",
+           "RankFailedError", "init_from_env", "destroy", "launch", "launch_cli", "init_cli",
+           "all_reduce_gradients", "broadcast_parameters",
+           "check_consistency", "barrier", "rank_zero_first", "agree", "get_rank_world",
+           "is_distributed", "env_world_size", "DEFAULT_TIMEOUT", "FAULT_ENV"]
