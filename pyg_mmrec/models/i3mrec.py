@@ -69,6 +69,15 @@ class I3MRec(Recommender):
     (:meth:`auxiliary_loss`). Items with no present modality fall back to the
     mean of their (collaborative) :math:`E_I^m`.
 
+    **Differences from the reference code** (on purpose): the CLUB estimators
+    are fitted on :math:`(X^m, Z)` — the pair whose MI is bounded — for every
+    modality and only on items whose modality is present (the reference fits
+    them on the feature projections and never trains its third estimator);
+    the InfoNCE is the plain mean over view pairs (the reference adds a
+    spurious 1/6 of it); missing entries are masked out of the propagation and
+    the fusion instead of being zero-filled; model selection uses validation
+    only (the trainer's job).
+
     **Representations** (:class:`RecOutput`): ``user`` = :math:`E_U`,
     ``item`` = :math:`Z`, ``item_modal[m]`` = :math:`E_I^m`,
     ``user_modal[m]`` = :math:`E_U^m`.

