@@ -82,6 +82,7 @@ def main() -> None:
         rows.append(("image decode+resize only", th, "-", _rate(
             lambda: [img_enc.load(q) for q in paths], len(paths), args.repeats)))
         for bs in args.batch_sizes:
+            text_enc.encode_batch_size = bs  # forward batch (MiniLM pads to the longest)
             rows.append(("text  all-MiniLM-L6-v2", th, bs, _rate(
                 lambda: F.encode_texts(texts, text_enc, bs, progress=False), len(texts),
                 args.repeats)))

@@ -129,14 +129,14 @@ def make_impls(rowptr, col, value):
     return impls
 
 
-def time_fwd_bwd(fn, x, mask, reps):
+def time_fwd_bwd(fn, x, mask, reps, clock=time.perf_counter):
     times = []
     for it in range(reps + 1):  # the first run warms up allocator and caches
         x.grad = None
-        t0 = time.perf_counter()
+        t0 = clock()
         out = fn(x, mask)
         out.backward(torch.ones_like(out))
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if it > 0:
             times.append(dt)
         del out
@@ -165,19 +165,19 @@ def available_memory():
     return float("inf")
 
 
-def memcpy_bandwidth(num_bytes=512 << 20, reps=10):
+def memcpy_bandwidth(num_bytes=512 << 20, reps=10, clock=time.perf_counter):
     src = torch.empty(num_bytes // 4)
     src.fill_(1.0)
     dst = torch.empty_like(src)
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         dst.copy_(src)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 2 * num_bytes / statistics.median(times)  # read + write
 
 
-def run_graph(name, rowptr, col, value, feat, reps, max_gather_edges):
+def run_graph(name, rowptr, col, value, feat, reps, max_gather_edges, clock):
     n = rowptr.numel() - 1
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n, feat, generator=gen).requires_grad_()
@@ -197,7 +197,7 @@ def run_graph(name, rowptr, col, value, feat, reps, max_gather_edges):
     nbytes = ideal_bytes(rowptr, col, mask, feat)
     results = {}
     for key, fn in impls.items():
-        results[key] = time_fwd_bwd(fn, x, mask, reps)
+        results[key] = time_fwd_bwd(fn, x, mask, reps, clock)
         print(f"  [{name}] {key}: {results[key] * 1e3:.1f} ms", flush=True)  # progress
     base = results["masked_spmm (ours)"]
     rows = []
@@ -215,7 +215,11 @@ def main():
     parser.add_argument("--root", type=Path, default=DATA)
     parser.add_argument("--max-gather-edges", type=float, default=2e7,
                         help="skip gather/scatter above this many edges (memory: E*F floats)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time (robust on a shared, oversubscribed machine; "
+                        "use with --threads 1, as it also counts idle spinning of extra threads)")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else max(args.reps, 10)
 
@@ -229,12 +233,14 @@ def main():
         graphs.append(("random 10M", *random_graph(10_000_000)))
 
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, F={args.feat}, "
-          f"50% nodes masked, reduce=mean, fwd+bwd(x), median of {reps} runs, "
+          f"50% nodes masked, reduce=mean, fwd+bwd(x), median of {reps} runs "
+          f"({args.clock} clock), "
           f"WITH_EXT={WITH_EXT}, torch_sparse={'yes' if torch_sparse else 'not installed'}")
-    bw = memcpy_bandwidth()
+    bw = memcpy_bandwidth(clock=clock)
     rows = []
     for name, rowptr, col, value in graphs:
-        rows += run_graph(name, rowptr, col, value, args.feat, reps, args.max_gather_edges)
+        rows += run_graph(name, rowptr, col, value, args.feat, reps, args.max_gather_edges,
+                          clock)
 
     head = f"{'graph':<18} {'nodes':>9} {'edges':>10} {'method':<26} {'ms':>10} " \
            f"{'x ours':>8} {'GB/s':>7}"

@@ -33,7 +33,7 @@ def main() -> int:
     p.add_argument("--data-root", default=os.environ.get("PYG_MMREC_DATA", default_data))
     p.add_argument("--out", default="/tmp/pyg_mmrec_rebuild/ml100k_mm")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--skip-build", action="store_true",
                    help="only compare an earlier rebuild in --out with the shipped files")

@@ -424,7 +424,7 @@ def build_dataset(interactions: str, out: str, items: Optional[str] = None,
                   item_id_column: Optional[str] = None,
                   text_columns: Optional[Sequence[str]] = None, text_sep: str = " ",
                   sep: Optional[str] = None, min_rating: Optional[float] = None,
-                  batch_size: int = 64, device: str = "cpu", progress: bool = True,
+                  batch_size: int = 32, device: str = "cpu", progress: bool = True,
                   keep_cache: bool = False) -> Dict[str, Any]:
     r"""Builds ``out/<name>.inter`` plus text/image features and masks (see the
     module docstring). ``out`` is ``DIR/NAME``. Text is encoded when ``items``
@@ -556,7 +556,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"sentence-transformers name or folder (default {F.DEFAULT_TEXT_ENCODER})")
     p.add_argument("--image-encoder", default=None,
                    help=f"image encoder (default {F.DEFAULT_IMAGE_ENCODER})")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="items per encoded (and cached) batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--keep-cache", action="store_true",

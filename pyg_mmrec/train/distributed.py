@@ -715,6 +715,9 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
                "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "PYG_MMREC_DIST_TIMEOUT": str(float(timeout)), "OMP_NUM_THREADS": str(threads)}
+        if (sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ
+                and os.path.exists("/sys/class/net/lo")):
+            env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback device, whatever the hostname
         p = ctx.Process(target=_entry, name=f"pyg_mmrec-rank{r}",
                         args=(fn, r, env, os.path.join(err_dir, f"rank{r}.json"), tuple(args),
                               threads, os.getpid()))
@@ -769,16 +772,24 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
     if interrupted or all(c in (0, 130) for c in codes):
         return 130  # Ctrl-C: the ranks checkpointed (or were stopped by a second Ctrl-C)
     # root cause: the earliest error that is not a consequence of a peer's failure
+    # (a Python error of its own, else a rank that died without one, else the first to fail)
     primary = sorted((rec["time"], r) for r, rec in records.items() if not rec["secondary"])
+    died = [r for r, c in enumerate(codes) if c not in (0, None) and r not in records
+            and r not in stopped]
     if primary:
         root = primary[0][1]
+    elif died:
+        root = died[0]
     elif first_failed is not None:
         root = first_failed
     else:
         root = next(r for r, c in enumerate(codes) if c != 0)
     others = [r for r in range(nproc) if r != root and (codes[r] != 0 or r in stopped)]
-    raise RankFailedError(root, codes[root] if codes[root] is not None else 1,
-                          records.get(root, {}).get("traceback", ""), others)
+    error = records.get(root, {}).get("traceback", "")
+    if root in records and records[root]["secondary"] and stopped:
+        error += (f"\n(rank(s) {', '.join(map(str, stopped))} were still running when stopped: "
+                  "hung, or slower than the timeout)")
+    raise RankFailedError(root, codes[root] if codes[root] is not None else 1, error, others)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -85,7 +85,9 @@ def test_build_end_to_end(catalog):
     pairs = {(u, i) for u, i in inter[:, :2].tolist()}
     assert len(pairs) == len(inter)  # repeated pair dropped
     assert inter[:, 0].max() == 5 and inter[:, 1].max() == 4
-    items = [ln.split("\t") for ln in open(osp.join(out, "i_id_mapping.csv")).read().split("\n")[1:-1]]
+    mapping = open(osp.join(out, "i_id_mapping.csv")).read().splitlines()
+    assert mapping[0] == "raw_id\titemID"
+    items = [ln.split("\t") for ln in mapping[1:]]
     assert items == [["i1", "0"], ["i2", "1"], ["i3", "2"], ["i4", "3"], ["i5", "4"]]
     # the kept u0-i1 row is the earliest one, not the repeat at t=5000
     assert 5000 not in inter[:, 3]

@@ -2,7 +2,6 @@ import gzip
 import hashlib
 import http.server
 import io
-import os
 import os.path as osp
 import socket
 import threading
