@@ -87,7 +87,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "pillow"],
         "pyg-ext": ["torch-scatter", "torch-sparse"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],

@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="100k,200k,400k; 2 batches")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--reuse", default=None, metavar="JSON",
+                   help="rows of an earlier --json run: configurations found there are not re-run")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -203,11 +205,17 @@ def main(argv=None) -> int:
           f"batch {BATCH}, {args.batches} timed step(s), {args.eval_users} eval users",
           flush=True)
     rows = {m: [] for m in models}
+    old = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for m in models:
         for s in sizes:
             done = rows[m]
+            prev = [r for r in old.get(m, []) if r["size"] == s]
+            if prev:
+                done.append(prev[0])
+                print(f"  {m:8s} {fmt_size(s):>5s}: reused from {args.reuse}", flush=True)
+                continue
             if len(done) >= 2:  # refuse sizes that would not fit in the free memory
                 a, b = fit_line([r["edges"] for r in done], [r["peak_rss"] for r in done])
                 need = a + b * s

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import features as F
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pyg_mmrec.data.build_dataset")
 
 # Normalised (lower case, no '_', '-', ' ') header names recognised per role.
 USER_ALIASES = ("userid", "user", "uid", "reviewerid", "customerid", "visitorid")

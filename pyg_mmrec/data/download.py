@@ -39,7 +39,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pyg_mmrec.data.download")
 
 _SNAP = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 

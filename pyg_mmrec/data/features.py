@@ -85,9 +85,8 @@ class SentenceTransformerTextEncoder:
             pipeline already ends in a ``Normalize`` module). (default: :obj:`True`)
         encode_batch_size (int, optional): forward-pass batch inside one call;
             ``sentence-transformers`` pads each forward batch to its longest
-            text, so small batches waste less work on CPU (batch 8 encoded ~1.8x
-            more texts per CPU-second than 64 in ``bench_features.py``).
-            (default: :obj:`16`)
+            text, so very large batches waste work on CPU; measure with
+            ``benchmarks/bench_features.py``. (default: :obj:`16`)
 
     Shapes:
         - **input:** list of :math:`B` strings

@@ -409,7 +409,8 @@ def check_consistency(named: Iterable[tuple[str, Tensor]], rtol: float = 1e-5) -
     bad = ((hi - lo).abs() > rtol * (1.0 + hi.abs())).view(-1, 2).any(1)
     if bool(bad.any()):
         names = [named[i][0] for i in bad.nonzero().view(-1).tolist()]
-        raise RuntimeError(f"ranks diverged: parameters {names[:5]}{'...' if len(names) > 5 else ''}"
+        more = "..." if len(names) > 5 else ""
+        raise RuntimeError(f"ranks diverged: parameters {names[:5]}{more}"
                            " differ between ranks (a rank-dependent computation, or gradients "
                            "that were not reduced)")
 
