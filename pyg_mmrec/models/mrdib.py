@@ -36,17 +36,24 @@ class MRdIB(Recommender):
     reparameterised in training and equals :math:`\mu_m` at inference, and
 
     .. math::
-        \mathcal{L}_{\mathrm{MIB}} = \frac{1}{|M|}\sum_m
+        \mathcal{L}_{\mathrm{MIB}} = \frac{1}{k|M|}\sum_m
         \mathbb{E}_{i:\,m \in P_i}\,\mathrm{KL}\big(q(z_m \mid h_{m,i})
         \,\|\, \mathcal{N}(0, I)\big)
 
     compresses away task-irrelevant content (:math:`P_i` = modalities present
-    for item :math:`i`).
+    for item :math:`i`; divided by the code size :math:`k` so that
+    :math:`\beta` does not scale with it).
+
+    **Code scores.** A code scores a user–item pair by the cosine
+    :math:`\cos(c, z)/\tau` with a user code :math:`c`, temperature
+    :math:`\tau` (``temperature``). Cosines are scale-free: a code cannot win
+    a ranking term by growing its norm, so the KL alone sets its
+    noise-to-signal ratio.
 
     **Unique information.** Each code alone must rank the user's items. With a
     per-modality user code :math:`c_m(u) = U_m e_u^{(m)}` (:math:`e_u^{(m)}` =
-    ``user_modal[m]`` if the backbone has it, else :math:`e_u`) and
-    :math:`\Delta_m = c_m(u)^\top (z_{m,i^+} - z_{m,i^-})`:
+    ``user_modal[m]`` if the backbone has it, else :math:`e_u`) and the pair
+    margin :math:`\Delta_m = (\cos(c_m, z_{m,i^+}) - \cos(c_m, z_{m,i^-}))/\tau`:
 
     .. math::
         \mathcal{L}_{\mathrm{uni}} = \frac{1}{|M|}\sum_m
@@ -72,24 +79,31 @@ class MRdIB(Recommender):
 
     so that the interaction term can carry information that no single
     modality has (it vanishes for items with fewer than two modalities). With
-    the joint user code :math:`c_J(u) = U_J e_u`, the final score is
-    :math:`s(u,i) = e_u^\top e_i + c_J(u)^\top z_{J,i}` (backbone score plus the
-    bottlenecked joint score: evaluation embeddings are the concatenations
-    :math:`[e_u \| c_J(u)]` and :math:`[e_i \| \mu_{J,i}]`). Emergent
-    information is captured by two terms on pair margins
-    :math:`\Delta_J = c_J(u)^\top (z_{J,i^+} - z_{J,i^-})` and
+    the joint user code :math:`c_J(u) = U_J e_u`, the **final score** is the
+    backbone's plus the gated bottlenecked joint score,
+
+    .. math::
+        s(u, i) = e_u^\top e_i + \gamma \cos(c_J(u), z_{J,i}),
+
+    :math:`\gamma` a learned scalar initialised at 0 (the wrapped model starts
+    ranking exactly as its backbone). Evaluation embeddings are
+    :math:`[e_u \| \gamma \hat c_J(u)]` and :math:`[e_i \| \hat\mu_{J,i}]`
+    (hats: unit vectors; :math:`\mu` instead of samples). Emergent information
+    is captured by two terms on the pair margins
+    :math:`d_J = \cos(c_J, z_{J,i^+}) - \cos(c_J, z_{J,i^-})` and
     :math:`\Delta_B = e_u^\top(e_{i^+} - e_{i^-})`:
 
     .. math::
         \mathcal{L}_{\mathrm{syn}} = \mathbb{E}\big[-\log\sigma(\mathrm{sg}(\Delta_B)
-        + \Delta_J)\big] + \mathbb{E}_{\exists m \in P_{i^+}\cap P_{i^-}}
-        \big[-\log\sigma(\Delta_J - \max_{m} \mathrm{sg}(\Delta_m))\big],
+        + \gamma d_J)\big] + \mathbb{E}_{\exists m \in P_{i^+}\cap P_{i^-}}
+        \big[-\log\sigma(d_J/\tau - \max_{m} \mathrm{sg}(\Delta_m))\big],
 
-    (:math:`\mathrm{sg}` = stop-gradient): the joint code must (i) add ranking
-    signal on top of what the backbone already scores, and (ii) rank each pair
-    by a larger margin than the *best* unique code does — a "whole minus the
-    best part" surrogate of synergy, :math:`I(z_J; y) - \max_m I(z_m; y)`,
-    that moves only the joint path (the unique margins are stopped).
+    (:math:`\mathrm{sg}` = stop-gradient): (i) the final score is trained on
+    top of what the backbone already ranks (this term alone sets
+    :math:`\gamma`), and (ii) the joint code must rank each pair by a larger
+    margin than the *best* unique code does — a "whole minus the best part"
+    surrogate of synergy, :math:`I(z_J; y) - \max_m I(z_m; y)`, that moves
+    only the joint path (the unique margins are stopped).
 
     The objective is :math:`\mathcal{L}_{\mathrm{backbone}} +
     \beta\mathcal{L}_{\mathrm{MIB}} + \lambda_u\mathcal{L}_{\mathrm{uni}} +
@@ -132,6 +146,7 @@ class MRdIB(Recommender):
         mi_hidden (int): hidden width of the MI estimators.
         mi_batch (int): at most this many items per pair feed the estimator
             (CLUB/MINE costs grow with the batch). (default: :obj:`512`)
+        temperature (float): :math:`\tau` of the code scores. (default: :obj:`0.2`)
         sub_batch (int, optional): the unique and synergy terms use the first
             ``sub_batch`` triples of each (shuffled) batch, an unbiased
             sub-sample that bounds the plug-in's cost; :obj:`None` = all.
@@ -146,7 +161,7 @@ class MRdIB(Recommender):
                  unique_weight: float = 1e-2, redundant_weight: float = 1e-3,
                  synergy_weight: float = 1e-2, stochastic: bool = True,
                  mi_estimator: str = "club", mi_hidden: int = 64, mi_batch: int = 512,
-                 sub_batch: Optional[int] = 256, seed: int = 0,
+                 sub_batch: Optional[int] = 256, temperature: float = 0.2, seed: int = 0,
                  in_channels: Optional[Dict[str, int]] = None) -> None:
         # Recommender.__init__ would re-run set_modality_inputs on the backbone
         # (rebuilding its caches); the wrapper holds no inputs of its own.
@@ -172,6 +187,9 @@ class MRdIB(Recommender):
         if sub_batch is not None and (not isinstance(sub_batch, int) or sub_batch < 1):
             raise ValueError(f"sub_batch: expected a positive int or None, got {sub_batch!r}")
         self.sub_batch = sub_batch
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
+            raise ValueError(f"temperature: expected a float > 0, got {temperature!r}")
+        self.temperature = float(temperature)
         self.enabled = bool(enabled)
         self.latent_dim = latent_dim
         self.stochastic = bool(stochastic)
@@ -197,6 +215,9 @@ class MRdIB(Recommender):
             # W_s of the multiplicative (synergy) part of z_J; no bias so that
             # items with < 2 modalities get exactly the additive fusion.
             self.lin_synergy = (Linear(k, k, bias=False) if len(self.code_modalities) > 1 else None)
+            # gamma: weight of the joint score in the final score; 0 at start, so
+            # the wrapped model first ranks exactly as its backbone.
+            self.gate = torch.nn.Parameter(torch.zeros(()))
             self.estimators = ModuleDict({self._pair_key(m, n): self._make_estimator(k, mi_hidden)
                                           for m, n in self.pairs})
         self.register_buffer("_noise_step", torch.zeros((), dtype=torch.long))
@@ -356,8 +377,8 @@ class MRdIB(Recommender):
         if not self.uses_joint:
             return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras, out)
         Z, MU, _, P = self._codes(out, None, sample=self.training and self.stochastic)
-        user = torch.cat([out.user, self.user_joint(out.user)], -1)
-        item = torch.cat([out.item, self._joint(Z, P)], -1)
+        user = torch.cat([out.user, self.gate * F.normalize(self.user_joint(out.user), dim=-1)], -1)
+        item = torch.cat([out.item, F.normalize(self._joint(Z, P), dim=-1)], -1)
         return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, out)
 
     @torch.no_grad()
@@ -370,7 +391,8 @@ class MRdIB(Recommender):
         else:
             eu, ei = out.user, out.item
         _, MU, _, P = self._codes(out, None, sample=False)
-        return torch.cat([eu, self.user_joint(out.user)], -1), torch.cat([ei, self._joint(MU, P)], -1)
+        cj = self.gate * F.normalize(self.user_joint(out.user), dim=-1)
+        return torch.cat([eu, cj], -1), torch.cat([ei, F.normalize(self._joint(MU, P), dim=-1)], -1)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
@@ -405,7 +427,8 @@ class MRdIB(Recommender):
             kl = 0.5 * (MU.pow(2) + LV.exp() - LV - 1.0).sum(-1)              # [N, M]
             Pf = P.to(kl.dtype)
             per_m = (kl * Pf).sum(0) / Pf.sum(0).clamp(min=1)                # [M]
-            terms["mrdib_kl"] = self.kl_weight * per_m.mean()
+            # per code dimension, so that beta does not scale with k
+            terms["mrdib_kl"] = self.kl_weight * per_m.mean() / k
 
         if self.redundant_weight > 0 and self.pairs:
             red = self._redundancy(Z, P)
@@ -425,9 +448,11 @@ class MRdIB(Recommender):
         Pr = P[torch.cat([ip, ineg.reshape(-1)])]
         valid = Pr[:B].unsqueeze(1) & Pr[B:].view(B, -1, M)                   # [B, n, M]
         e_u = out.user[users]
-        Cu = self._user_codes(out, users, e_u)                                # [B, M(+1), k]
-        diff = ((Ip - In) * Cu.unsqueeze(1)).sum(-1)                          # [B, n, M(+1)]
-        margin = diff[..., :M]                                                # Delta_m
+        # Code scores are cosines (scale-free: a code cannot win a ranking term
+        # by growing, and the KL alone sets the noise-to-signal ratio).
+        Cu = F.normalize(self._user_codes(out, users, e_u), dim=-1)           # [B, M(+1), k]
+        cos = ((F.normalize(Ip, dim=-1) - F.normalize(In, dim=-1)) * Cu.unsqueeze(1)).sum(-1)
+        margin = cos[..., :M] / self.temperature                              # Delta_m [B, n, M]
 
         if self.unique_weight > 0:
             vf = valid.to(margin.dtype)
@@ -438,15 +463,15 @@ class MRdIB(Recommender):
                 terms["mrdib_unique"] = self.unique_weight * per_m[has].mean()
 
         if syn:
-            d_joint = diff[..., M]                                            # [B, n]
+            d_joint = cos[..., M]                                             # [B, n]
             with torch.no_grad():
                 d_bb = ((e_u * out.item[pos]).sum(-1, keepdim=True)
                         - (e_u.unsqueeze(1) * out.item[neg2]).sum(-1))
                 best = margin.masked_fill(~valid, float("-inf")).max(-1).values  # [B, n]
                 has = torch.isfinite(best)
-            loss_syn = F.softplus(-(d_bb + d_joint)).mean()
+            loss_syn = F.softplus(-(d_bb + self.gate * d_joint)).mean()
             if has.any():
-                loss_syn = loss_syn + F.softplus(-(d_joint - best))[has].mean()
+                loss_syn = loss_syn + F.softplus(-(d_joint / self.temperature - best))[has].mean()
             terms["mrdib_synergy"] = self.synergy_weight * loss_syn
         return terms
 

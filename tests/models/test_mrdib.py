@@ -367,3 +367,17 @@ def test_trainer_runs_the_plugin_end_to_end():
     assert {"mrdib_kl", "mrdib_unique", "mrdib_redundant", "mrdib_synergy"} <= {
         k.split("/", 1)[1] for h in res.history for k in h if k.startswith("loss/")}
     assert res.test is not None and 0.0 <= res.test["recall@5"] <= 1.0
+
+
+def test_gate_starts_closed_and_opens_with_training():
+    model = MRdIB(toy(), latent_dim=4).eval()
+    eu, ei = model.embeddings_for_eval()
+    bu, bi = model.backbone.embeddings_for_eval()
+    assert torch.equal(eu @ ei.T, bu @ bi.T)  # gamma = 0: the backbone's ranking exactly
+    train(model, steps=5)
+    assert model.gate.item() != 0.0
+    eu, ei = model.embeddings_for_eval()
+    bu, bi = model.backbone.embeddings_for_eval()
+    joint = eu[:, -4:] @ ei[:, -4:].T
+    assert torch.allclose(eu @ ei.T, bu @ bi.T + joint, atol=1e-5)
+    assert joint.abs().max() <= model.gate.abs().item() + 1e-5  # |gamma * cos| <= |gamma|
