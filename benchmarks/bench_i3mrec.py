@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help="comma-separated subset of %s" % ",".join(CONFIGS))
     p.add_argument("--no-real", action="store_true", help="skip ml100k_mm")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic graph")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
@@ -151,8 +152,9 @@ def main(argv=None) -> int:
         datasets.append(("ml100k_mm", {"data": "ml100k_mm", "root": args.root, "steps": 0}))
     syn_name = "synthetic {}k x {}k x {}M x {}".format(syn[0] // 1000, syn[1] // 1000,
                                                         syn[2] / 1e6, len(syn[3]))
-    datasets.append((syn_name, {"data": "synthetic", "synthetic": list(syn),
-                                "steps": args.steps}))
+    if not args.no_synthetic:
+        datasets.append((syn_name, {"data": "synthetic", "synthetic": list(syn),
+                                    "steps": args.steps}))
 
     print(f"device {args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"batch {args.batch_size}; ratios vs lightgcn on the same data")

@@ -1,4 +1,6 @@
-"""How fast is ``pyg_mmrec.ops.masked_spmm`` against the ways PyG/PyTorch users would write the
+"""Benchmark: masked_spmm forward + backward against gather/scatter and sparse matmuls.
+
+How fast is ``pyg_mmrec.ops.masked_spmm`` against the ways PyG/PyTorch users would write the
 same masked, renormalised aggregation? Forward + backward (w.r.t. x) on:
 
 (a) the real Amazon Baby user-item graph (train split, users + items as nodes, symmetric
@@ -19,7 +21,8 @@ once without it. The bandwidth column divides the bytes a perfect implementation
 (rowptr + col + value + gathered source rows + output, forward and backward) by the time; the
 memcpy line is the machine's measured copy bandwidth (read + write).
 
-Run: ``python benchmarks/bench_masked_spmm.py`` (``--quick`` for a small run).
+Run: ``python benchmarks/bench_masked_spmm.py`` (``--quick`` for a small run; on a shared,
+oversubscribed machine add ``--threads 1 --clock cpu`` to time CPU work instead of waiting).
 """
 import argparse
 import statistics
@@ -215,6 +218,8 @@ def main():
     parser.add_argument("--root", type=Path, default=DATA)
     parser.add_argument("--max-gather-edges", type=float, default=2e7,
                         help="skip gather/scatter above this many edges (memory: E*F floats)")
+    parser.add_argument("--graphs", nargs="+", choices=["baby", "1M", "10M"],
+                        help="subset of graphs (default: all; --quick: baby and 1M)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (robust on a shared, oversubscribed machine; "
                         "use with --threads 1, as it also counts idle spinning of extra threads)")
@@ -223,14 +228,16 @@ def main():
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else max(args.reps, 10)
 
+    wanted = args.graphs or (["baby", "1M"] if args.quick else ["baby", "1M", "10M"])
     graphs = []
-    if (args.root / "baby" / "baby.inter").exists():
-        graphs.append(("baby (train, U+I)", *baby_graph(args.root)))
-    else:
-        print(f"[skip] Baby graph: {args.root}/baby/baby.inter not found")
-    graphs.append(("random 1M", *random_graph(1_000_000)))
-    if not args.quick:
-        graphs.append(("random 10M", *random_graph(10_000_000)))
+    if "baby" in wanted:
+        if (args.root / "baby" / "baby.inter").exists():
+            graphs.append(("baby (train, U+I)", *baby_graph(args.root)))
+        else:
+            print(f"[skip] Baby graph: {args.root}/baby/baby.inter not found")
+    for key, num_edges in (("1M", 1_000_000), ("10M", 10_000_000)):
+        if key in wanted:
+            graphs.append((f"random {key}", *random_graph(num_edges)))
 
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, F={args.feat}, "
           f"50% nodes masked, reduce=mean, fwd+bwd(x), median of {reps} runs "

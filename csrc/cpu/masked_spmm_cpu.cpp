@@ -135,18 +135,33 @@ template <int BF, bool TAIL, typename scalar_t, typename index_t>
 PYG_MMREC_INLINE void backward_x_block(const BackwardXArgs<scalar_t, index_t>& a, int64_t r0,
                                        int64_t r1, int64_t f0, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t F = a.F, n_edges = a.colptr[a.n_src];
+  const int64_t F = a.F;
+  auto present = [&](int64_t j) { return a.mask == nullptr || a.mask[j]; };
+  // Prefetch cursor (pj, pk): kPrefetchDistance edges ahead of the loop below, in the same
+  // order, skipping masked sources, whose edges are never read.
+  int64_t pj = r0, pk = a.colptr[r0];
+  auto settle = [&] {
+    while (pj < r1 && (pk >= static_cast<int64_t>(a.colptr[pj + 1]) || !present(pj))) {
+      if (++pj < r1) pk = a.colptr[pj];
+    }
+  };
+  auto prefetch_next = [&] {
+    if (pj >= r1) return;
+    prefetch(a.grad_out + static_cast<int64_t>(a.row_t[pk]) * F + f0, BF);
+    if (a.value != nullptr) __builtin_prefetch(a.value + a.perm[pk], 0, 3);
+    ++pk;
+    settle();
+  };
+  settle();
+  for (int64_t d = 0; d < kPrefetchDistance; ++d) prefetch_next();
   for (int64_t j = r0; j < r1; ++j) {
     acc_t acc[BF];
     for (int f = 0; f < BF; ++f) acc[f] = acc_t(0);
     // A masked source contributes to no output, so its gradient is exactly 0.
-    if (a.mask == nullptr || a.mask[j]) {
+    if (present(j)) {
       const int64_t k1 = a.colptr[j + 1];
       for (int64_t k = a.colptr[j]; k < k1; ++k) {
-        if (k + kPrefetchDistance < n_edges) {
-          prefetch(a.grad_out + static_cast<int64_t>(a.row_t[k + kPrefetchDistance]) * F + f0,
-                   BF);
-        }
+        prefetch_next();
         const int64_t i = a.row_t[k];
         acc_t c = a.value != nullptr ? static_cast<acc_t>(a.value[a.perm[k]]) : acc_t(1);
         if (a.inv_wsum != nullptr) c *= a.inv_wsum[i];

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Dict, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key, normalize_edge_weight

@@ -237,3 +237,15 @@ def test_lattice_eval_graph_follows_loaded_parameters():
     fresh.eval()
     for a, b in zip(fresh.embeddings_for_eval(), scores):
         torch.testing.assert_close(a, b)
+
+
+def test_freedom_modality_weights():
+    from pyg_mmrec.models.freedom import modality_weights
+    assert modality_weights(["image", "text"], None, "w") == {"image": 0.5, "text": 0.5}
+    w = modality_weights(["image", "text"], {"image": 0.1, "text": 0.9}, "w")
+    assert w == pytest.approx({"image": 0.1, "text": 0.9})
+    # an unlisted modality gets the mean of the listed weights, then all sum to one
+    w = modality_weights(["image", "text", "audio"], {"image": 0.1, "text": 0.9}, "w")
+    assert w == pytest.approx({"image": 0.1 / 1.5, "text": 0.9 / 1.5, "audio": 0.5 / 1.5})
+    with pytest.raises(ValueError, match="w"):
+        modality_weights(["image"], [0.3], "w")
