@@ -128,6 +128,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--missing", default="natural", help="e.g. i3mrec:fm:0.3")
     p.add_argument("--ablation", action="store_true",
                    help="also train w/o MIB / unique / redundant / synergy at the selected config")
+    p.add_argument("--ablation-only", default=None,
+                   help="comma-separated ablation names (e.g. 'w/o MIB,w/o unique'; 'full' = the "
+                        "complete plug-in) to run alone at "
+                        "lr = first of --lrs and lambda = first of --lambdas (no search, no main arms)")
     p.add_argument("--lambdas", default=None, help="override the plug-in grid, e.g. 1e-3,1e-2")
     p.add_argument("--lrs", default=None, help="override the backbone lr grid")
     p.add_argument("--set", nargs="*", default=[], help="extra plug-in settings, e.g. latent_dim=32")
@@ -146,6 +150,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     r = Runner(a)
     print(f"# {a.dataset}, missing={a.missing}, seeds={seeds}, budget={len(lrs)} per arm, "
           f"lr grid={lrs}, lambda grid={lams}, epochs<={a.epochs}, patience={a.patience}", flush=True)
+
+    if a.ablation_only:
+        names = [x.strip() for x in a.ablation_only.split(",")]
+        bad = [x for x in names if x not in ABLATIONS and x != "full"]
+        if bad:
+            p.error(f"--ablation-only: unknown {bad}; expected some of {list(ABLATIONS)}")
+        for bb in a.backbones.split(","):
+            for seed in seeds:
+                for name in names:
+                    ov = dict({"train.lr": lrs[0]}, **tied(lams[0]), **extra,
+                              **{f"plugin.{k}": v for k, v in ABLATIONS.get(name, {}).items()})
+                    r.train(bb, seed, ov, "mrdib", f"+MRdIB {name}")
+        return
 
     table: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     for bb in a.backbones.split(","):

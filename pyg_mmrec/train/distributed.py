@@ -121,7 +121,7 @@ class RankFailedError(RuntimeError):
                else f"exited with code {exitcode}")
         msg = f"rank {rank} {how}"
         if others:
-            msg += f"; stopped the other rank(s) {', '.join(map(str, others))}"
+            msg += f"; the other rank(s) {', '.join(map(str, others))} were stopped"
         msg += ":\n" + (error.rstrip() if error else "(no Python error recorded: the process "
                         "died without raising, e.g. killed or out of memory)")
         super().__init__(msg)

@@ -95,7 +95,8 @@ def test_fault_spec_and_error_message():
         with pytest.raises(ValueError, match=FAULT_ENV):
             _parse_fault(bad)
     e = RankFailedError(1, -9, "", others=[0])
-    assert "rank 1 was killed by signal 9" in str(e) and "died without raising" in str(e)
+    assert "rank 1 was killed by signal 9; the other rank(s) 0 were stopped" in str(e)
+    assert "died without raising" in str(e)
 
 
 def test_one_process_distributed_trainer_is_the_plain_trainer():
