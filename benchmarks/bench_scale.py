@@ -260,6 +260,12 @@ def main(argv=None) -> int:
         for j in range(len(rs) - 1):
             print(f"| {MODELS[m]} | {fmt_size(rs[j]['size'])} -> {fmt_size(rs[j + 1]['size'])} | "
                   + " | ".join(f"{c[j]:.2f}" for c in cols) + " |")
+        if len(rs) > 2:  # end to end: less sensitive to the noise of single points
+            ends = [rs[0], rs[-1]]
+            print(f"| {MODELS[m]} | **{fmt_size(rs[0]['size'])} -> {fmt_size(rs[-1]['size'])}** | "
+                  + " | ".join(f"**{growth(ends, k)[0]:.2f}**"
+                               for k in ("s_batch", "s_epoch", "s_eval", "peak_rss", "build_s"))
+                  + " |")
     print("\nLargest E fitting in 24 GiB (least squares on peak RSS):")
     for m in models:
         rs = rows[m]
