@@ -159,8 +159,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         for bb in a.backbones.split(","):
             for seed in seeds:
                 for name in names:
-                    ov = dict({"train.lr": lrs[0]}, **tied(lams[0]), **extra,
-                              **{f"plugin.{k}": v for k, v in ABLATIONS.get(name, {}).items()})
+                    ov = {"train.lr": lrs[0], **tied(lams[0]), **extra}
+                    ov.update({f"plugin.{k}": v for k, v in ABLATIONS.get(name, {}).items()})
                     r.train(bb, seed, ov, "mrdib", f"+MRdIB {name}")
         return
 
