@@ -84,18 +84,25 @@ def knn_graph(x: Tensor, k: int = 10, mask: Optional[Tensor] = None,
     with torch.no_grad():
         # Only present rows take part: a [n, F] matrix of unit vectors.
         xn = F.normalize(x.detach()[present], dim=-1)
-        nbrs = []
+        # Bound one similarity block to ~2^26 floats (256 MB) whatever the catalog size.
+        chunk_size = max(1, min(int(chunk_size), (1 << 26) // n))
+        nbrs, sims = [], []
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             sim = xn[start:stop] @ xn.t()  # [chunk, n]
             # exclude self loops (local row r is global column start + r)
             rows = torch.arange(stop - start, device=device)
             sim[rows, rows + start] = float("-inf")
-            nbrs.append(sim.topk(k_eff, dim=-1).indices)
+            top = sim.topk(k_eff, dim=-1)
+            nbrs.append(top.indices)
+            sims.append(top.values)
         nbr_local = torch.cat(nbrs, dim=0)  # [n, k_eff], indices into present
 
     target = present.repeat_interleave(k_eff)
     source = present[nbr_local.reshape(-1)]
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        # The top-k values already are the weights: no [I*k, F] gather needed.
+        return torch.stack([source, target], dim=0), torch.cat(sims, dim=0).reshape(-1)
     # Differentiable similarities of the selected pairs only.
     xs = F.normalize(x, dim=-1)
     weight = (xs[target] * xs[source]).sum(-1)

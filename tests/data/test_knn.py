@@ -119,3 +119,11 @@ def test_mask_key_depends_on_content_only():
     assert mask_key(m1) == mask_key(m1.clone())
     assert mask_key(m1) != mask_key(torch.tensor([True, True, True]))
     assert mask_key(None) == mask_key(None)
+
+
+def test_knn_weights_same_with_and_without_autograd():
+    x = torch.randn(30, 8)
+    ei_plain, w_plain = knn_graph(x, k=4, chunk_size=7)
+    ei_grad, w_grad = knn_graph(x.clone().requires_grad_(), k=4, chunk_size=7)
+    assert torch.equal(ei_plain, ei_grad)
+    torch.testing.assert_close(w_plain, w_grad.detach())
