@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_mmrec.nn.item_item_conv import normalize_weight
+
 __all__ = ["knn_graph", "normalize_edge_weight", "mask_key"]
 
 
@@ -132,14 +134,7 @@ def normalize_edge_weight(edge_index: Tensor, weight: Optional[Tensor], num_node
         weight = torch.ones(src.numel(), device=edge_index.device)
     if weight.shape != src.shape:
         raise ValueError(f"weight: expected shape [{src.numel()}], got {list(weight.shape)}")
-    if norm == "none":
-        return weight
-    deg = weight.new_zeros(num_nodes).index_add_(0, dst, weight)
-    if norm == "row":
-        inv = torch.where(deg > 0, 1.0 / deg.clamp_min(1e-12), torch.zeros_like(deg))
-        return weight * inv[dst]
-    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
-    return inv_sqrt[dst] * weight * inv_sqrt[src]
+    return normalize_weight(src, dst, weight, num_nodes, norm)
 
 
 def mask_key(mask: Optional[Tensor]) -> Tuple:

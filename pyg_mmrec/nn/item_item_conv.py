@@ -12,12 +12,15 @@ from torch_geometric.utils import is_torch_sparse_tensor
 from pyg_mmrec.nn.adjacency import CSRAdjacency, csr_spmm
 from pyg_mmrec.nn.missing_aware_conv import MissingAwareConv
 
-__all__ = ["ItemItemConv"]
+__all__ = ["ItemItemConv", "normalize_weight"]
 
 _NORMS = ("sym", "row", "none")
 
 
-def _normalize(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int, norm: str) -> Tensor:
+def normalize_weight(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int,
+                     norm: str) -> Tensor:
+    """``"sym"``/``"row"``/``"none"`` normalisation of edge weights ``src -> dst``;
+    the one implementation shared by this layer and ``pyg_mmrec.data.knn``."""
     # d_i = weighted in-degree of target i (the adjacency's row sum).
     if norm == "none":
         return weight
@@ -104,7 +107,7 @@ class ItemItemConv(MissingAwareConv):
     def _normalize_csr(self, adj: CSRAdjacency) -> CSRAdjacency:
         w = adj.value if adj.value is not None else \
             torch.ones(adj.num_edges, device=adj.device)
-        w = _normalize(adj.col, adj.row(), w, adj.num_dst, self.normalize)
+        w = normalize_weight(adj.col, adj.row(), w, adj.num_dst, self.normalize)
         return adj.with_value(w)
 
     def _adjacency(self, edge_index, edge_weight: Optional[Tensor], num_src: int,
@@ -157,7 +160,7 @@ class ItemItemConv(MissingAwareConv):
             w = edge_weight
         if w is None:
             w = torch.ones(ei.size(1), dtype=h.dtype, device=h.device)
-        w = _normalize(ei[0], ei[1], w.to(h.dtype), num_src, self.normalize)
+        w = normalize_weight(ei[0], ei[1], w.to(h.dtype), num_src, self.normalize)
         out, weight_sum = super()._unfused(h, ei, mask, w, num_src, num_src)
         if mask is not None and self.renormalize:
             row_sum = torch.zeros_like(weight_sum).index_add_(0, ei[1], w)
