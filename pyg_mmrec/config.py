@@ -245,6 +245,7 @@ _TRAIN_CHECKS = {
     "deterministic": _bool,
     "checkpoint_every": lambda k, v: _positive_int(k, v, minimum=0),
     "tensorboard": _bool,
+    "eval_max_users": lambda k, v: None if v is None else _positive_int(k, v),
 }
 
 

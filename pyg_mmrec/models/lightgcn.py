@@ -1,13 +1,14 @@
 r"""LightGCN: simplified graph convolution for collaborative filtering."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .base import Recommender, RecOutput, bpr_loss
 from ..nn.lightgcn_conv import LightGCNConv
+from ..nn.neighbor_sampling import LayerwiseSampler
 
 
 class LightGCN(Recommender):
@@ -26,10 +27,23 @@ class LightGCN(Recommender):
     L2 penalty on the batch's ego embeddings (``reg_weight``). Modality
     features, if given, are ignored (``uses_features = False``).
 
+    **Sampled training** (``fanout``): instead of propagating the whole graph
+    for every batch (MMRec), :meth:`loss` propagates over a layer-wise
+    neighbour sample of the batch's users and items
+    (:class:`~pyg_mmrec.nn.neighbor_sampling.LayerwiseSampler`: an unbiased
+    estimate of the full propagation, exact for nodes of degree
+    :math:`\leq f_l`), so a step costs :math:`O(B \prod_l f_l)` instead of
+    :math:`O(E)`. The ID embeddings then have sparse gradients, which the
+    trainer steps with :class:`~pyg_mmrec.train.optim.LazyAdam` (only the
+    batch's rows). Evaluation always propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (MMRec: 64).
         n_layers (int): :math:`L`.
         reg_weight (float): weight of the L2 penalty on ego embeddings.
+        fanout (list of int, optional): neighbours sampled per node at each
+            hop (``fanout[0]``: the hop next to the batch), one per layer;
+            ``None``: full-graph propagation at every step.
     """
 
     uses_features = False
@@ -38,14 +52,18 @@ class LightGCN(Recommender):
                  features: Optional[Dict[str, Tensor]] = None,
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, n_layers: int = 2,
-                 reg_weight: float = 1e-4) -> None:
+                 reg_weight: float = 1e-4, fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if n_layers < 0:
             raise ValueError(f"n_layers: expected >= 0, got {n_layers}")
         self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
         self.reg_weight = float(reg_weight)
-        self.user_embedding = torch.nn.Embedding(num_users, embedding_size)
-        self.item_embedding = torch.nn.Embedding(num_items, embedding_size)
+        self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
+        # a sampled step touches only the sampled rows: sparse gradients keep the
+        # optimiser step independent of the number of users and items
+        sparse = self.sampler is not None
+        self.user_embedding = torch.nn.Embedding(num_users, embedding_size, sparse=sparse)
+        self.item_embedding = torch.nn.Embedding(num_items, embedding_size, sparse=sparse)
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers)
         self.reset_parameters()
 
@@ -58,10 +76,36 @@ class LightGCN(Recommender):
                                            self.item_embedding.weight), combine="mean")
         return RecOutput(user=u, item=i)
 
+    def sampled_forward(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""Estimates of :meth:`forward`'s ``user[users]`` and ``item[items]``
+        (any shapes, duplicates allowed) from one neighbour sample of those
+        nodes; exact when every fan-out is at least the maximum degree.
+        Needs ``fanout``. Returns ``([*users.shape, d], [*items.shape, d])``."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_forward: the model was built with fanout=None")
+        U = self.num_users
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
+        sub = self.sampler.sample(self.conv.adj, seeds)
+        is_user = sub.n_id < U
+        uid, iid = is_user.nonzero().view(-1), (~is_user).nonzero().view(-1)
+        # layer-0 rows of the sampled nodes only (every row is written: no zero-fill)
+        x = self.user_embedding.weight.new_empty(sub.n_id.numel(), self.embedding_size)
+        x.index_put_((uid,), self.user_embedding(sub.n_id[uid]))
+        x.index_put_((iid,), self.item_embedding(sub.n_id[iid] - U))
+        h = sub.propagate(x, combine="mean")[sub.seed_index]
+        n_u = users.numel()
+        return h[:n_u].view(*users.shape, -1), h[n_u:].view(*items.shape, -1)
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        terms = {"bpr": bpr_loss(out.user[users], out.item[pos], out.item[neg])}
+        if out is None and self.sampler is not None and self.training:
+            u, items = self.sampled_forward(users, torch.cat([pos.reshape(-1),
+                                                              neg.reshape(-1)]))
+            p, n = items[:pos.numel()], items[pos.numel():].view(*neg.shape, -1)
+            terms = {"bpr": bpr_loss(u, p, n)}
+        else:
+            out = self.forward() if out is None else out
+            terms = {"bpr": bpr_loss(out.user[users], out.item[pos], out.item[neg])}
         if self.reg_weight:
             # LightGCN regularises the layer-0 (ego) embeddings of the batch.
             e_u, e_p, e_n = (self.user_embedding(users), self.item_embedding(pos),

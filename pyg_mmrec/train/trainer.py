@@ -137,6 +137,11 @@ class Trainer:
     watches ``train["metric"]``; the best state is kept. At the end the best
     state is restored and the test split is evaluated **once**.
 
+    Models with sparse embedding gradients (sampled training, ``fanout``) are
+    stepped with :class:`~pyg_mmrec.train.optim.LazyAdam` (only the batch's
+    rows); ``train["eval_max_users"]`` caps the users ranked per evaluation
+    (a fixed seeded subset, see :meth:`_eval_target`).
+
     With ``out_dir`` the trainer writes ``metrics.jsonl`` (one JSON line per
     epoch) and an atomic ``checkpoint.pt`` from which :meth:`fit` with
     ``resume=True`` continues bit-for-bit (on CPU), also from the middle of an
@@ -190,8 +195,16 @@ class Trainer:
                             if p.requires_grad and id(p) not in aux_ids]
         self.aux_params = [p for p in aux if p.requires_grad]
         t = self.train_cfg
-        self.optimizer = torch.optim.Adam(self.main_params, lr=t["lr"],
-                                          weight_decay=t["weight_decay"])
+        from .optim import LazyAdam, has_sparse_parameters
+        # sampled training (models with `fanout`) has sparse embedding gradients:
+        # update only the batch's rows, so a step does not cost O(num_users + num_items)
+        sparse = has_sparse_parameters(self.model)
+        if sparse and self.world_size > 1:
+            raise RuntimeError("sampled training (a model with `fanout`: sparse embedding "
+                               "gradients) is not supported with several processes yet; "
+                               "use fanout=null with --nproc/torchrun")
+        adam = LazyAdam if sparse else torch.optim.Adam
+        self.optimizer = adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.aux_optimizer = (torch.optim.Adam(self.aux_params, lr=t["aux_lr"] or t["lr"])
                               if self.aux_params else None)
         self.early_stopping = self._make_early_stopping()
@@ -213,6 +226,7 @@ class Trainer:
         self._rng_epoch_start: Optional[Dict[str, Any]] = None
         self._stop_requested = False
         self._tb = None
+        self._eval_targets: Dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
     def _make_early_stopping(self):
@@ -278,6 +292,7 @@ class Trainer:
                 target, exclude = d.valid_edge_index, [d.train_edge_index]
             else:
                 target, exclude = d.test_edge_index, [d.train_edge_index, d.valid_edge_index]
+            target = self._eval_target(split, target)
             metrics = evaluate_full_ranking(user, item, target.to(user.device),
                                             [e.to(user.device) for e in exclude],
                                             ks=tuple(self.ks), split=split,
@@ -291,6 +306,25 @@ class Trainer:
             self.model.train(was_training)
         self._last_metrics_obj = metrics
         return metrics_to_dict(metrics)
+
+    def _eval_target(self, split: str, target: Tensor) -> Tensor:
+        r"""``target`` restricted to at most ``train["eval_max_users"]`` of its
+        users: a fixed subset per split, drawn once from a generator seeded
+        with the trainer's seed (the global RNG is not touched, so resuming
+        stays exact). The metrics are then an estimate of the full-ranking
+        metrics over all users, for graphs where ranking every item for every
+        user (:math:`O(U \cdot I)`) is too slow."""
+        cap = self.train_cfg.get("eval_max_users")
+        if cap is None:
+            return target
+        if split not in self._eval_targets:
+            users = torch.unique(target[0])
+            if users.numel() > cap:
+                g = torch.Generator().manual_seed(self.seed)
+                keep = users[torch.randperm(users.numel(), generator=g)[:cap]]
+                target = target[:, torch.isin(target[0], keep.to(target.device))]
+            self._eval_targets[split] = target
+        return self._eval_targets[split]
 
     def _to_dev(self, tensors: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in tensors.items()}

@@ -1,0 +1,113 @@
+r"""Optimisers for sampled (mini-batch) training."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["LazyAdam", "has_sparse_parameters"]
+
+
+def has_sparse_parameters(model: torch.nn.Module) -> bool:
+    """Whether some :class:`torch.nn.Embedding` of ``model`` produces sparse
+    gradients (``sparse=True``), i.e. it needs :class:`LazyAdam`."""
+    return any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules())
+
+
+class LazyAdam(torch.optim.Optimizer):
+    r"""`Adam <https://arxiv.org/abs/1412.6980>`_ that accepts both dense and
+    sparse gradients, for embedding tables trained on sampled batches.
+
+    Dense gradients get the usual Adam update (the formula of
+    :class:`torch.optim.Adam`, ``amsgrad=False``). For a sparse gradient
+    (``torch.nn.Embedding(sparse=True)``) only the rows present in the batch
+    are updated: their moments decay and move, the other rows and their
+    moments stay untouched ("lazy" Adam, as :class:`torch.optim.SparseAdam`
+    and TensorFlow's LazyAdam), so a step costs :math:`O(\text{batch rows}
+    \cdot d)` instead of :math:`O(\text{table size})`. Bias correction uses the
+    parameter's step count:
+
+    .. math::
+        m \leftarrow \beta_1 m + (1-\beta_1) g, \quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2, \quad
+        \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}
+        \frac{m}{\sqrt{v / (1-\beta_2^t)} + \epsilon}.
+
+    ``weight_decay`` adds :math:`\lambda\theta` to the gradient (of the
+    batch's rows only, for sparse gradients).
+
+    Args:
+        params: parameters or parameter groups.
+        lr (float): :math:`\eta`. (default: ``1e-3``)
+        betas ((float, float)): :math:`(\beta_1, \beta_2)`.
+        eps (float): :math:`\epsilon`.
+        weight_decay (float): :math:`\lambda`.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr: expected > 0, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas: expected values in [0, 1), got {betas}")
+        if not eps >= 0:
+            raise ValueError(f"eps: expected >= 0, got {eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = (group["lr"], group["betas"], group["eps"],
+                                     group["weight_decay"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p,
+                                                           memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = int(state["step"])
+                step_size = lr / (1 - b1 ** t)
+                bc2_sqrt = math.sqrt(1 - b2 ** t)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                g = p.grad
+                if g.is_sparse:
+                    self._sparse_update(p, g, m, v, lr=step_size, b1=b1, b2=b2, eps=eps,
+                                        wd=wd, bc2_sqrt=bc2_sqrt)
+                    continue
+                if wd:
+                    g = g.add(p, alpha=wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / bc2_sqrt).add_(eps)
+                p.addcdiv_(m, denom, value=-step_size)
+        return loss
+
+    @staticmethod
+    def _sparse_update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, lr: float, b1: float,
+                       b2: float, eps: float, wd: float, bc2_sqrt: float) -> None:
+        g = g.coalesce()  # duplicate rows summed, indices unique
+        idx, val = g.indices()[0], g.values()
+        if idx.numel() == 0:
+            return
+        if wd:
+            val = val + wd * p.index_select(0, idx)
+        m_rows = m.index_select(0, idx).lerp_(val, 1 - b1)
+        v_rows = v.index_select(0, idx).mul_(b2).addcmul_(val, val, value=1 - b2)
+        m.index_copy_(0, idx, m_rows)
+        v.index_copy_(0, idx, v_rows)
+        denom = (v_rows.sqrt() / bc2_sqrt).add_(eps)
+        p.index_add_(0, idx, m_rows / denom, alpha=-lr)
