@@ -10,15 +10,20 @@ from torch import Tensor
 
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.missing_aware_conv import MissingAwareConv
+from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
 
-def _triple_ssl(z1: Tensor, z2: Tensor, z2_all: Tensor, tau: float) -> Tensor:
-    r"""Contrast :math:`z_1[b]` with :math:`z_2[b]` against all rows of :math:`z_2`
-    (summed over the batch, as in the paper)."""
-    z1, z2, z2_all = (F.normalize(t, dim=-1) for t in (z1, z2, z2_all))
+def _triple_ssl(z1_all: Tensor, z2_all: Tensor, index: Tensor, count: Tensor,
+                tau: float) -> Tensor:
+    r"""Contrast :math:`z_1[b]` with :math:`z_2[b]` against all rows of :math:`z_2`,
+    summed over the batch rows :math:`b` (as in the paper); the batch is given as
+    its distinct rows ``index`` with their multiplicities ``count``."""
+    z2_all = F.normalize(z2_all, dim=-1)
+    z1, z2 = F.normalize(z1_all[index], dim=-1), z2_all[index]
     logits = z1 @ z2_all.t() / tau
-    return (torch.logsumexp(logits, dim=1) - (z1 * z2).sum(-1) / tau).sum()
+    per_row = torch.logsumexp(logits, dim=1) - (z1 * z2).sum(-1) / tau
+    return (per_row * count.to(per_row.dtype)).sum()
 
 
 class LGMRec(Recommender):
@@ -51,6 +56,13 @@ class LGMRec(Recommender):
     row is zero, users' hyperedge logits sum over present items only); item
     contrast pairs need both modalities. A masked feature therefore cannot
     influence the scores. With no modality LGMRec is LightGCN.
+
+    **Implementation**: :math:`f^m [W_m, V_m]` is one product (through
+    :func:`~pyg_mmrec.models._static_linear.static_linear`); the user mean of
+    :math:`X^m` and the user sum of the logits come from one masked sum; the
+    collaborative and the unmasked modality layers share one sparse product per
+    depth; the contrast evaluates each distinct batch row once, weighted by its
+    multiplicity (the same sum).
 
     Args:
         embedding_size (int): :math:`d` (64).
@@ -104,6 +116,7 @@ class LGMRec(Recommender):
         ei = torch.unique(train_edge_index.long(), dim=1)
         self.register_buffer("item_to_user", ei.flip(0), persistent=False)
         self.dropout = torch.nn.Dropout(1.0 - keep_rate)
+        self._feature_cache = StaticInputCache()  # scaled constant features
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,30 +130,72 @@ class LGMRec(Recommender):
             return F.gumbel_softmax(logits, tau=self.tau, dim=1, hard=False)
         return torch.softmax(logits / self.tau, dim=1)
 
+    def _propagate(self, ego: Tensor, mm_inputs: Dict[str, Tensor]) -> tuple:
+        r"""The collaborative LightGCN (``n_ui_layers``, mean of the layers) and
+        the modality graphs (``n_mm_layers``, last layer; the first layer masked)
+        on the joint ``[U + I]`` node set, in lock step: at every depth, all
+        *unmasked* products share :math:`\hat{A}` and run as one product over
+        their concatenated channels (the columns do not interact)."""
+        h, total = ego, ego
+        xs = dict(mm_inputs)
+        d = ego.size(1)
+        for layer in range(max(self.n_ui_layers, self.n_mm_layers)):
+            joint = []  # (key, tensor) propagated together without a mask
+            if layer < self.n_ui_layers:
+                joint.append(("", h))
+            if layer < self.n_mm_layers:
+                for m in self.modalities:
+                    if layer == 0:  # missing items send nothing in the first layer
+                        xs[m] = self.conv(xs[m], item_mask=self.mask(m))
+                    else:
+                        joint.append((m, xs[m]))
+            if not joint:
+                continue
+            x = joint[0][1] if len(joint) == 1 else torch.cat([t for _, t in joint], dim=1)
+            for (key, _), o in zip(joint, self.conv(x).split(d, dim=1)):
+                if key == "":
+                    h = o
+                    total = total + h
+                else:
+                    xs[key] = o
+        return total / (self.n_ui_layers + 1), xs
+
     def forward(self) -> RecOutput:
-        U, I = self.num_users, self.num_items
-        e_u, e_i = self.conv.propagate_layers(
-            (self.user_embedding.weight, self.item_embedding.weight),
-            num_layers=self.n_ui_layers, combine="mean")
+        U, I, d = self.num_users, self.num_items, self.embedding_size
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         if not self.modalities:
-            return RecOutput(user=e_u, item=e_i)
+            e = self._propagate(ego, {})[0]
+            return RecOutput(user=e[:U], item=e[U:])
         size = (I, U)
-        local_u, local_i, glob_u, glob_i = e_u, e_i, 0.0, 0.0
-        item_modal, user_modal, hyper_u, hyper_i = {}, {}, {}, {}
+        mm_inputs, logits = {}, {}
         for m in self.modalities:
             f, mk = self.feature(m), self.mask(m)
             keep = mk.unsqueeze(-1).to(f.dtype)
-            # modality graph embedding
-            x_i = (f @ self.item_trs[m]) * keep
-            x_u = self.user_mean((x_i, None), self.item_to_user, mk, size=size)
-            for layer in range(self.n_mm_layers):
-                x_u, x_i = self.conv((x_u, x_i), item_mask=mk if layer == 0 else None)
-            item_modal[m], user_modal[m] = x_i, x_u
-            local_u = local_u + F.normalize(x_u, dim=-1)
-            local_i = local_i + F.normalize(x_i, dim=-1)
-            # hypergraph embedding
-            logit_i = f @ self.hyper[m]
-            logit_u = self.user_sum((logit_i, None), self.item_to_user, mk, size=size)
+            # one product for X^m = f W_m and the hyperedge logits f V_m
+            proj = static_linear(f, torch.cat([self.item_trs[m], self.hyper[m]], dim=1),
+                                 cache=self._feature_cache, key=m)
+            x_i, logit_i = proj[:, :d] * keep, proj[:, d:]
+            # users: mean of X^m and sum of the logits over their present items,
+            # from one masked sum (and its present count)
+            agg, count = self.user_sum((torch.cat([x_i, logit_i], dim=1), None),
+                                       self.item_to_user, mk, size=size,
+                                       return_weight_sum=True)
+            count = count.detach()  # a constant of the graph and the mask
+            count = torch.where(count > 0, count, torch.ones_like(count)).unsqueeze(-1)
+            mm_inputs[m] = torch.cat([agg[:, :d] / count, x_i])
+            logits[m] = (logit_i, agg[:, d:])
+        e, mm = self._propagate(ego, mm_inputs)
+        e_u, e_i = e[:U], e[U:]
+        local = e
+        glob_u, glob_i = 0.0, 0.0
+        item_modal, user_modal, hyper_u, hyper_i = {}, {}, {}, {}
+        for m in self.modalities:
+            x = mm[m]
+            item_modal[m], user_modal[m] = x[U:], x[:U]
+            local = local + F.normalize(x, dim=-1)
+            # hypergraph embedding (the random draws keep the per-modality order)
+            logit_i, logit_u = logits[m]
+            keep = self.mask(m).unsqueeze(-1).to(logit_i.dtype)
             h_i = self._assign(logit_i) * keep
             h_u = self._assign(logit_u)
             h_i, h_u = self.dropout(h_i), self.dropout(h_u)
@@ -151,11 +206,10 @@ class LGMRec(Recommender):
             hyper_u[m], hyper_i[m] = g_u, g_i
             glob_u, glob_i = glob_u + g_u, glob_i + g_i
         glob = F.normalize(torch.cat([glob_u, glob_i]), dim=-1)
-        z_u = local_u + self.alpha * glob[:U]
-        z_i = local_i + self.alpha * glob[U:]
+        z = local + self.alpha * glob
         extras = {f"hyper_user/{m}": t for m, t in hyper_u.items()}
         extras.update({f"hyper_item/{m}": t for m, t in hyper_i.items()})
-        return RecOutput(user=z_u, item=z_i, item_modal=item_modal, user_modal=user_modal,
+        return RecOutput(user=z[:U], item=z[U:], item_modal=item_modal, user_modal=user_modal,
                          extras=extras)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
@@ -167,13 +221,17 @@ class LGMRec(Recommender):
             terms["reg"] = self.reg_weight * (u.norm() + p.norm() + n.norm()) / users.numel()
         if self.cl_weight and len(self.modalities) > 1:
             cl = u.new_zeros(())
+            # a row repeated in the batch adds the same term again: evaluate each
+            # distinct row once, weighted by its multiplicity (same sum)
+            uu, u_cnt = users.unique(return_counts=True)
             for a, b in combinations(self.modalities, 2):
                 hu_a, hu_b = out.extras[f"hyper_user/{a}"], out.extras[f"hyper_user/{b}"]
                 hi_a, hi_b = out.extras[f"hyper_item/{a}"], out.extras[f"hyper_item/{b}"]
-                cl = cl + _triple_ssl(hu_a[users], hu_b[users], hu_b, self.tau)
+                cl = cl + _triple_ssl(hu_a, hu_b, uu, u_cnt, self.tau)
                 both = self.mask(a)[pos] & self.mask(b)[pos]
                 if both.any():
-                    cl = cl + _triple_ssl(hi_a[pos[both]], hi_b[pos[both]], hi_b, self.tau)
+                    pi, p_cnt = pos[both].unique(return_counts=True)
+                    cl = cl + _triple_ssl(hi_a, hi_b, pi, p_cnt, self.tau)
             terms["cl"] = self.cl_weight * cl
         return terms
 

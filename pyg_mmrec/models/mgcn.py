@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key
+from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
+from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
 
@@ -54,6 +56,10 @@ class MGCN(Recommender):
     cannot influence the scores when ``n_layers >= 1``. Without modalities MGCN
     is LightGCN.
 
+    **Implementation**: :math:`\hat{R}\bar{h}^m` runs on the user rows of
+    :math:`\hat{A}` only (cached at construction), and :math:`W_m f^m` goes
+    through :func:`~pyg_mmrec.models._static_linear.static_linear`.
+
     Args:
         embedding_size (int): :math:`d` (64).
         n_ui_layers (int): LightGCN layers (2).
@@ -86,7 +92,8 @@ class MGCN(Recommender):
         self.item_embedding = torch.nn.Embedding(num_items, d)
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
-        self.purifier_gates = torch.nn.ModuleDict({m: torch.nn.Linear(d, d) for m in self.modalities})
+        self.purifier_gates = torch.nn.ModuleDict({m: torch.nn.Linear(d, d)
+                                                   for m in self.modalities})
         self.prefer_gates = torch.nn.ModuleDict({m: torch.nn.Linear(d, d) for m in self.modalities})
         self.query_common = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.Tanh(),
                                                 torch.nn.Linear(d, 1, bias=False))
@@ -94,6 +101,8 @@ class MGCN(Recommender):
         # S^m: symmetric normalisation of the cosine kNN weights inside the conv
         self.item_convs = torch.nn.ModuleDict({m: ItemItemConv(normalize="sym")
                                                for m in self.modalities})
+        self._build_user_rows()
+        self._feature_cache = StaticInputCache()  # scaled constant features
         self._knn_cache: Dict[tuple, tuple] = {}
         self.item_graphs: Dict[str, tuple] = {}  # m -> (edge_index, cosine weight)
         self.reset_parameters()
@@ -110,6 +119,41 @@ class MGCN(Recommender):
             if isinstance(mod, torch.nn.Linear):
                 mod.reset_parameters()
 
+    @torch.no_grad()
+    def _build_user_rows(self) -> None:
+        # The user rows of the conv's \hat{A} (users are rows 0..U-1 of its CSR,
+        # their sources the items U..U+I-1): R̂ as a [U, I] CSR, so that
+        # \bar{h}^m_U = R̂ \bar{h}^m runs over the user-target edges only.
+        conv, U = self.conv, self.num_users
+        e_u = int(conv.rowptr[U])
+        adj = CSRAdjacency(conv.rowptr[:U + 1].clone(), conv.col[:e_u] - U,
+                           conv.value[:e_u].clone(), (U, self.num_items))
+        colptr, row_t, perm = adj.csc()
+        for name, t in (("_ru_rowptr", adj.rowptr), ("_ru_col", adj.col),
+                        ("_ru_value", adj.value), ("_ru_colptr", colptr), ("_ru_row_t", row_t),
+                        ("_ru_perm", perm), ("_ru_row_sum", conv.row_sum[:U].clone())):
+            self.register_buffer(name, t, persistent=False)
+        # what the rows were cut from: a new graph (set_graph) or a move / cast
+        # of the conv replaces this tensor, and the rows are cut again
+        self._ru_source = conv.value
+
+    def _user_aggregate(self, h: Tensor, mask: Tensor) -> Tensor:
+        r""":math:`\hat{R} h` with the masking and renormalisation of
+        :class:`LightGCNConv` (user rows of ``conv((0, h), item_mask=mask)``)."""
+        if self._ru_source is not self.conv.value:
+            self._build_user_rows()
+        adj = CSRAdjacency(self._ru_rowptr, self._ru_col, self._ru_value,
+                           (self.num_users, self.num_items))
+        adj._shared["csc"] = (self._ru_colptr, self._ru_row_t, self._ru_perm)
+        out, weight_sum = csr_spmm(adj, h, mask, reduce="sum")
+        if not self.conv.renormalize:
+            return out
+        weight_sum = weight_sum.detach()  # constant weights: no backward pass into it
+        row_sum = self._ru_row_sum.to(h.dtype)
+        scale = torch.where(weight_sum > 0, row_sum / weight_sum.clamp_min(1e-30),
+                            torch.zeros_like(weight_sum))
+        return out * scale.unsqueeze(-1)
+
     def on_inputs_changed(self) -> None:
         if not getattr(self, "_ready", False):
             return
@@ -122,25 +166,30 @@ class MGCN(Recommender):
             self.item_graphs[m] = (ei.to(dev), w.to(dev))
 
     def forward(self) -> RecOutput:
-        e_u, e_i = self.conv.propagate_layers((self.user_embedding.weight,
-                                               self.item_embedding.weight), combine="mean")
+        U = self.num_users
+        # joint [U + I] input: the propagated result is already `content`
+        content = self.conv.propagate_layers(torch.cat([self.user_embedding.weight,
+                                                        self.item_embedding.weight]),
+                                             combine="mean")
+        e_u = content[:U]
         if not self.modalities:
-            return RecOutput(user=e_u, item=e_i, extras={"side": torch.zeros_like(
-                torch.cat([e_u, e_i])), "content": torch.cat([e_u, e_i])})
-        content = torch.cat([e_u, e_i])
+            return RecOutput(user=e_u, item=content[U:], extras={
+                "side": torch.zeros_like(content), "content": content})
         views, present, item_modal, user_modal = [], [], {}, {}
         ones_u = torch.ones(self.num_users, dtype=torch.bool, device=e_u.device)
         for m in self.modalities:
             mk = self.mask(m)
-            gate = torch.sigmoid(self.purifier_gates[m](self.projections[m](self.feature(m))))
+            proj = self.projections[m]
+            gate = torch.sigmoid(self.purifier_gates[m](static_linear(
+                self.feature(m), proj.weight.t(), proj.bias, self._feature_cache, m)))
             h = self.item_embedding.weight * gate
             ei, w = self.item_graphs[m]
             if ei.device != h.device:  # the model moved: move the cached graph once
                 ei, w = self.item_graphs[m] = ei.to(h.device), w.to(h.device)
             for _ in range(self.n_layers):
                 h = self.item_convs[m](h, ei, mk, edge_weight=w)
-            # users aggregate their present items (R h); the item half is unused
-            h_u = self.conv((torch.zeros_like(e_u), h), item_mask=mk)[0]
+            # users aggregate their present items (R̂ h)
+            h_u = self._user_aggregate(h, mk)
             item_modal[m], user_modal[m] = h, h_u
             views.append(torch.cat([h_u, h]))
             present.append(torch.cat([ones_u, mk]))

@@ -8,7 +8,35 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.lightgcn_conv import LightGCNConv
+from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
+
+
+class _L2Normalize(torch.autograd.Function):
+    r""":math:`y = x / \max(\lVert x \rVert, \epsilon)` row-wise (``F.normalize``)
+    with the closed-form backward :math:`\partial x = (\partial y - y\,\langle
+    \partial y, y\rangle) / \lVert x \rVert` (rows at or above :math:`\epsilon`;
+    below it the clamp makes the map linear): two passes over ``[N, F]``
+    instead of autograd's chain of expanded elementwise products."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        inv = norm.clamp_min(eps).reciprocal()
+        y = x * inv
+        ctx.save_for_backward(y, inv, norm >= eps)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        y, inv, on_sphere = ctx.saved_tensors
+        dot = (grad * y).sum(-1, keepdim=True).masked_fill_(~on_sphere, 0.0)
+        return torch.addcmul(grad, y, dot, value=-1.0).mul_(inv), None
+
+
+def _l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    return _L2Normalize.apply(x, eps)
 
 
 class _ModalityGCN(torch.nn.Module):
@@ -37,21 +65,46 @@ class _ModalityGCN(torch.nn.Module):
         for mod in (self.mlp, *self.conv, *self.linear, *self.gate):
             mod.reset_parameters()
 
+    def initial(self, feat: Tensor, mask: Tensor,
+                cache: Optional[StaticInputCache] = None) -> Tensor:
+        r""":math:`x^{(0)} = \mathrm{norm}([p^m_U; \mathrm{MLP}_m(f^m)])` over the joint
+        user + item node set ``[U + I, dim_latent]``; missing items start from zero.
+        ``cache`` keeps the scaled copy of the constant ``feat`` (see
+        :func:`~pyg_mmrec.models._static_linear.static_linear`)."""
+        x_i = static_linear(feat, self.mlp.weight.t(), self.mlp.bias, cache, "feat")
+        x_i = x_i * mask.unsqueeze(-1).to(feat.dtype)
+        return _l2_normalize(torch.cat([self.preference, x_i]))
+
+    def message(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(x W_l^T, x W'^T_l + b'_l)`` from one product (both read the same
+        :math:`x^{(l-1)}`). :math:`W_l` is applied *before* propagating: it is
+        linear and bias-free, so :math:`W_l(\hat{A}x) = \hat{A}(x W_l^\top)` (the
+        masked renormalisation only rescales rows), and the propagation then
+        runs on :math:`d` instead of ``dim_latent`` channels."""
+        w, lin = self.conv[layer].weight, self.linear[layer]
+        d = w.size(0)
+        bias = torch.cat([lin.bias.new_zeros(d), lin.bias])
+        out = torch.addmm(bias, x, torch.cat([w, lin.weight]).t())
+        return out[:, :d], out[:, d:]
+
+    def update(self, layer: int, lin: Tensor, agg: Tensor, id_emb: Tensor) -> Tensor:
+        r"""One layer given the propagated messages ``agg`` :math:`= \hat{A}(xW_l^\top)`,
+        ``lin`` :math:`= W'_l x + b'_l` and the ID embeddings ``id_emb``
+        :math:`[U + I, d]`."""
+        h = F.leaky_relu(agg)
+        x_hat = F.leaky_relu(lin) + id_emb
+        return F.leaky_relu(self.gate[layer](h) + x_hat)
+
     def forward(self, conv: LightGCNConv, feat: Tensor, mask: Tensor,
                 id_user: Tensor, id_item: Tensor) -> tuple[Tensor, Tensor]:
-        # missing items start from zero and send nothing in the first layer
-        x_i = self.mlp(feat) * mask.unsqueeze(-1).to(feat.dtype)
-        x_u = self.preference
-        x = F.normalize(torch.cat([x_u, x_i]), dim=-1)
-        x_u, x_i = x[:conv.num_users], x[conv.num_users:]
-        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
-            agg_u, agg_i = conv((x_u, x_i), item_mask=mask if layer == 0 else None)
-            h_u, h_i = F.leaky_relu(w(agg_u)), F.leaky_relu(w(agg_i))
-            xh_u = F.leaky_relu(lin(x_u)) + id_user
-            xh_i = F.leaky_relu(lin(x_i)) + id_item
-            x_u = F.leaky_relu(gate(h_u) + xh_u)
-            x_i = F.leaky_relu(gate(h_i) + xh_i)
-        return x_u, x_i
+        id_emb = torch.cat([id_user, id_item])
+        x = self.initial(feat, mask)
+        for layer in range(len(self.conv)):
+            # missing items send nothing in the first layer
+            msg, lin = self.message(layer, x)
+            agg = conv(msg, item_mask=mask if layer == 0 else None)
+            x = self.update(layer, lin, agg, id_emb)
+        return x[:conv.num_users], x[conv.num_users:]
 
 
 class MMGCN(Recommender):
@@ -77,6 +130,13 @@ class MMGCN(Recommender):
     (instead of its filled feature) and sends nothing to its users in the first
     layer; later layers carry only ID and preference information, so a masked
     feature cannot influence the scores.
+
+    **Implementation**: :math:`W_l` is applied before the propagation (it is
+    linear, so :math:`W_l \hat{A} x = \hat{A} x W_l^\top`, on :math:`d` instead of
+    ``dim_latent`` channels), the modalities run in lock step on the joint
+    user + item node set, and the unmasked layers of all modalities share one
+    sparse product. The constant features go through
+    :func:`~pyg_mmrec.models._static_linear.static_linear`.
 
     Args:
         embedding_size (int): :math:`d` (64).
@@ -105,6 +165,7 @@ class MMGCN(Recommender):
             m: _ModalityGCN(num_users, self._features[m].size(1), dim_latent, d, n_layers)
             for m in self.modalities})
         self.ui_conv = LightGCNConv(num_users, num_items, train_edge_index)
+        self._feature_caches: Dict[str, StaticInputCache] = {}  # scaled constant features
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -114,14 +175,28 @@ class MMGCN(Recommender):
             g.reset_parameters()
 
     def forward(self) -> RecOutput:
-        user_modal, item_modal = {}, {}
-        for m in self.modalities:
-            user_modal[m], item_modal[m] = self.gcns[m](
-                self.ui_conv, self.feature(m), self.mask(m),
-                self.user_embedding.weight, self.item_embedding.weight)
-        user = torch.stack(list(user_modal.values())).mean(0)
-        item = torch.stack(list(item_modal.values())).mean(0)
-        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal)
+        U, d = self.num_users, self.embedding_size
+        gcns = [self.gcns[m] for m in self.modalities]
+        masks = [self.mask(m) for m in self.modalities]
+        id_emb = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        # All modalities run in lock step on the joint [U + I] node set (no
+        # user/item split and re-concatenation per layer).
+        caches = [self._feature_caches.setdefault(m, StaticInputCache()) for m in self.modalities]
+        xs = [g.initial(self.feature(m), mk, c)
+              for g, m, mk, c in zip(gcns, self.modalities, masks, caches)]
+        for layer in range(self.n_layers):
+            msgs, lins = zip(*[g.message(layer, x) for g, x in zip(gcns, xs)])
+            if layer == 0:  # modality-specific masks: one product per modality
+                aggs = [self.ui_conv(msg, item_mask=mk) for msg, mk in zip(msgs, masks)]
+            elif len(msgs) == 1:
+                aggs = [self.ui_conv(msgs[0])]
+            else:  # unmasked layers share Â: one product over all modalities' channels
+                aggs = list(self.ui_conv(torch.cat(msgs, dim=1)).split(d, dim=1))
+            xs = [g.update(layer, lin, agg, id_emb) for g, lin, agg in zip(gcns, lins, aggs)]
+        user_modal = {m: x[:U] for m, x in zip(self.modalities, xs)}
+        item_modal = {m: x[U:] for m, x in zip(self.modalities, xs)}
+        z = torch.stack(xs).mean(0)
+        return RecOutput(user=z[:U], item=z[U:], item_modal=item_modal, user_modal=user_modal)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
