@@ -5,11 +5,16 @@ each selected on VALIDATION Recall@20 (the test split is read only at the
 selected epoch of every run, and only the selected run's test figures are
 reported):
 
-* **backbone**: the backbone's YAML defaults, ``train.lr`` searched over ``G`` values;
-* **+ MRdIB**: the backbone at the learning rate the first arm selected, the
+* **backbone**: the backbone's YAML defaults, ``train.lr`` searched over ``G``
+  values; or, with ``--lr`` (a fixed learning rate for every model, e.g. the
+  common protocol ``--lr 5e-3 --patience 50 --epochs 500``), the backbone's
+  ``reg_weight`` searched over ``G`` multiples {1, 10, 0.1, 100, 0.01} of its
+  default;
+* **+ MRdIB**: the backbone at the configuration the first arm selected, the
   plug-in's weights searched over ``G`` values :math:`\lambda` of the paper's grid
-  {1e-4, 1e-3, 5e-3, 1e-2, 5e-2} (tied: :math:`\beta = \lambda_u = \lambda_r =
-  \lambda_s = \lambda`), the way a plug-in is tuned on top of a tuned backbone.
+  {1e-4, 1e-3, 5e-3, 1e-2, 5e-2} (tied: :math:`\beta = \lambda_u = \lambda_s =
+  \lambda`, :math:`\lambda_r = \lambda \cdot` ``--red-ratio``), the way a plug-in
+  is tuned on top of a tuned backbone.
 
 Then prints Recall@5/20 and NDCG@5/20 (mean ± std over seeds), the relative
 gain and the seconds per training epoch of both arms.
@@ -20,10 +25,14 @@ Examples::
     OMP_NUM_THREADS=1 python examples/train_mrdib.py
     # the full table
     python examples/train_mrdib.py --seeds 1,2,3 --grid-size 5
+    # the common protocol (fixed lr, long training, early stopping on validation)
+    python examples/train_mrdib.py --lr 5e-3 --patience 50 --epochs 500 --seeds 1,2,3 --grid-size 3
     # ablation (w/o MIB, unique, redundant, synergy) at the selected configuration
     python examples/train_mrdib.py --backbones vbpr,freedom --ablation
     # robustness to missing modalities (I3-MRec's fm protocol, 30% missing)
     python examples/train_mrdib.py --missing i3mrec:fm:0.3
+    # tables of runs split over several processes (each with --out runs.jsonl)
+    python examples/train_mrdib.py --report runs.jsonl
 """
 from __future__ import annotations
 
@@ -44,7 +53,8 @@ import torch  # noqa: E402
 from pyg_mmrec.train import run  # noqa: E402
 
 LR_GRID = [1e-3, 5e-3, 5e-4, 2e-3, 2.5e-4]          # the first G values are used
-LAMBDA_GRID = [1e-2, 1e-3, 5e-2, 5e-3, 1e-4]        # the paper's grid, the first G values are used
+REG_SCALES = [1.0, 10.0, 0.1, 100.0, 0.01]           # x the backbone's reg_weight (with --lr)
+LAMBDA_GRID = [1e-2, 5e-2, 1e-3, 5e-3, 1e-4]        # the paper's grid (order: screening on validation), first G used
 WEIGHTS = ("kl_weight", "unique_weight", "redundant_weight", "synergy_weight")
 ABLATIONS = {
     "w/o MIB": {"kl_weight": 0.0, "stochastic": False},
@@ -55,8 +65,11 @@ ABLATIONS = {
 METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
 
 
+RED_RATIO = 1.0
+
+
 def tied(lam: float) -> Dict[str, float]:
-    return {f"plugin.{w}": lam for w in WEIGHTS}
+    return {f"plugin.{w}": lam * (RED_RATIO if w == "redundant_weight" else 1.0) for w in WEIGHTS}
 
 
 class Runner:
@@ -103,8 +116,7 @@ class Runner:
     def _short(c: Dict[str, Any]) -> str:
         if "plugin.kl_weight" in c and len({c[f"plugin.{w}"] for w in WEIGHTS if f"plugin.{w}" in c}) == 1:
             rest = {k: v for k, v in c.items() if k not in {f"plugin.{w}" for w in WEIGHTS}}
-            return f"lambda={c['plugin.kl_weight']:g} " + " ".join(f"{k.split('.')[-1]}={v:g}"
-                                                                     for k, v in rest.items())
+            return f"lambda={c['plugin.kl_weight']:g} " + Runner._short(rest)
         return " ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                         for k, v in c.items())
 
@@ -134,22 +146,43 @@ def main(argv: Optional[List[str]] = None) -> None:
                         "lr = first of --lrs and lambda = first of --lambdas (no search, no main arms)")
     p.add_argument("--lambdas", default=None, help="override the plug-in grid, e.g. 1e-3,1e-2")
     p.add_argument("--lrs", default=None, help="override the backbone lr grid")
+    p.add_argument("--lr", type=float, default=None,
+                   help="fixed learning rate of both arms; the backbone arm then searches reg_weight")
+    p.add_argument("--red-ratio", type=float, default=1.0,
+                   help="redundant_weight = lambda * this (default 1: all four weights tied)")
     p.add_argument("--set", nargs="*", default=[], help="extra plug-in settings, e.g. latent_dim=32")
     p.add_argument("--out", default=None, help="append one JSON line per training here")
+    p.add_argument("--report", default=None, metavar="JSONL",
+                   help="only print the tables of the runs logged in this --out file")
     a = p.parse_args(argv)
+    if a.report:
+        report_from_log(a.report)
+        return
     if not 1 <= a.grid_size <= 5:
         p.error("--grid-size: expected 1..5")
     torch.set_num_threads(1)
     seeds = [int(s) for s in a.seeds.split(",")]
-    lrs = [float(x) for x in a.lrs.split(",")] if a.lrs else LR_GRID[: a.grid_size]
+    global RED_RATIO
+    RED_RATIO = a.red_ratio
+    if a.lr is not None and a.lrs:
+        p.error("--lr and --lrs exclude each other")
+    lrs = ([a.lr] if a.lr is not None else
+           [float(x) for x in a.lrs.split(",")] if a.lrs else LR_GRID[: a.grid_size])
     lams = [float(x) for x in a.lambdas.split(",")] if a.lambdas else LAMBDA_GRID[: a.grid_size]
-    if len(lrs) != len(lams):
-        p.error(f"the two arms need the same budget: {len(lrs)} lrs vs {len(lams)} lambdas")
+    if a.lr is not None:
+        from pyg_mmrec.config import model_defaults
+        base_grid = {bb: [{"train.lr": a.lr, "model.reg_weight": model_defaults(bb)[0]["reg_weight"] * s}
+                          for s in REG_SCALES[: len(lams)]] for bb in a.backbones.split(",")}
+    else:
+        if len(lrs) != len(lams):
+            p.error(f"the two arms need the same budget: {len(lrs)} lrs vs {len(lams)} lambdas")
+        base_grid = {bb: [{"train.lr": lr} for lr in lrs] for bb in a.backbones.split(",")}
     from pyg_mmrec.config import parse_assignments
     extra = {f"plugin.{k}": v for k, v in parse_assignments(a.set).items()}
     r = Runner(a)
     print(f"# {a.dataset}, missing={a.missing}, seeds={seeds}, budget={len(lrs)} per arm, "
-          f"lr grid={lrs}, lambda grid={lams}, epochs<={a.epochs}, patience={a.patience}", flush=True)
+          f"lr grid={lrs}, lambda grid={lams}, redundant ratio={a.red_ratio}, epochs<={a.epochs}, "
+          f"patience={a.patience}", flush=True)
 
     if a.ablation_only:
         names = [x.strip() for x in a.ablation_only.split(",")]
@@ -170,30 +203,37 @@ def main(argv: Optional[List[str]] = None) -> None:
         for k in ABLATIONS:
             rows.setdefault(k, [])
         for seed in seeds:
-            base = r.search(bb, seed, [{"train.lr": lr} for lr in lrs], None, "backbone")
-            lr = base["overrides"]["train.lr"]
-            plug = r.search(bb, seed, [dict({"train.lr": lr}, **tied(lam), **extra) for lam in lams],
+            base = r.search(bb, seed, base_grid[bb], None, "backbone")
+            sel = {k: v for k, v in base["overrides"].items() if k in ("train.lr", "model.reg_weight")}
+            plug = r.search(bb, seed, [dict(sel, **tied(lam), **extra) for lam in lams],
                             "mrdib", "+MRdIB")
             rows["backbone"].append(base)
             rows["mrdib"].append(plug)
             if a.ablation:
-                sel = {k: v for k, v in plug["overrides"].items() if k.startswith(("plugin.", "train.lr"))}
+                sel = {k: v for k, v in plug["overrides"].items()
+                       if k.startswith(("plugin.", "train.lr", "model.reg_weight"))}
                 for name, off in ABLATIONS.items():
                     ov = dict(sel, **{f"plugin.{k}": v for k, v in off.items()})
                     rows[name].append(r.train(bb, seed, ov, "mrdib", f"+MRdIB {name}"))
 
-    # ------------------------------------------------------------------ report
-    print(f"\n## {a.dataset} ({a.missing}), test metrics at the validation-selected config, "
-          f"{len(seeds)} seed(s)")
+    report(table, a.dataset, a.missing, len(seeds), a.ablation)
+
+
+def report(table: Dict[str, Dict[str, List[Dict[str, Any]]]], dataset: str, missing: str,
+           n_seeds: int, ablation: bool) -> None:
+    print(f"\n## {dataset} ({missing}), test metrics at the validation-selected config, "
+          f"{n_seeds} seed(s)")
     head = "| backbone | arm | " + " | ".join(METRICS) + " | gain R@20 | s/epoch |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    gains, overheads, wins = [], [], 0
+    gains, overheads, wins, names = [], [], 0, []
     for bb, rows in table.items():
+        if not rows["backbone"] or not rows["mrdib"]:
+            continue
         b20 = statistics.mean(x["test"]["recall@20"] for x in rows["backbone"])
         bsp = statistics.mean(x["s_per_epoch_mean"] for x in rows["backbone"])
-        for arm in ["backbone", "mrdib"] + ([k for k in ABLATIONS] if a.ablation else []):
-            xs = rows[arm]
+        for arm in ["backbone", "mrdib"] + ([k for k in ABLATIONS] if ablation else []):
+            xs = rows.get(arm, [])
             if not xs:
                 continue
             cells = [fmt([x["test"][m] for x in xs]) for m in METRICS]
@@ -207,14 +247,45 @@ def main(argv: Optional[List[str]] = None) -> None:
         gains.append(100 * (m20 / b20 - 1))
         overheads.append(100 * (msp / bsp - 1))
         wins += m20 > b20
+        names.append(bb)
     if gains:
         print(f"\nMRdIB improves test Recall@20 on {wins}/{len(gains)} backbones; mean gain "
               f"{statistics.mean(gains):+.2f}%; mean per-epoch overhead {statistics.mean(overheads):+.1f}% "
-              f"(per backbone: " + ", ".join(f"{bb} {o:+.1f}%" for bb, o in zip(table, overheads)) + ")")
-        sel = {bb: [x["overrides"] for x in rows["mrdib"]] for bb, rows in table.items()}
+              f"(per backbone: " + ", ".join(f"{bb} {o:+.1f}%" for bb, o in zip(names, overheads)) + ")")
+        sel = {bb: [x["overrides"] for x in rows["mrdib"]] for bb, rows in table.items() if rows["mrdib"]}
         print("selected plug-in settings:", json.dumps(
-            {bb: [{k.split('.')[-1]: v for k, v in o.items() if k in ('train.lr', 'plugin.kl_weight')}
+            {bb: [{k.split('.')[-1]: v for k, v in o.items()
+                   if k in ('train.lr', 'model.reg_weight', 'plugin.kl_weight')}
                   for o in os] for bb, os in sel.items()}))
+
+
+def report_from_log(path: str) -> None:
+    """Rebuild the tables from ``--out`` JSON lines (e.g. of runs split over
+    several processes): per (missing, backbone, seed) each arm's selected run
+    is its best on validation Recall@20; ablation runs keep their tag."""
+    groups: Dict[str, Dict[str, Dict[int, Dict[str, List[Dict[str, Any]]]]]] = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            arm = ("backbone" if not r["plugin"] else
+                   next((k for k in ABLATIONS if r["tag"].endswith(k)), "mrdib"))
+            (groups.setdefault(r["missing"], {}).setdefault(r["backbone"], {})
+             .setdefault(r["seed"], {}).setdefault(arm, []).append(r))
+    for missing, bbs in groups.items():
+        table: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+        seeds = set()
+        for bb, per_seed in bbs.items():
+            rows = table.setdefault(bb, {"backbone": [], "mrdib": [], **{k: [] for k in ABLATIONS}})
+            for seed, arms in sorted(per_seed.items()):
+                seeds.add(seed)
+                for arm, runs in arms.items():
+                    best = dict(max(runs, key=lambda x: x["valid"]["recall@20"]))
+                    best["s_per_epoch_mean"] = statistics.mean(x["s_per_epoch"] for x in runs)
+                    rows[arm].append(best)
+        report(table, "(from " + path + ")", missing, len(seeds),
+               any(rows[k] for rows in table.values() for k in ABLATIONS))
 
 
 if __name__ == "__main__":

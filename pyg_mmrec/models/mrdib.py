@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, ModuleDict
 
-from ..nn.variational_bottleneck import VariationalBottleneck
+from ..nn.variational_bottleneck import StackedVariationalBottleneck
 from .base import Recommender, RecOutput
 
 
@@ -31,7 +31,10 @@ class MRdIB(Recommender):
     per-modality item representations :math:`h_m` (``RecOutput.item_modal``).
 
     **Multimodal Information Bottleneck (MIB).** For every modality :math:`m`
-    a :class:`~pyg_mmrec.nn.VariationalBottleneck` maps :math:`h_m` to
+    a variational encoder (:class:`~pyg_mmrec.nn.VariationalBottleneck`; all
+    modalities at once in one
+    :class:`~pyg_mmrec.nn.variational_bottleneck.StackedVariationalBottleneck`)
+    maps :math:`h_m` to
     :math:`q(z_m \mid h_m) = \mathcal{N}(\mu_m, \sigma_m^2)`; :math:`z_m` is
     reparameterised in training and equals :math:`\mu_m` at inference, and
 
@@ -48,7 +51,10 @@ class MRdIB(Recommender):
     :math:`\cos(c, z)/\tau` with a user code :math:`c`, temperature
     :math:`\tau` (``temperature``). Cosines are scale-free: a code cannot win
     a ranking term by growing its norm, so the KL alone sets its
-    noise-to-signal ratio.
+    noise-to-signal ratio. (``score="dot"``: plain dot products :math:`c^\top z`
+    instead, :math:`\tau = 1`; ``normalize_input=True``: the encoders read
+    :math:`h_m / \lVert h_m \rVert`, so the plug-in never pulls on the norms of
+    the backbone's representations.)
 
     **Unique information.** Each code alone must rank the user's items. With a
     per-modality user code :math:`c_m(u) = U_m e_u^{(m)}` (:math:`e_u^{(m)}` =
@@ -65,10 +71,15 @@ class MRdIB(Recommender):
     CLUB (`Cheng et al., 2020 <https://arxiv.org/abs/2006.12013>`_; MINE's
     estimate with ``mi_estimator="mine"``), over every pair of modalities and
     the batch items that have both:
-    :math:`\mathcal{L}_{\mathrm{red}} = \binom{|M|}{2}^{-1} \sum_{m<n}
-    \hat I_{\mathrm{CLUB}}(z_m; z_n)`. The estimators are trained in
-    alternation by their own optimiser through :meth:`auxiliary_parameters` /
-    :meth:`auxiliary_loss` on detached codes; the main loss never updates them.
+    :math:`\mathcal{L}_{\mathrm{red}} = \frac{1}{k}\binom{|M|}{2}^{-1} \sum_{m<n}
+    \max(0, \hat I_{\mathrm{CLUB}}(z_m; z_n))` (per code dimension, like
+    :math:`\mathcal{L}_{\mathrm{MIB}}`: the bound grows with :math:`k`; clamped
+    at 0, since a negative estimate only means the estimator lags the codes,
+    and rewarding it lets them run away from it). The
+    estimators are trained in alternation by their own optimiser through
+    :meth:`auxiliary_parameters` / :meth:`auxiliary_loss` on the detached codes
+    of the previous plug-in step (none before the first one); the main loss
+    never updates them.
 
     **Synergistic information.** The joint code fuses the present codes
     additively *and* multiplicatively,
@@ -113,6 +124,17 @@ class MRdIB(Recommender):
     of each shuffled batch and encode only their items (all items when those
     cover most of the catalogue), which bounds its cost.
 
+    **Cost.** On CPU the plug-in's price is per-op latency, not FLOPs (a
+    step of a small backbone is a few hundred kernels; the four terms, the
+    estimator step and their optimiser updates add about as many again). With
+    ``every = n`` the terms and the estimator step run on one batch in
+    :math:`n`, multiplied by :math:`n` (same objective in expectation); the
+    other batches cost exactly the bare backbone's step (the plug-in's
+    parameters get no gradient, so Adam skips them).
+    ``backbone_grad`` scales the gradient of the plug-in's terms into the
+    backbone's representations (0: the plug-in is a head on frozen
+    representations and the backbone trains bit-for-bit as the bare one).
+
     **Missing modalities.** A modality absent for an item contributes no code:
     its KL, unique, redundancy and emergent terms skip that item (pair) and
     the joint code averages over the present codes only (an item with no
@@ -145,12 +167,20 @@ class MRdIB(Recommender):
         mi_estimator (str): ``"club"`` or ``"mine"``.
         mi_hidden (int): hidden width of the MI estimators.
         mi_batch (int): at most this many items per pair feed the estimator
-            (CLUB/MINE costs grow with the batch). (default: :obj:`512`)
+            (CLUB/MINE costs grow with the batch). (default: :obj:`256`)
         temperature (float): :math:`\tau` of the code scores. (default: :obj:`0.2`)
         sub_batch (int, optional): the unique and synergy terms use the first
             ``sub_batch`` triples of each (shuffled) batch, an unbiased
             sub-sample that bounds the plug-in's cost; :obj:`None` = all.
             (default: :obj:`256`)
+        backbone_grad (float): scale in :math:`[0, 1]` of the plug-in terms'
+            gradient into the backbone. (default: :obj:`1.0`)
+        normalize_input (bool): encode the unit-normalised :math:`h_m`.
+            (default: :obj:`False`)
+        score (str): ``"cos"`` or ``"dot"`` code scores. (default: :obj:`"cos"`)
+        every (int): evaluate the plug-in's terms (scaled by ``every``) and
+            step the estimator on every ``every``-th batch only; 1 = the exact
+            per-batch objective. (default: :obj:`1`; the YAML uses 8)
         seed (int): seed of the plug-in's own initialisation and noise.
         in_channels (dict, optional): ``{m: d_m}``; inferred by one no-grad
             forward of the backbone (under a forked RNG) when omitted.
@@ -160,8 +190,10 @@ class MRdIB(Recommender):
                  encoder_hidden: Optional[int] = None, kl_weight: float = 1e-3,
                  unique_weight: float = 1e-2, redundant_weight: float = 1e-3,
                  synergy_weight: float = 1e-2, stochastic: bool = True,
-                 mi_estimator: str = "club", mi_hidden: int = 64, mi_batch: int = 512,
-                 sub_batch: Optional[int] = 256, temperature: float = 0.2, seed: int = 0,
+                 mi_estimator: str = "club", mi_hidden: int = 64, mi_batch: int = 256,
+                 sub_batch: Optional[int] = 256, temperature: float = 0.2,
+                 backbone_grad: float = 1.0, every: int = 1, normalize_input: bool = False,
+                 score: str = "cos", seed: int = 0,
                  in_channels: Optional[Dict[str, int]] = None) -> None:
         # Recommender.__init__ would re-run set_modality_inputs on the backbone
         # (rebuilding its caches); the wrapper holds no inputs of its own.
@@ -186,10 +218,21 @@ class MRdIB(Recommender):
             raise ValueError(f"mi_batch: expected an int >= 2, got {mi_batch!r}")
         if sub_batch is not None and (not isinstance(sub_batch, int) or sub_batch < 1):
             raise ValueError(f"sub_batch: expected a positive int or None, got {sub_batch!r}")
-        self.sub_batch = sub_batch
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
             raise ValueError(f"temperature: expected a float > 0, got {temperature!r}")
+        if (not isinstance(backbone_grad, (int, float)) or isinstance(backbone_grad, bool)
+                or not 0.0 <= backbone_grad <= 1.0):
+            raise ValueError(f"backbone_grad: expected a float in [0, 1], got {backbone_grad!r}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every: expected a positive int, got {every!r}")
+        self.every = every
+        self.normalize_input = bool(normalize_input)
+        if score not in ("cos", "dot"):
+            raise ValueError(f"score: expected 'cos' or 'dot', got {score!r}")
+        self.score = score
+        self.sub_batch = sub_batch
         self.temperature = float(temperature)
+        self.backbone_grad = float(backbone_grad)
         self.enabled = bool(enabled)
         self.latent_dim = latent_dim
         self.stochastic = bool(stochastic)
@@ -206,23 +249,28 @@ class MRdIB(Recommender):
             dims, user_dims, user_dim = self._infer_dims(in_channels)
             torch.manual_seed(self.seed)
             self.code_modalities = [m for m in backbone.modalities if m in dims]
-            k = latent_dim
-            self.encoders = ModuleDict({m: VariationalBottleneck(dims[m], k, encoder_hidden)
-                                        for m in self.code_modalities})
-            self.user_codes = ModuleDict({m: Linear(user_dims.get(m, user_dim), k, bias=False)
-                                          for m in self.code_modalities})
-            self.user_joint = Linear(user_dim, k, bias=False)
+            k, M = latent_dim, len(self.code_modalities)
+            # All modality encoders in one batched op (one or two kernels and
+            # optimiser updates instead of 4|M|: per-op latency dominates on CPU).
+            self.encoder = StackedVariationalBottleneck([dims[m] for m in self.code_modalities], k,
+                                                        encoder_hidden)
+            # User codes c_m (from user_modal[m] when the backbone has it, else
+            # e_u) and the joint c_J (from e_u), stacked: U[j, :d_j] maps code j.
+            self.user_in = [user_dims.get(m, user_dim) for m in self.code_modalities] + [user_dim]
+            self._user_modal = [m in user_dims for m in self.code_modalities]
+            self.user_weight = torch.nn.Parameter(torch.zeros(M + 1, max(self.user_in), k))
+            with torch.no_grad():
+                for j, d in enumerate(self.user_in):  # Linear's default init per code
+                    self.user_weight[j, :d].uniform_(-d ** -0.5, d ** -0.5)
             # W_s of the multiplicative (synergy) part of z_J; no bias so that
             # items with < 2 modalities get exactly the additive fusion.
-            self.lin_synergy = (Linear(k, k, bias=False) if len(self.code_modalities) > 1 else None)
+            self.lin_synergy = Linear(k, k, bias=False) if M > 1 else None
             # gamma: weight of the joint score in the final score; 0 at start, so
             # the wrapped model first ranks exactly as its backbone.
             self.gate = torch.nn.Parameter(torch.zeros(()))
             self.estimators = ModuleDict({self._pair_key(m, n): self._make_estimator(k, mi_hidden)
                                           for m, n in self.pairs})
         self.register_buffer("_noise_step", torch.zeros((), dtype=torch.long))
-        self._batched_encoders = (encoder_hidden is None and
-                                  len({e.in_channels for e in self.encoders.values()}) == 1)
 
     # ---------------------------------------------------------------- set-up
     def _infer_dims(self, in_channels: Optional[Dict[str, int]]):
@@ -277,11 +325,31 @@ class MRdIB(Recommender):
             self._generators[key] = torch.Generator(device=device)
         return self._generators[key]
 
-    def _reseed(self, device: torch.device) -> None:
-        """Re-seed the private noise stream from (seed, step): the step counter
-        is a buffer, so a resumed checkpoint replays the same noise."""
-        self._generator(device).manual_seed(self.seed * 1_000_003 + int(self._noise_step) + 7919)
+    def _next_step(self, device: torch.device) -> bool:
+        """Advance the step counter; on a plug-in step (every ``every``-th)
+        re-seed the private noise stream from (seed, step) and return True.
+        The counter is a buffer, so a resumed checkpoint replays the same
+        steps and noise."""
+        step = int(self._noise_step)
         self._noise_step += 1
+        if step % self.every:
+            return False
+        self._generator(device).manual_seed(self.seed * 1_000_003 + step + 7919)
+        return True
+
+    def _is_plugin_step(self) -> bool:
+        """Whether the next :meth:`loss` call evaluates the plug-in's terms."""
+        return int(self._noise_step) % self.every == 0
+
+    def _from_backbone(self, x: Tensor) -> Tensor:
+        """A backbone representation as the plug-in's terms see it: its
+        gradient into the backbone is scaled by ``backbone_grad``."""
+        s = self.backbone_grad
+        if s == 1.0 or not x.requires_grad:
+            return x
+        if s == 0.0:
+            return x.detach()
+        return s * x + (1.0 - s) * x.detach()
 
     # --------------------------------------------------- delegated interface
     @property
@@ -312,34 +380,15 @@ class MRdIB(Recommender):
         of shape ``[N, M, k]`` and the presence ``[N, M]`` (bool)."""
         mods = self.code_modalities
         P = torch.stack([self.mask(m) for m in mods], 1)
-        encs = [self.encoders[m] for m in mods]
-        if self._batched_encoders:
-            # All encoders are linear with equal input widths: one batched
-            # matmul for every modality and both heads (per-op latency, not
-            # FLOPs, dominates this block on CPU).
-            H = torch.stack([out.item_modal[m] for m in mods], 0)             # [M, I, d]
-            if items is not None:
-                H, P = H.index_select(1, items), P.index_select(0, items)
-            W = torch.stack([torch.cat([e.lin_mu.weight, e.lin_logvar.weight], 0) for e in encs], 0)
-            b = torch.stack([torch.cat([e.lin_mu.bias, e.lin_logvar.bias], 0) for e in encs], 0)
-            y = torch.baddbmm(b.unsqueeze(1), H, W.transpose(1, 2)).transpose(0, 1)  # [N, M, 2k]
-            k = self.latent_dim
-            mu, logvar = y[..., :k], y[..., k:].clamp(*encs[0].logvar_bounds)
-            if sample:
-                eps = torch.randn(mu.shape, generator=self._generator(mu.device), device=mu.device,
-                                  dtype=mu.dtype)
-                z = mu + eps * torch.exp(0.5 * logvar)
-            else:
-                z = mu
-            return z, mu, logvar, P
-        zs, mus, lvs = [], [], []
-        for m, enc in zip(mods, encs):
-            h = out.item_modal[m] if items is None else out.item_modal[m].index_select(0, items)
-            z, mu, logvar = enc(h, sample=sample, generator=self._generator(h.device) if sample else None)
-            zs.append(z), mus.append(mu), lvs.append(logvar)
-        if items is not None:
-            P = P.index_select(0, items)
-        return torch.stack(zs, 1), torch.stack(mus, 1), torch.stack(lvs, 1), P
+        hs = [out.item_modal[m] for m in mods]
+        if items is not None:  # encode only the rows the terms read
+            hs, P = [h.index_select(0, items) for h in hs], P.index_select(0, items)
+        hs = [self._from_backbone(h) for h in hs]
+        if self.normalize_input:
+            hs = [F.normalize(h, dim=-1) for h in hs]
+        gen = self._generator(hs[0].device) if sample else None
+        z, mu, logvar = self.encoder(hs, sample=sample, generator=gen)
+        return z, mu, logvar, P
 
     def _joint(self, Z: Tensor, P: Tensor) -> Tensor:
         r"""Masked additive + pairwise-multiplicative fusion :math:`z_J` of the
@@ -356,20 +405,28 @@ class MRdIB(Recommender):
             z_joint = z_joint + self.lin_synergy(pair_sum / n_pairs)
         return z_joint
 
-    def _user_codes(self, out: RecOutput, users: Tensor, e_u: Tensor) -> Tensor:
-        """Per-modality user codes, then the joint one if :attr:`uses_joint`:
-        ``[B, M(+1), k]`` (``e_u = out.user[users]``)."""
-        lins = [self.user_codes[m] for m in self.code_modalities]
-        from_user = [out.user_modal.get(m) is None or out.user_modal[m].size(-1) != lin.in_features
-                     for m, lin in zip(self.code_modalities, lins)]
-        if self.synergy_weight > 0:
-            lins.append(self.user_joint)
-            from_user.append(True)
-        if all(from_user):  # one matmul for all codes
-            W = torch.cat([lin.weight for lin in lins], 0)
-            return F.linear(e_u, W).view(e_u.size(0), len(lins), -1)
-        return torch.stack([lin(e_u) if fu else lin(out.user_modal[m][users])
-                            for m, lin, fu in zip(self.code_modalities + ["<joint>"], lins, from_user)], 1)
+    def _user_codes(self, out: RecOutput, users: Tensor, e_u: Tensor, joint: bool) -> Tensor:
+        """Per-modality user codes, then the joint one if ``joint``:
+        ``[B, M(+1), k]`` (``e_u = out.user[users]``), one matmul."""
+        n = len(self.code_modalities) + int(joint)
+        W = self.user_weight[:n]                                          # [n, d, k]
+        if not any(self._user_modal):  # every code reads e_u
+            d = self.user_in[-1]
+            W = W[:, :d].transpose(0, 1).reshape(d, -1)                   # [d, n k]
+            return (e_u @ W).view(e_u.size(0), n, -1)
+        d = W.size(1)
+        xs = [self._from_backbone(out.user_modal[m][users]) if um else e_u
+              for m, um in zip(self.code_modalities, self._user_modal)] + [e_u]
+        X = torch.stack([x if x.size(-1) == d else F.pad(x, (0, d - x.size(-1))) for x in xs[:n]], 0)
+        return torch.bmm(X, W).transpose(0, 1)                             # [B, n, k]
+
+    def _unit(self, x: Tensor) -> Tensor:
+        """Codes as scored: unit vectors (``score="cos"``) or as they are."""
+        return F.normalize(x, dim=-1) if self.score == "cos" else x
+
+    def _joint_user(self, e_u: Tensor) -> Tensor:
+        r""":math:`c_J = U_J e_u` for the rows of ``e_u``."""
+        return e_u @ self.user_weight[-1, : e_u.size(-1)]
 
     # -------------------------------------------------------------- interface
     def forward(self) -> MRdIBOutput:
@@ -377,8 +434,8 @@ class MRdIB(Recommender):
         if not self.uses_joint:
             return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras, out)
         Z, MU, _, P = self._codes(out, None, sample=self.training and self.stochastic)
-        user = torch.cat([out.user, self.gate * F.normalize(self.user_joint(out.user), dim=-1)], -1)
-        item = torch.cat([out.item, F.normalize(self._joint(Z, P), dim=-1)], -1)
+        user = torch.cat([out.user, self.gate * self._unit(self._joint_user(out.user))], -1)
+        item = torch.cat([out.item, self._unit(self._joint(Z, P))], -1)
         return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, out)
 
     @torch.no_grad()
@@ -391,8 +448,8 @@ class MRdIB(Recommender):
         else:
             eu, ei = out.user, out.item
         _, MU, _, P = self._codes(out, None, sample=False)
-        cj = self.gate * F.normalize(self.user_joint(out.user), dim=-1)
-        return torch.cat([eu, cj], -1), torch.cat([ei, F.normalize(self._joint(MU, P), dim=-1)], -1)
+        cj = self.gate * self._unit(self._joint_user(out.user))
+        return torch.cat([eu, cj], -1), torch.cat([ei, self._unit(self._joint(MU, P))], -1)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
@@ -407,7 +464,8 @@ class MRdIB(Recommender):
         if clash:
             raise RuntimeError(f"backbone loss terms {sorted(clash)} clash with MRdIB's names")
 
-        self._reseed(users.device)
+        if not self._next_step(users.device):
+            return terms  # amortised: the plug-in's terms skip this batch
         if self.sub_batch is not None and users.numel() > self.sub_batch:
             # the sampler shuffles the triples: a prefix is an unbiased sub-sample
             users, pos, neg = users[: self.sub_batch], pos[: self.sub_batch], neg[: self.sub_batch]
@@ -428,51 +486,59 @@ class MRdIB(Recommender):
             Pf = P.to(kl.dtype)
             per_m = (kl * Pf).sum(0) / Pf.sum(0).clamp(min=1)                # [M]
             # per code dimension, so that beta does not scale with k
-            terms["mrdib_kl"] = self.kl_weight * per_m.mean() / k
+            terms["mrdib_kl"] = self.every * self.kl_weight * per_m.mean() / k
 
         if self.redundant_weight > 0 and self.pairs:
             red = self._redundancy(Z, P)
             if red is not None:
-                terms["mrdib_redundant"] = self.redundant_weight * red
+                # per code dimension like the KL (an MI bound of k-dim codes
+                # grows with k; unnormalised it swamps the BPR at lambda_r ~ 1e-2).
+                # Clamped at 0: MI >= 0, and a negative estimate only means the
+                # estimator lags the codes; rewarding it lets the codes run away
+                # from the estimator (observed: KL and CLUB's NLL diverging).
+                terms["mrdib_redundant"] = self.every * self.redundant_weight * red.clamp(min=0) / k
 
         if self.unique_weight == 0 and self.synergy_weight == 0:
             return terms
-        # One gather per side for all codes (per-op overhead dominates on CPU).
+        # One normalisation and one gather for all codes of both sides
+        # (per-op latency, not FLOPs, dominates this block on CPU).
         syn = self.synergy_weight > 0
-        table = Z.reshape(N, M * k)
-        if syn:
-            table = torch.cat([table, self._joint(Z, P)], -1)                # [N, (M+1)k]
-        rows = table[torch.cat([ip, ineg.reshape(-1)])]
-        Ip = rows[:B].view(B, 1, -1, k)                                       # [B, 1, M(+1), k]
-        In = rows[B:].view(B, -1, rows.size(-1) // k, k)                      # [B, n, M(+1), k]
-        Pr = P[torch.cat([ip, ineg.reshape(-1)])]
-        valid = Pr[:B].unsqueeze(1) & Pr[B:].view(B, -1, M)                   # [B, n, M]
-        e_u = out.user[users]
+        table = torch.cat([Z, self._joint(Z, P).unsqueeze(1)], 1) if syn else Z   # [N, M(+1), k]
+        idx = torch.cat([ip.unsqueeze(1), ineg], 1).reshape(-1)                    # per triple: i+, i-...
+        rows = self._unit(table)[idx].view(B, -1, table.size(1), k)                # [B, 1+n, M(+1), k]
+        Pr = P[idx].view(B, -1, M)
+        valid = Pr[:, :1] & Pr[:, 1:]                                             # [B, n, M]
+        e_u = self._from_backbone(out.user[users])
         # Code scores are cosines (scale-free: a code cannot win a ranking term
         # by growing, and the KL alone sets the noise-to-signal ratio).
-        Cu = F.normalize(self._user_codes(out, users, e_u), dim=-1)           # [B, M(+1), k]
-        cos = ((F.normalize(Ip, dim=-1) - F.normalize(In, dim=-1)) * Cu.unsqueeze(1)).sum(-1)
-        margin = cos[..., :M] / self.temperature                              # Delta_m [B, n, M]
+        Cu = self._unit(self._user_codes(out, users, e_u, syn))                  # [B, M(+1), k]
+        s = (rows * Cu.unsqueeze(1)).sum(-1)                                      # [B, 1+n, M(+1)]
+        cos = s[:, :1] - s[:, 1:]                                                 # [B, n, M(+1)]
+        tau = self.temperature if self.score == "cos" else 1.0
+        margin = cos[..., :M] / tau                                               # Delta_m [B, n, M]
 
         if self.unique_weight > 0:
             vf = valid.to(margin.dtype)
-            cnt = vf.sum((0, 1))                                              # [M]
+            cnt = vf.sum((0, 1))                                                  # [M]
             per_m = (F.softplus(-margin) * vf).sum((0, 1)) / cnt.clamp(min=1)
-            has = cnt > 0
-            if has.any():
-                terms["mrdib_unique"] = self.unique_weight * per_m[has].mean()
+            # mean over the modalities that have a pair (a missing one adds 0)
+            terms["mrdib_unique"] = self.every * self.unique_weight * (
+                per_m.sum() / (cnt > 0).sum().clamp(min=1))
 
         if syn:
-            d_joint = cos[..., M]                                             # [B, n]
+            d_joint = cos[..., M]                                                 # [B, n]
             with torch.no_grad():
-                d_bb = ((e_u * out.item[pos]).sum(-1, keepdim=True)
-                        - (e_u.unsqueeze(1) * out.item[neg2]).sum(-1))
+                e_u0 = out.user[users]
+                d_bb = ((e_u0 * out.item[pos]).sum(-1, keepdim=True)
+                        - (e_u0.unsqueeze(1) * out.item[neg2]).sum(-1))
                 best = margin.masked_fill(~valid, float("-inf")).max(-1).values  # [B, n]
                 has = torch.isfinite(best)
+                best = best.masked_fill(~has, 0.0)
+                hf = has.to(d_joint.dtype)
             loss_syn = F.softplus(-(d_bb + self.gate * d_joint)).mean()
-            if has.any():
-                loss_syn = loss_syn + F.softplus(-(d_joint / self.temperature - best))[has].mean()
-            terms["mrdib_synergy"] = self.synergy_weight * loss_syn
+            emergent = F.softplus(best - d_joint / tau)
+            loss_syn = loss_syn + (emergent * hf).sum() / hf.sum().clamp(min=1)
+            terms["mrdib_synergy"] = self.every * self.synergy_weight * loss_syn
         return terms
 
     # ----------------------------------------------------------- redundancy
@@ -515,14 +581,11 @@ class MRdIB(Recommender):
 
     def auxiliary_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Optional[Tensor]:
         total = self.backbone.auxiliary_loss(users, pos, neg)
-        if not (self.active and self.redundant_weight > 0 and self.pairs):
-            return total
-        if not self._mi_cache:  # estimator step before any main step: encode this batch
-            with torch.no_grad():
-                out = self.backbone()
-                items = torch.unique(torch.cat([pos.view(-1), neg.view(-1)]))
-                Z, _, _, P = self._codes(out, items, sample=self.training and self.stochastic)
-                self._redundancy(Z, P)
+        if not (self.active and self.redundant_weight > 0 and self.pairs and self._is_plugin_step()):
+            return total  # (amortised like the main terms: only before a plug-in step)
+        # The estimator learns on the (detached) codes of the previous plug-in
+        # step; before the first one there are none, and running the backbone
+        # here would consume its RNG (dropout): the first step is skipped.
         losses = [self.estimators[key].learning_loss(x, y) for key, x, y in self._mi_cache]
         if not losses:
             return total
@@ -532,4 +595,4 @@ class MRdIB(Recommender):
     def extra_repr(self) -> str:
         return (f"enabled={self.enabled}, modalities={self.code_modalities}, latent_dim={self.latent_dim}, "
                 f"kl={self.kl_weight}, unique={self.unique_weight}, redundant={self.redundant_weight}, "
-                f"synergy={self.synergy_weight}, mi={self.mi_estimator}")
+                f"synergy={self.synergy_weight}, mi={self.mi_estimator}, every={self.every}")

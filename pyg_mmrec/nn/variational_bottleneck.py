@@ -116,3 +116,113 @@ class VariationalBottleneck(Module):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"hidden_channels={self.hidden_channels})")
+
+
+class StackedVariationalBottleneck(Module):
+    r"""Several independent :class:`VariationalBottleneck` encoders, one per
+    input :math:`h_m` (e.g. one per modality in MRdIB), evaluated as *one*
+    batched matrix product:
+
+    .. math::
+        [\mu_m \,\Vert\, \log\sigma_m^2] = W_m\, g_m(h_m) + b_m, \qquad
+        z_m = \mu_m + \sigma_m \odot \epsilon_m, \qquad m = 1, \dots, M.
+
+    Mathematically identical to :math:`M` separate encoders; stacking them
+    turns :math:`4M` small kernels (and as many optimiser updates) into one
+    or two, which is what dominates a plug-in's cost on CPU. Inputs of
+    different widths are zero-padded to the widest one (the padded weight
+    rows start at 0 and receive zero gradients, so they stay 0).
+
+    Args:
+        in_channels (list of int): width :math:`d_m` of every input.
+        out_channels (int): size :math:`k` of every code.
+        hidden_channels (int, optional): width of an optional per-input hidden
+            layer with a tanh (as in :class:`VariationalBottleneck`).
+        logvar_bounds (tuple, optional): clamp of :math:`\log\sigma^2`.
+
+    Shapes:
+        - **input:** a list of :math:`M` tensors :math:`(N, d_m)`.
+        - **output:** :math:`(z, \mu, \log\sigma^2)`, each :math:`(N, M, k)`.
+    """
+
+    def __init__(self, in_channels, out_channels: int, hidden_channels: Optional[int] = None,
+                 logvar_bounds: Tuple[float, float] = (-10.0, 10.0)) -> None:
+        super().__init__()
+        in_channels = list(in_channels)
+        if not in_channels or any(not isinstance(d, int) or d <= 0 for d in in_channels):
+            raise ValueError(f"in_channels: expected a non-empty list of positive ints, got {in_channels!r}")
+        if not isinstance(out_channels, int) or out_channels <= 0:
+            raise ValueError(f"out_channels: expected a positive int, got {out_channels!r}")
+        if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels <= 0):
+            raise ValueError(f"hidden_channels: expected a positive int or None, got {hidden_channels!r}")
+        lo, hi = logvar_bounds
+        if not lo < hi:
+            raise ValueError(f"logvar_bounds: expected (low, high) with low < high, got {logvar_bounds}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.hidden_channels = hidden_channels
+        self.logvar_bounds = (float(lo), float(hi))
+        M, d = len(in_channels), max(in_channels)
+        if hidden_channels:
+            self.weight_hidden = torch.nn.Parameter(torch.empty(M, d, hidden_channels))
+            self.bias_hidden = torch.nn.Parameter(torch.empty(M, hidden_channels))
+            d = hidden_channels
+        else:
+            self.register_parameter("weight_hidden", None)
+            self.register_parameter("bias_hidden", None)
+        # [W_mu | W_logvar] of every input, transposed for x @ W
+        self.weight = torch.nn.Parameter(torch.empty(M, d, 2 * out_channels))
+        self.bias = torch.nn.Parameter(torch.empty(M, 2 * out_channels))
+        self.reset_parameters()
+
+    @staticmethod
+    def _linear_init(w: Tensor, b: Tensor, fan_ins) -> None:
+        # torch.nn.Linear's default init per input, on the first fan_in rows
+        with torch.no_grad():
+            w.zero_()
+            for m, fan_in in enumerate(fan_ins):
+                bound = 1.0 / fan_in ** 0.5
+                w[m, :fan_in].uniform_(-bound, bound)
+                b[m].uniform_(-bound, bound)
+
+    def reset_parameters(self) -> None:
+        k = self.out_channels
+        if self.weight_hidden is not None:
+            self._linear_init(self.weight_hidden, self.bias_hidden, self.in_channels)
+            self._linear_init(self.weight, self.bias, [self.hidden_channels] * len(self.in_channels))
+        else:
+            self._linear_init(self.weight, self.bias, self.in_channels)
+        with torch.no_grad():  # start near-deterministic (sigma ~ 0.05), see VariationalBottleneck
+            self.weight[..., k:].zero_()
+            self.bias[:, k:].fill_(-6.0)
+
+    def encode(self, hs) -> Tuple[Tensor, Tensor]:
+        r"""Return :math:`(\mu, \log\sigma^2)`, each ``[N, M, k]``."""
+        if len(hs) != len(self.in_channels):
+            raise ValueError(f"hs: expected {len(self.in_channels)} inputs, got {len(hs)}")
+        d = max(self.in_channels)
+        for m, (h, dm) in enumerate(zip(hs, self.in_channels)):
+            if h.dim() != 2 or h.size(-1) != dm or h.size(0) != hs[0].size(0):
+                raise ValueError(f"hs[{m}]: expected shape [{hs[0].size(0)}, {dm}], got {list(h.shape)}")
+        H = torch.stack([h if h.size(-1) == d else torch.nn.functional.pad(h, (0, d - h.size(-1)))
+                         for h in hs], 0)                                          # [M, N, d]
+        if self.weight_hidden is not None:
+            H = torch.tanh(torch.baddbmm(self.bias_hidden.unsqueeze(1), H, self.weight_hidden))
+        y = torch.baddbmm(self.bias.unsqueeze(1), H, self.weight).transpose(0, 1)  # [N, M, 2k]
+        k = self.out_channels
+        return y[..., :k], y[..., k:].clamp(*self.logvar_bounds)
+
+    def forward(self, hs, sample: Optional[bool] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""Encode the inputs ``hs``; ``sample`` defaults to :obj:`self.training`;
+        ``generator``: a private RNG stream for :math:`\epsilon`."""
+        mu, logvar = self.encode(hs)
+        if sample is None:
+            sample = self.training
+        if not sample:
+            return mu, mu, logvar
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar), mu, logvar
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"hidden_channels={self.hidden_channels})")

@@ -115,9 +115,8 @@ def test_enabled_does_not_touch_backbone_init_or_rng():
         assert torch.equal(a, b), k
     # the plug-in's own init depends on its seed only
     other = MRdIB(toy(), seed=3)
-    assert torch.equal(model.encoders["text"].lin_mu.weight, other.encoders["text"].lin_mu.weight)
-    assert not torch.equal(MRdIB(toy(), seed=4).encoders["text"].lin_mu.weight,
-                           model.encoders["text"].lin_mu.weight)
+    assert torch.equal(model.encoder.weight, other.encoder.weight)
+    assert not torch.equal(MRdIB(toy(), seed=4).encoder.weight, model.encoder.weight)
 
 
 def test_enabled_adds_terms_gradients_and_changes_scores():
@@ -127,8 +126,8 @@ def test_enabled_adds_terms_gradients_and_changes_scores():
     assert {"mrdib_kl", "mrdib_unique", "mrdib_redundant", "mrdib_synergy"} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
-    assert model.encoders["text"].lin_mu.weight.grad.abs().sum() > 0
-    assert model.user_joint.weight.grad.abs().sum() > 0
+    assert model.encoder.weight.grad[0].abs().sum() > 0  # text's encoder
+    assert model.user_weight.grad[-1].abs().sum() > 0    # the joint user code U_J
     assert model.backbone.proj["image"].weight.grad.abs().sum() > 0
     # the main loss never trains the MI estimator (it would cheat the bound)
     assert all(q.grad is None for q in model.estimators.parameters())
@@ -150,10 +149,12 @@ def test_auxiliary_loss_trains_only_the_estimators():
     ids = {id(q) for q in model.auxiliary_parameters()}
     assert ids == {id(q) for q in model.estimators.parameters()}
     u, p, n = batch(0)
-    a = model.auxiliary_loss(u, p, n)  # before any main step: encodes the batch itself
+    assert model.auxiliary_loss(u, p, n) is None  # no codes yet (and no backbone pass)
+    model.loss(u, p, n)
+    a = model.auxiliary_loss(u, p, n)  # learns on the detached codes of that main step
     a.backward()
     assert all(q.grad is None for q in model.backbone.parameters())
-    assert all(q.grad is None for q in model.encoders.parameters())
+    assert all(q.grad is None for q in model.encoder.parameters())
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in model.estimators.parameters())
     # switched off -> the estimator is not an auxiliary parameter at all
     assert list(MRdIB(toy(), redundant_weight=0.0).auxiliary_parameters()) == []
@@ -209,19 +210,17 @@ def test_missing_modality_contributes_no_code(B):
     assert torch.equal(j1[3], torch.zeros(4))  # item 3 has no modality
 
 
-def test_batched_encoders_match_per_modality_encoders():
-    model = MRdIB(toy(n_mod=3, equal_dims=True), latent_dim=4).train()
-    assert model._batched_encoders and not MRdIB(toy(n_mod=3))._batched_encoders
-    out = model.backbone()
-    items = torch.tensor([0, 3, 5, 19])
-    for it in (None, items):
-        model._batched_encoders = True
-        a = model._codes(out, it, sample=False)
-        model._batched_encoders = False
-        b = model._codes(out, it, sample=False)
-        for x, y in zip(a, b):
-            assert torch.allclose(x, y, atol=1e-6)
-    model._batched_encoders = True
+def test_codes_of_a_subset_equal_rows_of_all_codes():
+    """Encoding only the batch's items (the training path) gives exactly the
+    rows of encoding all items (the evaluation path), unequal widths included."""
+    for equal in (True, False):
+        model = MRdIB(toy(n_mod=3, equal_dims=equal), latent_dim=4).train()
+        out = model.backbone()
+        items = torch.tensor([0, 3, 5, 19])
+        full = model._codes(out, None, sample=False)
+        part = model._codes(out, items, sample=False)
+        for x, y in zip(full, part):
+            assert torch.allclose(x[items], y, atol=1e-6)
     model._generator(torch.device("cpu")).manual_seed(0)
     z, mu, logvar, _ = model._codes(out, None, sample=True)
     assert not torch.allclose(z, mu) and torch.isfinite(z).all()
@@ -239,7 +238,7 @@ def test_masks_follow_set_modality_inputs():
     # no item has any code: only the backbone's loss and the (trivial) joint term remain
     model.train()
     terms = model.loss(*batch(0))
-    assert "mrdib_unique" not in terms and "mrdib_redundant" not in terms
+    assert "mrdib_redundant" not in terms and terms["mrdib_unique"].item() == 0.0
     assert torch.isfinite(sum(terms.values()))
 
 
@@ -305,7 +304,7 @@ def test_ablation_without_synergy_scores_are_the_backbones():
 
 def test_user_modal_is_used_when_present():
     model = MRdIB(toy(user_modal=True))
-    assert model.user_codes["image"].in_features == 9  # the backbone's user_modal['image'] width
+    assert model.user_in == [8, 9, 8]  # user_modal['text'], user_modal['image'], e_u (joint)
     terms = model.train().loss(*batch(0))
     sum(terms.values()).backward()
     assert model.backbone.user_modal_emb["image"].weight.grad.abs().sum() > 0
@@ -336,6 +335,8 @@ def test_bad_arguments():
         MRdIB(toy(), kl_weight=-1.0)
     with pytest.raises(ValueError, match="mi_estimator"):
         MRdIB(toy(), mi_estimator="nwj")
+    with pytest.raises(ValueError, match="score"):
+        MRdIB(toy(), score="l2")
     with pytest.raises(ValueError, match="backbone"):
         MRdIB(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="in_channels"):
@@ -381,3 +382,93 @@ def test_gate_starts_closed_and_opens_with_training():
     joint = eu[:, -4:] @ ei[:, -4:].T
     assert torch.allclose(eu @ ei.T, bu @ bi.T + joint, atol=1e-5)
     assert joint.abs().max() <= model.gate.abs().item() + 1e-5  # |gamma * cos| <= |gamma|
+
+
+def test_every_amortises_terms_and_estimator_step():
+    """every=n: the terms (scaled by n) and the estimator step run on one batch
+    in n; the other batches cost exactly the bare backbone's loss."""
+    one, three = MRdIB(toy(dropout=0.0), every=1).train(), MRdIB(toy(dropout=0.0), every=3).train()
+    u, p, n = batch(0)
+    t1 = one.loss(u, p, n)
+    for step in range(6):
+        plugin_step = step % 3 == 0
+        # (no estimator step before the first plug-in step: no codes yet)
+        assert (three.auxiliary_loss(u, p, n) is not None) == (plugin_step and step > 0)
+        t3 = three.loss(u, p, n)
+        assert ("mrdib_kl" in t3) == plugin_step
+        if step == 0:
+            for k in ("mrdib_kl", "mrdib_unique", "mrdib_synergy", "mrdib_redundant"):
+                assert torch.allclose(t3[k], 3 * t1[k], rtol=1e-5), k
+        if not plugin_step:
+            assert set(t3) == set(three.backbone.loss(u, p, n))
+    with pytest.raises(ValueError, match="every"):
+        MRdIB(toy(), every=0)
+
+
+def test_backbone_grad_zero_leaves_the_backbone_training_untouched():
+    """backbone_grad=0: the plug-in is a head on the backbone's (detached)
+    representations: the backbone trains bit-for-bit as the bare one while the
+    plug-in's own parameters (and the scores) change."""
+    bare = toy()
+    train(bare)
+    model = MRdIB(toy(), backbone_grad=0.0, latent_dim=4)
+    train(model)
+    for (k, a), (_, b) in zip(bare.state_dict().items(), model.backbone.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert model.gate.item() != 0.0
+    with pytest.raises(ValueError, match="backbone_grad"):
+        MRdIB(toy(), backbone_grad=1.5)
+
+
+@pytest.mark.parametrize("score,batch_items", [("cos", False), ("cos", True), ("dot", True)])
+def test_unique_and_synergy_terms_match_a_per_triple_reference(score, batch_items):
+    """The batched terms equal a plain loop over (user, i+, i-) triples, so
+    every code is scored against its own triple's user (and pairs skip the
+    modalities missing for either item)."""
+    model = MRdIB(toy(dropout=0.0), latent_dim=4, stochastic=False, kl_weight=0.0,
+                  redundant_weight=0.0, unique_weight=1.0, synergy_weight=1.0, score=score).train()
+    with torch.no_grad():
+        model.gate.fill_(0.7)
+    if batch_items:  # pretend a large catalogue: encode only the batch's unique items
+        model.num_items = 10 ** 6
+    u, p, n = batch(2, B=12, n_neg=2)
+    out = model.backbone()
+    terms = model.loss(u, p, n, out=out)
+    Z, _, _, P = model._codes(out, None, sample=False)
+    J = model._joint(Z, P)
+    M, tau = len(model.code_modalities), (model.temperature if score == "cos" else 1.0)
+    unit = (lambda x: F.normalize(x, dim=-1)) if score == "cos" else (lambda x: x)
+    per_m = [[] for _ in range(M)]
+    bb, emergent = [], []
+    for b in range(u.numel()):
+        eu = out.user[u[b]]
+        c = [unit(eu @ model.user_weight[j, :eu.numel()]) for j in range(M + 1)]
+        for q in n[b]:
+            margins = []
+            for m in range(M):
+                if P[p[b], m] and P[q, m]:
+                    d = (c[m] @ unit(Z[p[b], m]) - c[m] @ unit(Z[q, m])) / tau
+                    per_m[m].append(F.softplus(-d))
+                    margins.append(d)
+            dj = c[M] @ unit(J[p[b]]) - c[M] @ unit(J[q])
+            d_bb = eu @ out.item[p[b]] - eu @ out.item[q]
+            bb.append(F.softplus(-(d_bb + model.gate * dj)))
+            if margins:
+                emergent.append(F.softplus(max(margins).detach() - dj / tau))
+    ref_u = torch.stack([torch.stack(x).mean() for x in per_m if x]).mean()
+    ref_s = torch.stack(bb).mean() + torch.stack(emergent).mean()
+    assert torch.allclose(terms["mrdib_unique"], ref_u, atol=1e-5)
+    assert torch.allclose(terms["mrdib_synergy"], ref_s, atol=1e-5)
+
+
+def test_negative_redundancy_estimate_is_not_rewarded():
+    """MI >= 0: a negative CLUB estimate (the estimator lagging the codes)
+    adds 0 and no gradient, so the codes cannot run away from the estimator."""
+    model = MRdIB(toy(dropout=0.0), latent_dim=4, kl_weight=0.0, unique_weight=0.0,
+                  synergy_weight=0.0, redundant_weight=1.0).train()
+    u, p, n = batch(0)
+    model.mi_estimate = lambda key, x, y: -(x * y).sum() ** 2 - 1.0  # always negative
+    t = model.loss(u, p, n)
+    assert t["mrdib_redundant"].item() == 0.0
+    t["mrdib_redundant"].backward()
+    assert model.encoder.weight.grad is None or model.encoder.weight.grad.abs().sum() == 0

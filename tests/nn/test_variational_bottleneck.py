@@ -83,3 +83,47 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="mask"):
         enc.kl_divergence(torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3))
     assert "VariationalBottleneck(4, 3" in repr(enc)
+
+
+@pytest.mark.parametrize("hidden", [None, 5])
+def test_stacked_equals_separate_encoders(hidden):
+    """The stacked encoder is M independent VariationalBottlenecks in one
+    batched op, inputs of different widths included (zero-padded)."""
+    from pyg_mmrec.nn.variational_bottleneck import StackedVariationalBottleneck
+    torch.manual_seed(0)
+    dims, k = [3, 6, 4], 2
+    stack = StackedVariationalBottleneck(dims, k, hidden)
+    hs = [torch.randn(7, d) for d in dims]
+    z, mu, logvar = stack(hs, sample=False)
+    assert z.shape == mu.shape == logvar.shape == (7, 3, k)
+    assert torch.equal(z, mu)
+    for m, d in enumerate(dims):
+        enc = VariationalBottleneck(d, k, hidden)
+        with torch.no_grad():
+            if hidden:
+                enc.hidden.weight.copy_(stack.weight_hidden[m, :d].T)
+                enc.hidden.bias.copy_(stack.bias_hidden[m])
+                w = stack.weight[m]
+            else:
+                w = stack.weight[m, :d]
+            enc.lin_mu.weight.copy_(w[:, :k].T), enc.lin_mu.bias.copy_(stack.bias[m, :k])
+            enc.lin_logvar.weight.copy_(w[:, k:].T), enc.lin_logvar.bias.copy_(stack.bias[m, k:])
+        _, mu_m, lv_m = enc(hs[m], sample=False)
+        assert torch.allclose(mu[:, m], mu_m, atol=1e-6) and torch.allclose(logvar[:, m], lv_m, atol=1e-6)
+    # padded weight rows start at 0 and get no gradient, so they stay 0
+    if hidden is None:
+        z, _, _ = stack(hs, sample=True, generator=torch.Generator().manual_seed(0))
+        z.sum().backward()
+        assert stack.weight.grad[0, 3:].abs().sum() == 0 and stack.weight[0, 3:].abs().sum() == 0
+        assert not torch.equal(z, mu)
+
+
+def test_stacked_bad_input():
+    from pyg_mmrec.nn.variational_bottleneck import StackedVariationalBottleneck
+    with pytest.raises(ValueError, match="in_channels"):
+        StackedVariationalBottleneck([], 4)
+    stack = StackedVariationalBottleneck([3, 4], 2)
+    with pytest.raises(ValueError, match="hs"):
+        stack([torch.randn(5, 3)])
+    with pytest.raises(ValueError, match=r"hs\[1\]"):
+        stack([torch.randn(5, 3), torch.randn(5, 3)])
