@@ -13,6 +13,7 @@ from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.mi_estimators import CLUB
 from ..nn.missing_aware_fusion import MissingAwareFusion
+from ..nn.neighbor_sampling import LayerwiseSampler, present_weight_sum
 from ..nn.variational_bottleneck import VariationalBottleneck
 from .base import Recommender, RecOutput, bpr_loss
 
@@ -118,6 +119,24 @@ class I3MRec(Recommender):
         use_irm, use_ib, use_masked_fusion (bool): ablation switches (no
             invariance penalty; no InfoNCE and CLUB; no masked fusion
             :math:`Z^{\mathcal{M}}`, hence no InfoNCE).
+        item_id (bool): beyond the reference: give items ID embeddings
+            :math:`E_i` shared by every environment, symmetric to the users'
+            (:math:`E_I^m = E_i + \bar{E}_I^m`). The modality inputs still come
+            from :math:`W_m X^m` only, so a missing modality still sends nothing;
+            :math:`E_i` carries the collaborative signal a feature projection
+            cannot (decisive on MovieLens, where features are weak).
+        fanout (list of int, optional): sampled training: each training step
+            propagates the modality graphs over one layer-wise neighbour sample
+            of the batch's users and items
+            (:class:`~pyg_mmrec.nn.neighbor_sampling.LayerwiseSampler`, shared
+            by the modalities, each with its item mask and exact
+            renormalisation), so a step costs :math:`O(B \prod_l f_l)` instead
+            of :math:`O(E)`; the ID embeddings get sparse gradients (the
+            trainer then uses :class:`~pyg_mmrec.train.optim.LazyAdam`) and the
+            CLUB estimators are fitted on a fresh sampled :math:`Z` of the
+            batch items. ``fanout[0]`` is the hop next to the batch, one entry
+            per layer. ``None`` (default): full-graph propagation at every
+            step. Evaluation always propagates the full graph.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
@@ -132,7 +151,8 @@ class I3MRec(Recommender):
                  detach_modal: bool = True, renormalize: bool = True,
                  min_info: str = "club", club_hidden: int = 64, club_batch: int = 2048,
                  use_irm: bool = True, use_ib: bool = True,
-                 use_masked_fusion: bool = True) -> None:
+                 use_masked_fusion: bool = True, item_id: bool = False,
+                 fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
             raise ValueError("features: I3MRec needs at least one modality, got none")
@@ -164,9 +184,17 @@ class I3MRec(Recommender):
         self.club_batch, self.min_info = int(club_batch), min_info
         self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
         self.use_masked_fusion = bool(use_masked_fusion)
+        self.item_id = bool(item_id)
+
+        self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
 
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)  # E_u
+        # sampled steps touch only the sampled rows: sparse gradients (fanout)
+        sparse = self.sampler is not None
+        self.user_embedding = torch.nn.Embedding(num_users, d, sparse=sparse)  # E_u
+        # optional item ID embeddings E_i, shared by every environment (see item_id)
+        self.item_embedding = (torch.nn.Embedding(num_items, d, sparse=sparse)
+                               if self.item_id else None)
         self.projections = torch.nn.ModuleDict({  # W_m
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         # one parameter-free missing-aware propagation; the graph is shared by all m,
@@ -191,6 +219,8 @@ class I3MRec(Recommender):
     # ----------------------------------------------------------------- set-up
     def reset_parameters(self) -> None:
         torch.nn.init.normal_(self.user_embedding.weight, std=0.1)
+        if self.item_embedding is not None:
+            torch.nn.init.normal_(self.item_embedding.weight, std=0.1)
         for lin in self.projections.values():
             lin.reset_parameters()
         self.fusion.reset_parameters()
@@ -205,8 +235,9 @@ class I3MRec(Recommender):
         self.z_cache_ready.fill_(False)
 
     def on_inputs_changed(self) -> None:
-        # features/masks swapped (train vs test masks): nothing structural is cached
+        # features/masks swapped (train vs test masks): drop what depends on them
         self._x_norm: Dict[str, Tensor] = {}
+        self._present_sum: Dict[str, Tensor] = {}
 
     def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
         return self.club.parameters()
@@ -220,9 +251,21 @@ class I3MRec(Recommender):
             self._x_norm[m] = cached
         return cached
 
-    def _real_mask(self) -> Tensor:
-        """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool."""
-        return torch.stack([self.mask(m) for m in self.modalities], 0)
+    def _real_mask(self, index: Optional[Tensor] = None) -> Tensor:
+        """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool (columns ``index`` only)."""
+        return torch.stack([self.mask(m) if index is None else self.mask(m)[index]
+                            for m in self.modalities], 0)
+
+    def _node_present_sum(self, m: str) -> Tensor:
+        """Exact present weight of every node in modality ``m``'s graph: the
+        renormalisation denominators of sampled steps (O(E) once per mask)."""
+        mask = self.mask(m)
+        cached = self._present_sum.get(m)
+        if cached is None or cached.device != mask.device:
+            users = torch.ones(self.num_users, dtype=torch.bool, device=mask.device)
+            cached = present_weight_sum(self.conv.adj, torch.cat([users, mask]))
+            self._present_sum[m] = cached
+        return cached
 
     # --------------------------------------------------------------- forward
     def forward(self) -> RecOutput:
@@ -237,7 +280,7 @@ class I3MRec(Recommender):
             h0 = torch.where(mask.unsqueeze(-1), h0, torch.zeros_like(h0))
             eu_m, ei_m = self.conv.propagate_layers((e_u_hat, h0), item_mask=mask)
             user_modal[m] = e_u + eu_m
-            item_modal[m] = ei_m
+            item_modal[m] = ei_m if self.item_embedding is None else self.item_embedding.weight + ei_m
             user_sum = user_sum + eu_m
         user = e_u + user_sum / len(self.modalities)
         item, extras = self._fuse(item_modal, self._real_mask()), {}
@@ -245,6 +288,58 @@ class I3MRec(Recommender):
             item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
         return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
                          extras=extras)
+
+    def sampled_forward(self, users: Tensor, items: Tensor) -> Tuple[RecOutput, Tensor, Tensor]:
+        r""":meth:`forward` restricted to ``users`` and ``items`` (global ids,
+        duplicates allowed), estimated from one neighbour sample of them
+        (shared by the modality graphs); exact when every fan-out is at least
+        the maximum degree. Needs ``fanout``.
+
+        Returns:
+            ``(out, user_ids, item_ids)``: the rows of ``out.user`` /
+            ``out.user_modal`` are the sorted unique ``user_ids``, those of
+            ``out.item`` / ``out.item_modal`` the sorted unique ``item_ids``.
+        """
+        if self.sampler is None:
+            raise RuntimeError("sampled_forward: the model was built with fanout=None")
+        U, d = self.num_users, self.embedding_size
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
+        sub = self.sampler.sample(self.conv.adj, seeds)
+        is_user = sub.n_id < U
+        uid, iid = is_user.nonzero().view(-1), (~is_user).nonzero().view(-1)
+        g_user, g_item = sub.n_id[uid], sub.n_id[iid] - U
+        d0 = sub.seeds  # sorted: the users, then the items
+        n_su = int((d0 < U).sum())
+        user_ids, item_ids = d0[:n_su], d0[n_su:] - U
+        e_u = self.user_embedding(user_ids)
+        e_u_hat = F.normalize(self.user_embedding(g_user), dim=-1)
+        renorm = self.conv.renormalize
+        user_modal: Dict[str, Tensor] = {}
+        item_modal: Dict[str, Tensor] = {}
+        user_sum = torch.zeros_like(e_u)
+        for m in self.modalities:
+            present = self.mask(m)[g_item]
+            h0 = F.normalize(self.projections[m](self._x(m)[g_item]), dim=-1)
+            h0 = torch.where(present.unsqueeze(-1), h0, torch.zeros_like(h0))
+            x = e_u_hat.new_empty(sub.n_id.numel(), d)  # every row is written below
+            x.index_put_((uid,), e_u_hat)
+            x.index_put_((iid,), h0)
+            node_mask = torch.ones(sub.n_id.numel(), dtype=torch.bool, device=x.device)
+            node_mask[iid] = present
+            h = sub.propagate(x, node_mask, row_sum=self.conv.row_sum if renorm else None,
+                              present_sum=self._node_present_sum(m) if renorm else None)
+            eu_m, ei_m = h[:n_su], h[n_su:]
+            user_modal[m] = e_u + eu_m
+            item_modal[m] = ei_m if self.item_embedding is None else \
+                self.item_embedding(item_ids) + ei_m
+            user_sum = user_sum + eu_m
+        user = e_u + user_sum / len(self.modalities)
+        item, extras = self._fuse(item_modal, self._real_mask(item_ids)), {}
+        if self.vib is not None:
+            item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
+        out = RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
+                        extras=extras)
+        return out, user_ids, item_ids
 
     def _stack(self, item_modal: Dict[str, Tensor], index: Optional[Tensor] = None) -> Tensor:
         h = torch.stack([item_modal[m] if index is None else item_modal[m][index]
@@ -274,10 +369,18 @@ class I3MRec(Recommender):
     # ------------------------------------------------------------------ loss
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        with torch.no_grad():
-            self.z_cache.copy_(out.item)
-            self.z_cache_ready.fill_(True)
+        item_ids: Optional[Tensor] = None  # row -> item id when `out` has batch rows only
+        if out is None and self.sampler is not None and self.training:
+            # sampled step: `out` holds the batch's (sorted unique) users and items
+            out, user_ids, item_ids = self.sampled_forward(
+                users, torch.cat([pos.reshape(-1), neg.reshape(-1)]))
+            users = torch.searchsorted(user_ids, users)
+            pos, neg = torch.searchsorted(item_ids, pos), torch.searchsorted(item_ids, neg)
+        else:
+            out = self.forward() if out is None else out
+            with torch.no_grad():
+                self.z_cache.copy_(out.item)
+                self.z_cache_ready.fill_(True)
         u, p, n = out.user[users], out.item[pos], out.item[neg]
         terms: Dict[str, Tensor] = {"bpr_fused": bpr_loss(u, p, n)}
 
@@ -295,7 +398,8 @@ class I3MRec(Recommender):
 
         if self.use_ib:
             items = torch.unique(pos)
-            real = self._real_mask()[:, items]
+            items_g = items if item_ids is None else item_ids[items]
+            real = self._real_mask(items_g)
             if self.use_masked_fusion and self.max_info_coeff and items.numel() > 1:
                 views = [out.item[items]]
                 for _ in range(self.num_masked_views):
@@ -307,7 +411,7 @@ class I3MRec(Recommender):
                                             out.extras["z_logvar"][items])
                 terms["kl"] = self.min_info_coeff * kl
             elif self.min_info_coeff:
-                club = self._club_terms(out.item, items, real, upper_bound=True)
+                club = self._club_terms(out.item, items_g, real, upper_bound=True, rows=items)
                 if club is not None:
                     terms["club"] = self.min_info_coeff * club
 
@@ -316,16 +420,18 @@ class I3MRec(Recommender):
                                              + n.pow(2).sum()) / (2 * users.numel())
         return terms
 
-    def _club_terms(self, z: Tensor, items: Tensor, real: Tensor,
-                    upper_bound: bool) -> Optional[Tensor]:
+    def _club_terms(self, z: Tensor, items: Tensor, real: Tensor, upper_bound: bool,
+                    rows: Optional[Tensor] = None) -> Optional[Tensor]:
         """Mean over modalities of the CLUB bound (or the estimators' loss) on
-        the items of ``items`` whose modality is really present."""
+        the items of ``items`` whose modality is really present (``rows``: their
+        rows in ``z`` when ``z`` does not cover all items)."""
+        rows = items if rows is None else rows
         vals = []
         for k, m in enumerate(self.modalities):
-            idx = items[real[k]][: self.club_batch]
-            if idx.numel() < 2:  # nothing to contrast for this modality here
+            sel = real[k].nonzero().view(-1)[: self.club_batch]
+            if sel.numel() < 2:  # nothing to contrast for this modality here
                 continue
-            x, zm = self._x(m)[idx], z[idx]
+            x, zm = self._x(m)[items[sel]], z[rows[sel]]
             est = self.club[m]
             vals.append(est.mi_upper_bound(x, zm) if upper_bound else est.learning_loss(x, zm))
         return torch.stack(vals).mean() if vals else None
@@ -337,12 +443,18 @@ class I3MRec(Recommender):
         if not (self.use_ib and self.min_info_coeff and len(self.club)):
             return None
         items = torch.unique(pos)
+        if self.sampler is not None and self.training:
+            # sampled training keeps no Z of all items: a fresh sampled Z of the batch items
+            with torch.no_grad():
+                z = self.sampled_forward(pos.new_empty(0), items)[0].item
+            return self._club_terms(z, items, self._real_mask(items), upper_bound=False,
+                                    rows=torch.arange(items.numel(), device=items.device))
         if bool(self.z_cache_ready):
             z = self.z_cache
         else:
             with torch.no_grad():
                 z = self.forward().item
-        return self._club_terms(z, items, self._real_mask()[:, items], upper_bound=False)
+        return self._club_terms(z, items, self._real_mask(items), upper_bound=False)
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
