@@ -97,12 +97,13 @@ def _experiment_name(args, missing: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pyg_mmrec.config import ConfigError, build_config, parse_assignments, parse_grid
+    from pyg_mmrec.config import (ConfigError, build_config, config_overrides,
+                                  parse_assignments, parse_grid)
     from pyg_mmrec.results import aggregate, markdown_table, setting_label
     from pyg_mmrec.train import TrainingInterrupted, run
 
     # ---- validate everything before any training
-    overrides = _overrides_from_yaml(args.config) if args.config else {}
+    overrides = config_overrides(args.config) if args.config else {}
     overrides.update(parse_assignments(args.set))
     for flag in list(_TRAIN_FLAGS) + ["topk"]:
         v = getattr(args, flag)
@@ -176,22 +177,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     rows = aggregate(selected_results, split="test")
     print(markdown_table(rows))
     return 0
-
-
-def _overrides_from_yaml(path: str) -> Dict[str, Any]:
-    """``{k: v, train: {lr: ..}, plugin: {..}}`` -> ``{"k": v, "train.lr": .., "plugin.x": ..}``."""
-    from pyg_mmrec.config import ConfigError, load_yaml
-    if not Path(path).is_file():
-        raise ConfigError(f"--config: file not found: {path}")
-    out: Dict[str, Any] = {}
-    for k, v in load_yaml(path).items():
-        if k in ("train", "model", "plugin"):
-            if not isinstance(v, dict):
-                raise ConfigError(f"--config {path}: '{k}' must be a mapping")
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[f"model.{k}"] = v
-    return out
 
 
 def _print(args, msg: str) -> None:

@@ -89,6 +89,22 @@ def parse_assignments(items: Optional[Iterable[str]]) -> Dict[str, Any]:
     return out
 
 
+def config_overrides(path: Union[str, Path]) -> Dict[str, Any]:
+    """A YAML of overrides as qualified keys: ``{k: v, train: {lr: ..}, plugin: {..}}``
+    -> ``{"model.k": v, "train.lr": .., "plugin.x": ..}`` (``--config``)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    out: Dict[str, Any] = {}
+    for k, v in load_yaml(path).items():
+        if k in ("train", "model", "plugin"):
+            if not isinstance(v, dict):
+                raise ConfigError(f"--config {path}: '{k}' must be a mapping")
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[f"model.{k}"] = v
+    return out
+
+
 def parse_grid(items: Optional[Iterable[str]]) -> Dict[str, List[Any]]:
     """``["lr=1e-3,1e-4", "n_layers=1,2"]`` -> ``{"lr": [0.001, 0.0001], "n_layers": [1, 2]}``.
 
@@ -416,7 +432,7 @@ def _plain(obj):
 
 
 __all__ = [
-    "ConfigError", "CONFIG_DIR", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
+    "ConfigError", "CONFIG_DIR", "config_overrides", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
     "parse_grid", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
     "check_against_data", "resolve_model", "resolve_plugin", "build_config", "config_to_yaml",
 ]

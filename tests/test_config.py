@@ -111,3 +111,25 @@ def test_tensorboard_needs_the_package():
             build_config("bpr", {"tensorboard": True})
     else:
         assert build_config("bpr", {"tensorboard": True})["train"]["tensorboard"] is True
+
+
+def test_config_overrides_file(tmp_path):
+    from pyg_mmrec.config import config_overrides
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("n_layers: 1\ntrain:\n  lr: 0.02\n")
+    assert config_overrides(cfg) == {"model.n_layers": 1, "train.lr": 0.02}
+    with pytest.raises(ConfigError, match="not found"):
+        config_overrides(tmp_path / "missing.yaml")
+    cfg.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="'train' must be a mapping"):
+        config_overrides(cfg)
+
+
+def test_shipped_example_configs_build():
+    """Every YAML under examples/configs/ is a valid override set of its model."""
+    from pathlib import Path
+
+    from pyg_mmrec.config import config_overrides
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml")):
+        model = path.stem.split("_")[0]
+        build_config(model, config_overrides(path))

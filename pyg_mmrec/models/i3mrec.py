@@ -18,6 +18,9 @@ from ..nn.variational_bottleneck import VariationalBottleneck
 from .base import Recommender, RecOutput, bpr_loss
 
 
+_ID_BRANCHES = ("none", "embedding", "lightgcn")
+
+
 class I3MRec(Recommender):
     r"""I3-MRec from `Chen et al.: "I3-MRec: Invariant Learning with Information
     Bottleneck for Incomplete Modality Recommendation"
@@ -99,6 +102,10 @@ class I3MRec(Recommender):
         num_masked_views (int): number of sampled masked fusions per batch.
         fusion_mode (str): ``"mean"`` or ``"attention"``.
         fusion_dropout (float): dropout inside the fusion transform.
+        fusion_transform (str): the fusion's map after pooling: ``"tanh"``
+            (:math:`\tanh(W\bar{h})`, as the reference), ``"linear"``
+            (:math:`W\bar{h}`: keeps the norms that carry popularity in
+            LightGCN-like scores) or ``"none"``.
         detach_modal (bool): fuse ``E_I^m.detach()`` so that the fusion-level
             objectives train the fusion and :math:`E_u` only, and the modality
             branches are shaped by the environment risks alone (as in the
@@ -119,12 +126,21 @@ class I3MRec(Recommender):
         use_irm, use_ib, use_masked_fusion (bool): ablation switches (no
             invariance penalty; no InfoNCE and CLUB; no masked fusion
             :math:`Z^{\mathcal{M}}`, hence no InfoNCE).
-        item_id (bool): beyond the reference: give items ID embeddings
-            :math:`E_i` shared by every environment, symmetric to the users'
-            (:math:`E_I^m = E_i + \bar{E}_I^m`). The modality inputs still come
-            from :math:`W_m X^m` only, so a missing modality still sends nothing;
-            :math:`E_i` carries the collaborative signal a feature projection
-            cannot (decisive on MovieLens, where features are weak).
+        id_branch (str): beyond the reference, a collaborative branch shared by
+            every environment. ``"none"`` (the paper): items have no ID
+            embedding, :math:`E_I^m` is the propagated projection only, users
+            :math:`E_U^m = E_u + \bar{E}_U^m`. ``"embedding"``: items get ID
+            embeddings :math:`E_i` added to every environment,
+            :math:`E_I^m = E_i + \bar{E}_I^m`. ``"lightgcn"``: the ID
+            embeddings :math:`[E_u; E_i]` are themselves propagated over the
+            (never-masked) user–item graph, :math:`[C_U; C_I] =
+            \frac{1}{L+1}\sum_l \hat{A}^l [E_u; E_i]`, and every environment
+            adds them: :math:`E_U^m = C_U + \bar{E}_U^m`, :math:`E_I^m = C_I +
+            \bar{E}_I^m` (so the fused score contains a LightGCN score). The
+            modality inputs still come from :math:`W_m X^m` only, so a missing
+            modality still sends nothing; the branch carries the collaborative
+            signal a feature projection cannot (decisive on MovieLens, whose
+            features are weak).
         fanout (list of int, optional): sampled training: each training step
             propagates the modality graphs over one layer-wise neighbour sample
             of the batch's users and items
@@ -148,10 +164,11 @@ class I3MRec(Recommender):
                  modal_bpr_coeff: float = 1.0, temperature: float = 0.4,
                  mask_prob: float = 0.5, num_masked_views: int = 1,
                  fusion_mode: str = "mean", fusion_dropout: float = 0.5,
+                 fusion_transform: str = "tanh",
                  detach_modal: bool = True, renormalize: bool = True,
                  min_info: str = "club", club_hidden: int = 64, club_batch: int = 2048,
                  use_irm: bool = True, use_ib: bool = True,
-                 use_masked_fusion: bool = True, item_id: bool = False,
+                 use_masked_fusion: bool = True, id_branch: str = "none",
                  fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
@@ -168,6 +185,8 @@ class I3MRec(Recommender):
             raise ValueError(f"num_masked_views: expected >= 1, got {num_masked_views}")
         if min_info not in ("club", "kl"):
             raise ValueError(f"min_info: expected 'club' or 'kl', got {min_info!r}")
+        if id_branch not in _ID_BRANCHES:
+            raise ValueError(f"id_branch: expected one of {_ID_BRANCHES}, got {id_branch!r}")
         if club_batch < 2:
             raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
         for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
@@ -184,7 +203,7 @@ class I3MRec(Recommender):
         self.club_batch, self.min_info = int(club_batch), min_info
         self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
         self.use_masked_fusion = bool(use_masked_fusion)
-        self.item_id = bool(item_id)
+        self.id_branch = id_branch
 
         self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
 
@@ -192,16 +211,16 @@ class I3MRec(Recommender):
         # sampled steps touch only the sampled rows: sparse gradients (fanout)
         sparse = self.sampler is not None
         self.user_embedding = torch.nn.Embedding(num_users, d, sparse=sparse)  # E_u
-        # optional item ID embeddings E_i, shared by every environment (see item_id)
+        # optional item ID embeddings E_i, shared by every environment (see id_branch)
         self.item_embedding = (torch.nn.Embedding(num_items, d, sparse=sparse)
-                               if self.item_id else None)
+                               if id_branch != "none" else None)
         self.projections = torch.nn.ModuleDict({  # W_m
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         # one parameter-free missing-aware propagation; the graph is shared by all m,
         # only the item inputs and presence masks differ
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers,
                                  renormalize=renormalize)
-        self.fusion = MissingAwareFusion(d, mode=fusion_mode, transform="tanh",
+        self.fusion = MissingAwareFusion(d, mode=fusion_mode, transform=fusion_transform,
                                          dropout=fusion_dropout)
         self.invariance = IRMPenalty(risk=bpr_risk) if penalty == "irm" else VRExPenalty()
         self.infonce = InfoNCE(temperature=temperature)
@@ -273,21 +292,31 @@ class I3MRec(Recommender):
         e_u_hat = F.normalize(e_u, dim=-1)
         user_modal: Dict[str, Tensor] = {}
         item_modal: Dict[str, Tensor] = {}
+        user_base, item_base = self._id_branch_full(e_u)
         user_sum = torch.zeros_like(e_u)
         for m in self.modalities:
             mask = self.mask(m)
             h0 = F.normalize(self.projections[m](self._x(m)), dim=-1)
             h0 = torch.where(mask.unsqueeze(-1), h0, torch.zeros_like(h0))
             eu_m, ei_m = self.conv.propagate_layers((e_u_hat, h0), item_mask=mask)
-            user_modal[m] = e_u + eu_m
-            item_modal[m] = ei_m if self.item_embedding is None else self.item_embedding.weight + ei_m
+            user_modal[m] = user_base + eu_m
+            item_modal[m] = ei_m if item_base is None else item_base + ei_m
             user_sum = user_sum + eu_m
-        user = e_u + user_sum / len(self.modalities)
+        user = user_base + user_sum / len(self.modalities)
         item, extras = self._fuse(item_modal, self._real_mask()), {}
         if self.vib is not None:
             item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
         return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
                          extras=extras)
+
+    def _id_branch_full(self, e_u: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """User and item parts every environment adds (see ``id_branch``)."""
+        if self.item_embedding is None:
+            return e_u, None
+        e_i = self.item_embedding.weight
+        if self.id_branch == "embedding":
+            return e_u, e_i
+        return self.conv.propagate_layers((e_u, e_i))  # IDs are never missing: no mask
 
     def sampled_forward(self, users: Tensor, items: Tensor) -> Tuple[RecOutput, Tensor, Tensor]:
         r""":meth:`forward` restricted to ``users`` and ``items`` (global ids,
@@ -316,6 +345,15 @@ class I3MRec(Recommender):
         renorm = self.conv.renormalize
         user_modal: Dict[str, Tensor] = {}
         item_modal: Dict[str, Tensor] = {}
+        user_base, item_base = e_u, None
+        if self.id_branch == "embedding":
+            item_base = self.item_embedding(item_ids)
+        elif self.id_branch == "lightgcn":
+            x = e_u.new_empty(sub.n_id.numel(), d)
+            x.index_put_((uid,), self.user_embedding(g_user))
+            x.index_put_((iid,), self.item_embedding(g_item))
+            h = sub.propagate(x)
+            user_base, item_base = h[:n_su], h[n_su:]
         user_sum = torch.zeros_like(e_u)
         for m in self.modalities:
             present = self.mask(m)[g_item]
@@ -329,11 +367,10 @@ class I3MRec(Recommender):
             h = sub.propagate(x, node_mask, row_sum=self.conv.row_sum if renorm else None,
                               present_sum=self._node_present_sum(m) if renorm else None)
             eu_m, ei_m = h[:n_su], h[n_su:]
-            user_modal[m] = e_u + eu_m
-            item_modal[m] = ei_m if self.item_embedding is None else \
-                self.item_embedding(item_ids) + ei_m
+            user_modal[m] = user_base + eu_m
+            item_modal[m] = ei_m if item_base is None else item_base + ei_m
             user_sum = user_sum + eu_m
-        user = e_u + user_sum / len(self.modalities)
+        user = user_base + user_sum / len(self.modalities)
         item, extras = self._fuse(item_modal, self._real_mask(item_ids)), {}
         if self.vib is not None:
             item, extras["z_mu"], extras["z_logvar"] = self.vib(item)

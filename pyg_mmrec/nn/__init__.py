@@ -17,6 +17,9 @@ _EXPORTS = {
     "MINE": "mi_estimators",
     "MissingAwareFusion": "missing_aware_fusion",
     "VariationalBottleneck": "variational_bottleneck",
+    "StackedVariationalBottleneck": "variational_bottleneck",
+    "LayerwiseSampler": "neighbor_sampling",
+    "SampledSubgraph": "neighbor_sampling",
 }
 
 __all__ = sorted(_EXPORTS)

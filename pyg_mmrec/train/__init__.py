@@ -4,11 +4,12 @@ import importlib
 from typing import Any
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import LazyAdam
 from .run import RunResult, run, set_seed
 from .trainer import FitResult, TrainData, Trainer, TrainingInterrupted
 
 __all__ = ["run", "RunResult", "set_seed", "Trainer", "TrainData", "FitResult",
-           "TrainingInterrupted", "save_checkpoint", "load_checkpoint", "EarlyStopping"]
+           "TrainingInterrupted", "save_checkpoint", "load_checkpoint", "EarlyStopping", "LazyAdam"]
 
 
 def __getattr__(name: str) -> Any:

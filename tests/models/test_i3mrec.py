@@ -214,3 +214,38 @@ def test_one_epoch_on_real_data(data_root):
               overrides={"epochs": 1, "batch_size": 20000, "embedding_size": 16,
                          "n_layers": 1})
     assert res.test is not None and 0.0 <= res.test["recall@20"] <= 1.0
+
+
+def test_id_branches():
+    from pyg_mmrec.models.lightgcn import LightGCN
+    ei, feats, masks = make_data()
+    none = build(data=(ei, feats, masks))
+    assert none.item_embedding is None
+    with pytest.raises(ValueError, match="id_branch"):
+        build(data=(ei, feats, masks), id_branch="ids")
+    for branch in ("embedding", "lightgcn"):
+        model = build(data=(ei, feats, masks), id_branch=branch)
+        model.eval()
+        out = model.forward()
+        e_u, e_i = model.user_embedding.weight, model.item_embedding.weight
+        if branch == "embedding":
+            base_u, base_i = e_u, e_i
+        else:  # exactly LightGCN's propagation of the ID embeddings
+            lgn = LightGCN(U, I, ei, embedding_size=16, n_layers=2)
+            with torch.no_grad():
+                lgn.user_embedding.weight.copy_(e_u)
+                lgn.item_embedding.weight.copy_(e_i)
+            ref = lgn.forward()
+            base_u, base_i = ref.user, ref.item
+        # what remains once the ID part is removed is the environment's own propagation
+        none.load_state_dict({k: v for k, v in model.state_dict().items()
+                              if not k.startswith("item_embedding")})
+        none.eval()
+        plain = none.forward()
+        for m in model.modalities:
+            assert torch.allclose(out.item_modal[m], base_i + plain.item_modal[m], atol=1e-6)
+            assert torch.allclose(out.user_modal[m] - base_u, plain.user_modal[m] - e_u,
+                                  atol=1e-6)
+        model.train()
+        sum(model.loss(*batch()).values()).backward()
+        assert model.item_embedding.weight.grad.abs().sum() > 0

@@ -70,10 +70,10 @@ def test_lightgcn_small_fanout_is_random_and_multi_negative():
     a.backward()
 
 
-@pytest.mark.parametrize("item_id", [False, True])
-def test_i3mrec_large_fanout_matches_full_forward(item_id):
+@pytest.mark.parametrize("id_branch", ["none", "embedding", "lightgcn"])
+def test_i3mrec_large_fanout_matches_full_forward(id_branch):
     full, sampled = pair(I3MRec, make_data(), [500, 500], embedding_size=16, n_layers=2,
-                         item_id=item_id)
+                         id_branch=id_branch)
     full.eval(), sampled.eval()  # no fusion dropout: deterministic comparison
     ref = full.forward()
     users, items = torch.tensor([3, 1, 3, 7]), torch.tensor([5, 0, 59, 5, 12])

@@ -4,33 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_tiny_mmrec
 from pyg_mmrec.config import ConfigError
 from pyg_mmrec.models.base import Recommender, RecOutput
 from pyg_mmrec.train import RunResult, run
 
 
-def write_tiny_mmrec(root, name="tiny", num_users=20, num_items=30, per_user=8, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / name
-    folder.mkdir(parents=True)
-    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
-    for u in range(num_users):
-        items = rng.permutation(num_items)[:per_user]
-        if u < num_items // 4:  # every item id occurs
-            items[2:6] = [(4 * u + j) % num_items for j in range(4)]
-            items = list(dict.fromkeys(items.tolist()))
-        for j, i in enumerate(items):
-            lines.append(f"{u}\t{i}\t5\t{j}\t{1 if j == 0 else 2 if j == 1 else 0}")
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    np.save(folder / "image_feat.npy", rng.normal(size=(num_items, 6)).astype(np.float32))
-    np.save(folder / "text_feat.npy", rng.normal(size=(num_items, 5)).astype(np.float32))
-    return root
-
-
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
-    return write_tiny_mmrec(tmp_path / "data")
+    return write_tiny_mmrec(tmp_path / "data", image_mask=False)
 
 
 FAST = {"epochs": 2, "topk": [5, 10], "metric": "recall@10", "batch_size": 64}

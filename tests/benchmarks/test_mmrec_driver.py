@@ -1,0 +1,76 @@
+"""The MMRec driver of bench_train.py: data folder and compatibility shims (no MMRec needed)."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_inter(folder: Path, name: str, rows):
+    folder.mkdir(parents=True)
+    with open(folder / f"{name}.inter", "w") as f:
+        f.write("userID\titemID\trating\ttimestamp\tx_label\n")
+        for u, i, x in rows:
+            f.write(f"{u}\t{i}\t1\t0\t{x}\n")
+
+
+def test_random_features_match_bench_train(tmp_path):
+    driver = _load("mmrec_driver")
+    bench = _load("bench_train")
+    assert driver.BABY_DIMS == bench.BABY_DIMS
+    _write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (0, 4, 0), (1, 2, 1), (1, 3, 2)])
+    out = Path(driver._make_data_dir(str(tmp_path), "toy", need_features=True))
+    try:
+        assert (out / "toy" / "toy.inter").is_symlink()
+        g = torch.Generator().manual_seed(0)
+        for m, d in bench.BABY_DIMS.items():
+            x = np.load(out / "toy" / f"{m}_feat.npy")
+            assert x.shape == (5, d) and x.dtype == np.float32
+            np.testing.assert_array_equal(x, torch.randn(5, d, generator=g).numpy())
+    finally:
+        import shutil
+        shutil.rmtree(out)
+
+
+def test_existing_features_are_linked_not_copied(tmp_path):
+    driver = _load("mmrec_driver")
+    _write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (1, 1, 0)])
+    np.save(tmp_path / "toy" / "text_feat.npy", np.ones((2, 3), dtype=np.float32))
+    out = Path(driver._make_data_dir(str(tmp_path), "toy", need_features=True))
+    try:
+        assert (out / "toy" / "text_feat.npy").is_symlink()
+        assert not (out / "toy" / "image_feat.npy").exists()
+    finally:
+        import shutil
+        shutil.rmtree(out)
+
+
+def test_dok_update_shim():
+    sp = pytest.importorskip("scipy.sparse")
+    driver = _load("mmrec_driver")
+    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.transforms",
+                                             "torchvision.transforms.functional",
+                                             "lmdb", "matplotlib", "matplotlib.pyplot")}
+    try:
+        driver._apply_shims()
+        a = sp.dok_matrix((3, 3), dtype=np.float32)
+        a._update({(0, 1): 1, (2, 0): 1})
+        assert a.nnz == 2 and a.toarray()[0, 1] == 1 and a.toarray()[2, 0] == 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
