@@ -53,3 +53,23 @@ def tiny_root(tmp_path, monkeypatch):
     """A tiny dataset ``tiny`` under a fresh root, with a private kNN cache."""
     monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
     return write_tiny_mmrec(tmp_path / "data")
+
+
+def tiny_graph(num_users, num_items, num_modalities, masked, seed=0, per_user=5,
+               dim=5, dim_step=2):
+    """A random user-item graph (``per_user`` draws per user, duplicates removed) with
+    modalities ``m0, m1, ...`` of sizes ``dim + j * dim_step``; with ``masked``, about 30 %
+    of the items miss each modality and their rows are zero-filled, as the data layer does.
+    Returns ``(edge_index, features, masks or None)``."""
+    g = torch.Generator().manual_seed(seed)
+    users = torch.arange(num_users).repeat_interleave(per_user)
+    items = torch.randint(0, num_items, (users.numel(),), generator=g)
+    edge_index = torch.unique(torch.stack([users, items]), dim=1)
+    feats = {f"m{j}": torch.randn(num_items, dim + dim_step * j, generator=g)
+             for j in range(num_modalities)}
+    masks = None
+    if masked:
+        masks = {m: torch.rand(num_items, generator=g) > 0.3 for m in feats}
+        for m in feats:
+            feats[m][~masks[m]] = 0.0
+    return edge_index, feats, masks

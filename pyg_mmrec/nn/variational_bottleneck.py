@@ -8,6 +8,28 @@ from torch import Tensor
 from torch.nn import Linear, Module
 
 
+def _check_hidden_and_bounds(hidden_channels: Optional[int],
+                             logvar_bounds: Tuple[float, float]) -> Tuple[float, float]:
+    if hidden_channels is not None and (not isinstance(hidden_channels, int)
+                                        or hidden_channels <= 0):
+        raise ValueError(f"hidden_channels: expected a positive int or None, "
+                         f"got {hidden_channels!r}")
+    lo, hi = logvar_bounds
+    if not lo < hi:
+        raise ValueError(f"logvar_bounds: expected (low, high) with low < high, "
+                         f"got {logvar_bounds}")
+    return lo, hi
+
+
+def _reparameterize(mu: Tensor, logvar: Tensor, sample: bool,
+                    generator: Optional[torch.Generator]) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(z, mu, logvar)``: ``z = mu + eps * sigma`` when sampling, else ``mu``."""
+    if not sample:
+        return mu, mu, logvar
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar), mu, logvar
+
+
 class VariationalBottleneck(Module):
     r"""Gaussian variational encoder :math:`q_\phi(z \mid h) = \mathcal{N}(\mu(h),
     \operatorname{diag}\sigma^2(h))` of the *Multimodal Information Bottleneck*
@@ -51,11 +73,7 @@ class VariationalBottleneck(Module):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels <= 0):
-            raise ValueError(f"hidden_channels: expected a positive int or None, got {hidden_channels!r}")
-        lo, hi = logvar_bounds
-        if not lo < hi:
-            raise ValueError(f"logvar_bounds: expected (low, high) with low < high, got {logvar_bounds}")
+        lo, hi = _check_hidden_and_bounds(hidden_channels, logvar_bounds)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.hidden_channels = hidden_channels
@@ -90,12 +108,8 @@ class VariationalBottleneck(Module):
         ``generator`` lets a caller draw :math:`\epsilon` from a private RNG
         stream (so that the plug-in never perturbs a backbone's randomness)."""
         mu, logvar = self.encode(h)
-        if sample is None:
-            sample = self.training
-        if not sample:
-            return mu, mu, logvar
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + eps * torch.exp(0.5 * logvar), mu, logvar
+        return _reparameterize(mu, logvar, self.training if sample is None else sample,
+                               generator)
 
     @staticmethod
     def kl_divergence(mu: Tensor, logvar: Tensor, mask: Optional[Tensor] = None) -> Tensor:
@@ -153,11 +167,7 @@ class StackedVariationalBottleneck(Module):
             raise ValueError(f"in_channels: expected a non-empty list of positive ints, got {in_channels!r}")
         if not isinstance(out_channels, int) or out_channels <= 0:
             raise ValueError(f"out_channels: expected a positive int, got {out_channels!r}")
-        if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels <= 0):
-            raise ValueError(f"hidden_channels: expected a positive int or None, got {hidden_channels!r}")
-        lo, hi = logvar_bounds
-        if not lo < hi:
-            raise ValueError(f"logvar_bounds: expected (low, high) with low < high, got {logvar_bounds}")
+        lo, hi = _check_hidden_and_bounds(hidden_channels, logvar_bounds)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.hidden_channels = hidden_channels
         self.logvar_bounds = (float(lo), float(hi))
@@ -216,12 +226,8 @@ class StackedVariationalBottleneck(Module):
         r"""Encode the inputs ``hs``; ``sample`` defaults to :obj:`self.training`;
         ``generator``: a private RNG stream for :math:`\epsilon`."""
         mu, logvar = self.encode(hs)
-        if sample is None:
-            sample = self.training
-        if not sample:
-            return mu, mu, logvar
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + eps * torch.exp(0.5 * logvar), mu, logvar
+        return _reparameterize(mu, logvar, self.training if sample is None else sample,
+                               generator)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_graph
 from pyg_mmrec.models import RecOutput, Recommender, get_model_class
 
 U, I = 24, 36
@@ -18,16 +19,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pyg_mmrec" / "configs"
 
 
 def make_data(num_modalities, masked, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    users = torch.arange(U).repeat_interleave(6)
-    items = torch.randint(0, I, (users.numel(),), generator=g)
-    edge_index = torch.unique(torch.stack([users, items]), dim=1)
-    feats = {f"m{j}": torch.randn(I, 4 + 3 * j, generator=g) for j in range(num_modalities)}
-    masks = None
-    if masked:
-        masks = {m: torch.rand(I, generator=g) > 0.3 for m in feats}
-        for m in feats:  # the data layer zero-fills missing rows
-            feats[m][~masks[m]] = 0.0
+    edge_index, feats, masks = tiny_graph(U, I, num_modalities, masked, seed, per_user=6,
+                                          dim=4, dim_step=3)
     return edge_index, feats, masks
 
 

@@ -2,22 +2,14 @@
 import pytest
 import torch
 
+from conftest import tiny_graph
 from pyg_mmrec.models import get_model_class
 
 U, I = 20, 30
 
 
 def make(num_modalities, masked, seed=0, **kw):
-    g = torch.Generator().manual_seed(seed)
-    users = torch.arange(U).repeat_interleave(5)
-    items = torch.randint(0, I, (users.numel(),), generator=g)
-    ei = torch.unique(torch.stack([users, items]), dim=1)
-    feats = {f"m{j}": torch.randn(I, 5 + 2 * j, generator=g) for j in range(num_modalities)}
-    masks = None
-    if masked:
-        masks = {m: torch.rand(I, generator=g) > 0.3 for m in feats}
-        for m in feats:
-            feats[m][~masks[m]] = 0.0
+    ei, feats, masks = tiny_graph(U, I, num_modalities, masked, seed)
     return get_model_class("mgcn")(U, I, ei, feats, masks, embedding_size=8, knn_k=4, **kw)
 
 
