@@ -121,8 +121,9 @@ class I3MRec(Recommender):
             training, and :math:`\mathrm{KL}(q(Z \mid X) \| \mathcal{N}(0, I))
             \geq I(Z; X)` is minimised; :math:`\mu` at inference).
         club_hidden (int): hidden width of the CLUB estimators.
-        club_batch (int): at most this many (present) items per modality feed
-            each estimator per step.
+        club_batch (int): at most this many (present) items per modality,
+            drawn uniformly from the batch's, feed each estimator per step
+            (the estimators' cost is linear in it).
         use_irm, use_ib, use_masked_fusion (bool): ablation switches (no
             invariance penalty; no InfoNCE and CLUB; no masked fusion
             :math:`Z^{\mathcal{M}}`, hence no InfoNCE).
@@ -465,7 +466,9 @@ class I3MRec(Recommender):
         rows = items if rows is None else rows
         vals = []
         for k, m in enumerate(self.modalities):
-            sel = real[k].nonzero().view(-1)[: self.club_batch]
+            sel = real[k].nonzero().view(-1)
+            if sel.numel() > self.club_batch:  # a uniform subset, not the lowest item ids
+                sel = sel[torch.randperm(sel.numel(), device=sel.device)[: self.club_batch]]
             if sel.numel() < 2:  # nothing to contrast for this modality here
                 continue
             x, zm = self._x(m)[items[sel]], z[rows[sel]]

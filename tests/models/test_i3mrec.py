@@ -249,3 +249,29 @@ def test_id_branches():
         model.train()
         sum(model.loss(*batch()).values()).backward()
         assert model.item_embedding.weight.grad.abs().sum() > 0
+
+
+def test_club_batch_draws_a_uniform_subset_of_the_batch_items(monkeypatch):
+    model = build(club_batch=4)
+    seen = []
+
+    def record(self, x, z):
+        seen.append(x)
+        return x.sum() * 0.0
+
+    from pyg_mmrec.nn.mi_estimators import CLUB
+    monkeypatch.setattr(CLUB, "learning_loss", record)
+    m = model.modalities[0]
+    x_all = model._x(m)
+    pos = torch.arange(I)
+    picked = []
+    for _ in range(6):
+        seen.clear()
+        model.auxiliary_loss(torch.zeros(I, dtype=torch.long), pos, pos)
+        x = seen[0]
+        assert x.size(0) == 4
+        ids = [int((x_all == row).all(-1).nonzero()[0]) for row in x]
+        assert all(bool(model.mask(m)[i]) for i in ids)  # present items only
+        picked.append(tuple(sorted(ids)))
+    lowest = tuple(model.mask(m).nonzero().view(-1)[:4].tolist())
+    assert len(set(picked)) > 1 and any(p != lowest for p in picked)
