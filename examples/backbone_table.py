@@ -55,8 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--lr", default="",
                    help="Adam learning rate, or comma-separated rates to select on validation "
-                        "(default: each model's YAML rate, itself chosen on ml100k_mm validation "
-                        "from {1e-3, 5e-3})")
+                        "(default: each model's YAML rate)")
     p.add_argument("--patience", default="50", help="early-stopping patience (default: %(default)s)")
     p.add_argument("--epochs", default="400", help="maximum epochs (default: %(default)s)")
     p.add_argument("--out", default="runs/backbones", help="run directory (default: %(default)s)")
