@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -563,6 +563,16 @@ class MRdIB(Recommender):
             cache.append((key, x.detach(), y.detach()))
         self._mi_cache = cache
         return torch.stack(vals).mean() if vals else None
+
+    # The estimator's inputs wait in _mi_cache from one plug-in step to the next:
+    # checkpoint them, or a resumed run would skip one estimator step.
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"mi_cache": [(key, x, y) for key, x, y in self._mi_cache]}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("mi_cache"), list):
+            raise ValueError("MRdIB: checkpoint has no valid '_extra_state' (mi_cache)")
+        self._mi_cache = [(str(k), x, y) for k, x, y in state["mi_cache"]]
 
     def mi_estimate(self, key: str, x: Tensor, y: Tensor) -> Tensor:
         """The estimate minimised by the main loss for one modality pair. By the

@@ -14,6 +14,7 @@ state, the best model state seen so far, and the configuration.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -153,9 +154,20 @@ def load_checkpoint(path: PathLike,
     return state
 
 
-def clone_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """A detached CPU copy of ``module.state_dict()`` (for keeping the best state)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def clone_state_dict(module: torch.nn.Module) -> Dict[str, Any]:
+    """A detached CPU copy of ``module.state_dict()`` (for keeping the best state),
+    including modules' extra state (``get_extra_state``), tensors inside it too."""
+    return {k: _cpu_copy(v) for k, v in module.state_dict().items()}
 
 
 __all__ = [

@@ -54,7 +54,8 @@ class TinyMF(Recommender):
         self.epochs_seen.append(epoch)
 
 
-def tiny_data(num_users=30, num_items=40, per_user=7, seed=0, eval_masks_differ=True):
+def tiny_data(num_users=30, num_items=40, per_user=7, seed=0, eval_masks_differ=True,
+              modalities=("image",)):
     g = torch.Generator().manual_seed(seed)
     rows = {"train": [], "valid": [], "test": []}
     for u in range(num_users):
@@ -63,12 +64,12 @@ def tiny_data(num_users=30, num_items=40, per_user=7, seed=0, eval_masks_differ=
         rows["test"].append((u, items[1]))
         rows["train"] += [(u, i) for i in items[2:]]
     ei = {k: torch.tensor(v, dtype=torch.long).t().contiguous() for k, v in rows.items()}
-    feat = {"image": torch.randn(num_items, 6, generator=g)}
-    masks = {"image": torch.rand(num_items, generator=g) > 0.3}
-    eval_masks = {"image": masks["image"] & (torch.rand(num_items, generator=g) > 0.3)}
-    eval_feat = {"image": feat["image"] * eval_masks["image"].unsqueeze(1)}
+    feat = {m: torch.randn(num_items, 6, generator=g) for m in modalities}
+    masks = {m: torch.rand(num_items, generator=g) > 0.3 for m in modalities}
+    eval_masks = {m: masks[m] & (torch.rand(num_items, generator=g) > 0.3) for m in modalities}
+    eval_feat = {m: feat[m] * eval_masks[m].unsqueeze(1) for m in modalities}
     return TrainData(num_users, num_items, ei["train"], ei["valid"], ei["test"],
-                     {"image": feat["image"] * masks["image"].unsqueeze(1)}, masks,
+                     {m: feat[m] * masks[m].unsqueeze(1) for m in modalities}, masks,
                      eval_feat if eval_masks_differ else None,
                      eval_masks if eval_masks_differ else None)
 
@@ -81,10 +82,28 @@ def cfg(**kw):
     return validate_train(t)
 
 
-def make_model(data, seed=0):
+def make_model(data, seed=0, plugin=False):
     torch.manual_seed(seed)
-    return TinyMF(data.num_users, data.num_items, data.train_edge_index, data.train_features,
-                  data.train_masks)
+    if not plugin:
+        return TinyMF(data.num_users, data.num_items, data.train_edge_index,
+                      data.train_features, data.train_masks)
+    from pyg_mmrec.models import get_model_class
+    from pyg_mmrec.models.mrdib import MRdIB
+    backbone = get_model_class("vbpr")(data.num_users, data.num_items, data.train_edge_index,
+                                       data.train_features, data.train_masks, embedding_size=8)
+    # every=2: the estimator learns on the codes cached at the previous plug-in step
+    return MRdIB(backbone, latent_dim=4, mi_hidden=8, every=2, redundant_weight=0.1)
+
+
+def same(a, b):
+    """Exact equality of state-dict values, extra state (nested containers) included."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
 
 
 def strip_times(history):
@@ -126,23 +145,25 @@ def test_fit_trains_validates_and_tests_once(tmp_path):
         assert torch.equal(v, ck["best_state"][k])
 
 
-@pytest.mark.parametrize("stop_at", [3, 5, 9])  # mid-epoch, end of epoch 0, mid-epoch 1
-def test_resume_is_bit_for_bit(tmp_path, stop_at):
-    data = tiny_data()
-    full_model = make_model(data)
+@pytest.mark.parametrize("stop_at,plugin", [
+    (3, False), (5, False), (9, False),  # mid-epoch, end of epoch 0, mid-epoch 1
+    (7, True)])  # MRdIB over VBPR, cut between a plug-in step and the next one
+def test_resume_is_bit_for_bit(tmp_path, stop_at, plugin):
+    data = tiny_data(modalities=("image", "text") if plugin else ("image",))
+    full_model = make_model(data, plugin=plugin)
     full = Trainer(full_model, data, cfg(), out_dir=tmp_path / "full").fit()
 
     StopAt.stop_at = stop_at
-    m1 = make_model(data)
+    m1 = make_model(data, plugin=plugin)
     with pytest.raises(TrainingInterrupted):
         StopAt(m1, data, cfg(), out_dir=tmp_path / "cut").fit()
     ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (ck["epoch"], ck["batch"]) == divmod(stop_at, 5)  # 150 train pairs / 32 -> 5 batches
 
-    m2 = make_model(data, seed=123)  # different init: everything must come from the checkpoint
+    m2 = make_model(data, seed=123, plugin=plugin)  # everything must come from the checkpoint
     resumed = Trainer(m2, data, cfg(), out_dir=tmp_path / "cut").fit(resume=True)
     for k, v in full_model.state_dict().items():
-        assert torch.equal(v, m2.state_dict()[k]), k
+        assert same(v, m2.state_dict()[k]), k
     assert resumed.best_epoch == full.best_epoch
     assert resumed.valid == full.valid and resumed.test == full.test
     assert strip_times(resumed.history) == strip_times(full.history)
