@@ -24,8 +24,13 @@ reading MMRec's ``common/trainer.py``, ``utils/dataloader.py``,
   validation step is about twice the reference's eval column.
 
 It omits MMRec's pandas slicing per batch and computes fewer metric variants,
-so it is, if anything, faster than MMRec: the speed-up column is a conservative estimate
-of the speed-up over MMRec itself. Recall is not compared here (a few epochs
+so it was expected to be, if anything, faster than MMRec. Checked against the real
+MMRec (``--mmrec``, 2 epochs, 1 thread, two runs on a machine shared with two other
+jobs): its *evaluation* is always faster than MMRec's (MMRec 1.39-2.45x slower), but
+its *training epoch* is not: on Baby LightGCN it was slower than MMRec in both runs
+(MMRec took 0.87x and 0.75x of its time) and on ml100k_mm FREEDOM in one of the two
+(0.78x; 1.27x in the other). For training, quote the "epoch speed-up vs MMRec" column
+of a ``--mmrec`` run rather than the re-implementation's. Recall is not compared here (a few epochs
 say nothing about converged quality); see the README table of backbones for
 converged Recall@20.
 

@@ -27,7 +27,11 @@ Two modes::
     # quality: MMRec's own quick_start loop (train, validate + test every epoch,
     # early stopping on valid Recall@20) to convergence
     python benchmarks/mmrec_driver.py --mmrec PATH --dataset ml100k_mm --model lightgcn \
-        --fit --lr 1e-3 --stopping-step 50 --max-epochs 400
+        --fit --lr 1e-3 --stopping-step 50 --max-epochs 400 [--also-mask-valid]
+
+MMRec ranks the test split with only the training items excluded; ``--also-mask-valid``
+additionally reports every test evaluation with training and validation items excluded
+(``pyg_mmrec``'s protocol) as ``tv_<metric>@K``, without changing training or selection.
 
 Both print one ``RESULT {json}`` line on stdout.
 
@@ -149,7 +153,8 @@ def _config_dict(args, data_dir: str) -> dict:
 def _enter_checkout(path: str) -> list[str]:
     path = str(Path(path).resolve())
     if not (Path(path) / "src" / "utils" / "quick_start.py").exists():
-        raise SystemExit(f"{path} does not look like an MMRec checkout (src/utils/quick_start.py missing)")
+        raise SystemExit(f"{path} does not look like an MMRec checkout "
+                         "(src/utils/quick_start.py missing)")
     os.chdir(path)
     sys.path.insert(0, os.path.join(path, "src"))
     return _apply_shims()
@@ -179,10 +184,12 @@ def bench(args) -> dict:
     train_ds, valid_ds, test_ds = dataset.split()
     for d in (train_ds, valid_ds, test_ds):
         str(d)
-    train_data = TrainDataLoader(config, train_ds, batch_size=config["train_batch_size"], shuffle=True)
+    train_data = TrainDataLoader(config, train_ds, batch_size=config["train_batch_size"],
+                                 shuffle=True)
     valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds,
                                 batch_size=config["eval_batch_size"])
-    test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,  # noqa: F841 (as MMRec)
+    # built but not used, as MMRec's quick_start builds it (counts in the peak RSS)
+    test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,  # noqa: F841
                                batch_size=config["eval_batch_size"])
     init_seed(config["seed"])
     train_data.pretrain_setup()
@@ -197,7 +204,7 @@ def bench(args) -> dict:
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         model.pre_epoch_processing()
-        loss, _ = trainer._train_epoch(train_data, epoch)
+        trainer._train_epoch(train_data, epoch)
         trainer.lr_scheduler.step()
         secs.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
@@ -220,6 +227,50 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def _add_train_valid_masked_test(qs) -> None:
+    """Also score the test split with training *and validation* items excluded.
+
+    MMRec excludes only training items when ranking for the test split (its test
+    ``EvalDataLoader`` gets ``additional_dataset=train``), so validation items can
+    take top-K slots; ``pyg_mmrec`` excludes both. This wraps ``quick_start``'s
+    ``EvalDataLoader`` and ``Trainer`` so that every test evaluation is also run with
+    ``train + valid`` as the excluded set and reported as ``tv_<metric>@K`` next to
+    MMRec's own numbers. Model selection (on validation) and training are unchanged.
+    """
+    import pandas as pd
+    base_loader = qs.EvalDataLoader
+    made, extra = [], {}
+
+    def eval_loader(config, dataset, additional_dataset=None, batch_size=1, shuffle=False):
+        loader = base_loader(config, dataset, additional_dataset=additional_dataset,
+                             batch_size=batch_size, shuffle=shuffle)
+        made.append(dataset)
+        if len(made) == 2:  # quick_start builds the validation loader, then the test loader
+            valid_ds = made[0]
+            seen = additional_dataset.copy(pd.concat([additional_dataset.df, valid_ds.df]))
+            str(seen)  # sets inter_num, as quick_start's logging does for its datasets
+            extra[id(loader)] = base_loader(config, dataset, additional_dataset=seen,
+                                            batch_size=batch_size, shuffle=shuffle)
+        return loader
+    qs.EvalDataLoader = eval_loader
+
+    base_get_trainer = qs.get_trainer
+
+    def get_trainer():
+        base = base_get_trainer()
+
+        class TrainerAlsoMaskValid(base):
+            def _valid_epoch(self, data):
+                score, result = super()._valid_epoch(data)
+                tv = extra.get(id(data))
+                if tv is not None:
+                    _, tv_result = super()._valid_epoch(tv)
+                    result = dict(result, **{f"tv_{k}": v for k, v in tv_result.items()})
+                return score, result
+        return TrainerAlsoMaskValid
+    qs.get_trainer = get_trainer
+
+
 def fit(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
@@ -234,6 +285,9 @@ def fit(args) -> dict:
         original_init_logger(config)
         logging.getLogger().addHandler(cap)
     qs.init_logger = init_logger
+
+    if args.also_mask_valid:
+        _add_train_valid_masked_test(qs)
 
     name = MODEL_NAMES[args.model]
     cfg = _config_dict(args, data_dir)
@@ -264,6 +318,8 @@ def fit(args) -> dict:
             "hparams": FIXED_HPARAMS[args.model], "seed": args.seed,
             "stopping_step": args.stopping_step, "max_epochs": args.max_epochs,
             "selected_on": "valid recall@20 (MMRec valid_metric)",
+            "test_excludes": "train (MMRec)"
+            + (" and train+valid (tv_*)" if args.also_mask_valid else ""),
             "best_epoch": best_epoch, "epochs_run": n_epochs,
             "valid": parse("best valid result:"), "test": parse("test result:"),
             "seconds": seconds, "shims": shims, "peak_rss_mb": peak_rss_mb()}
@@ -272,7 +328,8 @@ def fit(args) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mmrec", required=True, help="path of an MMRec checkout")
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    p.add_argument("--root",
+                   default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True, choices=sorted(MODEL_NAMES))
     p.add_argument("--epochs", type=int, default=3, help="timing mode: epochs timed")
@@ -282,6 +339,9 @@ def main(argv=None) -> None:
     p.add_argument("--stopping-step", type=int, default=20, help="fit mode: MMRec stopping_step")
     p.add_argument("--max-epochs", type=int, default=1000, help="fit mode: MMRec epochs")
     p.add_argument("--seed", type=int, default=999, help="fit mode: MMRec seed")
+    p.add_argument("--also-mask-valid", action="store_true",
+                   help="fit mode: also report test metrics with train+valid items excluded "
+                        "(pyg_mmrec's protocol) as tv_<metric>@K")
     args = p.parse_args(argv)
     out = fit(args) if args.fit else bench(args)
     print("RESULT " + json.dumps(out), flush=True)

@@ -1,6 +1,6 @@
 """The MMRec driver of bench_train.py: data folder and compatibility shims (no MMRec needed)."""
 import importlib.util
-import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,7 +40,6 @@ def test_random_features_match_bench_train(tmp_path):
             assert x.shape == (5, d) and x.dtype == np.float32
             np.testing.assert_array_equal(x, torch.randn(5, d, generator=g).numpy())
     finally:
-        import shutil
         shutil.rmtree(out)
 
 
@@ -53,7 +52,6 @@ def test_existing_features_are_linked_not_copied(tmp_path):
         assert (out / "toy" / "text_feat.npy").is_symlink()
         assert not (out / "toy" / "image_feat.npy").exists()
     finally:
-        import shutil
         shutil.rmtree(out)
 
 
