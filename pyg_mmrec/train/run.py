@@ -206,7 +206,8 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
             diff = _config_diff(saved, config)
             if diff:
                 raise ConfigError(f"resume: the configuration differs from the checkpoint's in "
-                                  f"{out}: {'; '.join(diff)}")
+                                  f"{out}: {'; '.join(diff)} (a run directory holds one "
+                                  f"configuration: give a different one another --out)")
     if out is not None and rank == 0:  # only rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", config_to_yaml(config))
