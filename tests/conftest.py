@@ -73,3 +73,24 @@ def tiny_graph(num_users, num_items, num_modalities, masked, seed=0, per_user=5,
         for m in feats:
             feats[m][~masks[m]] = 0.0
     return edge_index, feats, masks
+
+
+def random_modal_data(num_users, num_items, seed=0, dims=(12, 8), miss=0.3, num_edges=500):
+    """Random user-item edges (duplicates allowed) and modalities ``image``, ``text``,
+    ``audio`` (as many as ``dims``), each missing for about ``miss`` of the items
+    (features left unfilled). Returns ``(edge_index, features, masks)``."""
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.stack([torch.randint(0, num_users, (num_edges,), generator=g),
+                      torch.randint(0, num_items, (num_edges,), generator=g)])
+    names = ["image", "text", "audio"][: len(dims)]
+    feats = {m: torch.randn(num_items, f, generator=g) for m, f in zip(names, dims)}
+    masks = {m: torch.rand(num_items, generator=g) > miss for m in names}
+    return ei, feats, masks
+
+
+def random_batch(num_users, num_items, seed=1, n=32):
+    """A seeded BPR batch ``(users, positives, negatives)``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, num_users, (n,), generator=g),
+            torch.randint(0, num_items, (n,), generator=g),
+            torch.randint(0, num_items, (n,), generator=g))

@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import random_batch, random_modal_data
 from pyg_mmrec.models import get_model_class
 from pyg_mmrec.models.i3mrec import I3MRec
 
@@ -11,19 +12,11 @@ U, I = 40, 60
 
 
 def make_data(seed=0, dims=(12, 8), miss=0.3):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.stack([torch.randint(0, U, (500,), generator=g),
-                      torch.randint(0, I, (500,), generator=g)])
-    names = ["image", "text", "audio"][: len(dims)]
-    feats = {m: torch.randn(I, f, generator=g) for m, f in zip(names, dims)}
-    masks = {m: torch.rand(I, generator=g) > miss for m in names}
-    return ei, feats, masks
+    return random_modal_data(U, I, seed, dims, miss)
 
 
 def batch(seed=1, n=32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, U, (n,), generator=g), torch.randint(0, I, (n,), generator=g),
-            torch.randint(0, I, (n,), generator=g))
+    return random_batch(U, I, seed, n)
 
 
 def build(seed=0, data=None, **hp):

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import random_batch, random_modal_data
 from pyg_mmrec.config import build_config
 from pyg_mmrec.models.i3mrec import I3MRec
 from pyg_mmrec.models.lightgcn import LightGCN
@@ -10,18 +11,11 @@ U, I = 40, 60
 
 
 def make_data(seed=0, miss=0.3):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.stack([torch.randint(0, U, (500,), generator=g),
-                      torch.randint(0, I, (500,), generator=g)])
-    feats = {m: torch.randn(I, f, generator=g) for m, f in (("image", 12), ("text", 8))}
-    masks = {m: torch.rand(I, generator=g) > miss for m in feats}
-    return ei, feats, masks
+    return random_modal_data(U, I, seed, miss=miss)
 
 
 def batch(seed=1, n=32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, U, (n,), generator=g), torch.randint(0, I, (n,), generator=g),
-            torch.randint(0, I, (n,), generator=g))
+    return random_batch(U, I, seed, n)
 
 
 def max_degree(model):
