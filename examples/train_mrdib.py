@@ -68,7 +68,10 @@ METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
 RED_RATIO = 1.0
 
 
-def tied(lam: float) -> Dict[str, float]:
+def tied(lam: Optional[float]) -> Dict[str, float]:
+    """The four plug-in weights tied to ``lam`` (None: keep the YAML weights)."""
+    if lam is None:
+        return {}
     return {f"plugin.{w}": lam * (RED_RATIO if w == "redundant_weight" else 1.0) for w in WEIGHTS}
 
 
@@ -121,6 +124,16 @@ class Runner:
                         for k, v in c.items())
 
 
+def parse_floats(flag: str, text: str) -> List[float]:
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated numbers or 'yaml', got {text!r}")
+    if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise SystemExit(f"{flag}: expected positive finite numbers, got {text!r}")
+    return vals
+
+
 def fmt(vals: List[float]) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.4f}"
@@ -144,8 +157,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="comma-separated ablation names (e.g. 'w/o MIB,w/o unique'; 'full' = the "
                         "complete plug-in) to run alone at "
                         "lr = first of --lrs and lambda = first of --lambdas (no search, no main arms)")
-    p.add_argument("--lambdas", default=None, help="override the plug-in grid, e.g. 1e-3,1e-2")
-    p.add_argument("--lrs", default=None, help="override the backbone lr grid")
+    p.add_argument("--lambdas", default=None,
+                   help="override the plug-in grid, e.g. 1e-3,1e-2; 'yaml' = the plug-in's YAML "
+                        "weights, untied (one training)")
+    p.add_argument("--lrs", default=None,
+                   help="override the backbone lr grid; 'yaml' = each backbone's YAML lr (one training)")
     p.add_argument("--lr", type=float, default=None,
                    help="fixed learning rate of both arms; the backbone arm then searches reg_weight")
     p.add_argument("--red-ratio", type=float, default=1.0,
@@ -166,9 +182,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     RED_RATIO = a.red_ratio
     if a.lr is not None and a.lrs:
         p.error("--lr and --lrs exclude each other")
-    lrs = ([a.lr] if a.lr is not None else
-           [float(x) for x in a.lrs.split(",")] if a.lrs else LR_GRID[: a.grid_size])
-    lams = [float(x) for x in a.lambdas.split(",")] if a.lambdas else LAMBDA_GRID[: a.grid_size]
+    lrs = ([a.lr] if a.lr is not None else [None] if a.lrs == "yaml" else
+           parse_floats("--lrs", a.lrs) if a.lrs else
+           LR_GRID[: a.grid_size])
+    lams = ([None] if a.lambdas == "yaml" else
+            parse_floats("--lambdas", a.lambdas) if a.lambdas else LAMBDA_GRID[: a.grid_size])
     if a.lr is not None:
         from pyg_mmrec.config import model_defaults
         base_grid = {bb: [{"train.lr": a.lr, "model.reg_weight": model_defaults(bb)[0]["reg_weight"] * s}
@@ -176,7 +194,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         if len(lrs) != len(lams):
             p.error(f"the two arms need the same budget: {len(lrs)} lrs vs {len(lams)} lambdas")
-        base_grid = {bb: [{"train.lr": lr} for lr in lrs] for bb in a.backbones.split(",")}
+        base_grid = {bb: [{} if lr is None else {"train.lr": lr} for lr in lrs]
+                     for bb in a.backbones.split(",")}
     from pyg_mmrec.config import parse_assignments
     extra = {f"plugin.{k}": v for k, v in parse_assignments(a.set).items()}
     r = Runner(a)
@@ -192,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for bb in a.backbones.split(","):
             for seed in seeds:
                 for name in names:
-                    ov = {"train.lr": lrs[0], **tied(lams[0]), **extra}
+                    ov = {**({} if lrs[0] is None else {"train.lr": lrs[0]}), **tied(lams[0]), **extra}
                     ov.update({f"plugin.{k}": v for k, v in ABLATIONS.get(name, {}).items()})
                     r.train(bb, seed, ov, "mrdib", f"+MRdIB {name}")
         return
