@@ -195,7 +195,7 @@ class Trainer:
                             if p.requires_grad and id(p) not in aux_ids]
         self.aux_params = [p for p in aux if p.requires_grad]
         t = self.train_cfg
-        from .optim import LazyAdam, has_sparse_parameters
+        from .optim import LazyAdam, dense_adam, has_sparse_parameters
         # sampled training (models with `fanout`) has sparse embedding gradients:
         # update only the batch's rows, so a step does not cost O(num_users + num_items)
         sparse = has_sparse_parameters(self.model)
@@ -203,9 +203,9 @@ class Trainer:
             raise RuntimeError("sampled training (a model with `fanout`: sparse embedding "
                                "gradients) is not supported with several processes yet; "
                                "use fanout=null with --nproc/torchrun")
-        adam = LazyAdam if sparse else torch.optim.Adam
+        adam = LazyAdam if sparse else dense_adam
         self.optimizer = adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])
-        self.aux_optimizer = (torch.optim.Adam(self.aux_params, lr=t["aux_lr"] or t["lr"])
+        self.aux_optimizer = (dense_adam(self.aux_params, lr=t["aux_lr"] or t["lr"])
                               if self.aux_params else None)
         self.early_stopping = self._make_early_stopping()
 

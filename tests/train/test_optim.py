@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyg_mmrec.train.optim import LazyAdam, has_sparse_parameters
+from pyg_mmrec.train.optim import LazyAdam, has_sparse_parameters, dense_adam
 
 
 def test_dense_matches_torch_adam():
@@ -52,3 +52,21 @@ def test_state_dict_round_trip():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         LazyAdam([torch.nn.Parameter(torch.zeros(1))], **kw)
+
+
+def test_dense_adam_is_fused_adam_with_the_same_updates():
+    torch.manual_seed(0)
+    w = torch.randn(50, 8)
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    fused = dense_adam([a], lr=1e-2, weight_decay=1e-4)
+    plain = torch.optim.Adam([b], lr=1e-2, weight_decay=1e-4, foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    for _ in range(20):
+        g = torch.randn_like(w)
+        a.grad, b.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # parameters on other devices (here: meta) keep the default implementation
+    c = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64, device="meta"))
+    assert not dense_adam([c], lr=1e-3).param_groups[0]["fused"]
