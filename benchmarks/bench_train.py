@@ -362,13 +362,19 @@ def main() -> None:
         args.dataset, args.model, args.impl = args.child
         return child(args)
 
+    models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    if not models or not set(models) <= {"lightgcn", "freedom"}:
+        p.error(f"--models: expected some of lightgcn,freedom (any case), got {args.models!r}")
+    impls = [x.strip() for x in args.impls.split(",") if x.strip()]
+    if not impls or not set(impls) <= {"pyg_mmrec", "mmrec_style"}:
+        p.error(f"--impls: expected some of pyg_mmrec,mmrec_style, got {args.impls!r}")
     rows = []
     real = {}  # (dataset, model) -> result of the real MMRec (--mmrec)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for ds in args.datasets.split(","):
-        for model in args.models.split(","):
-            for impl in args.impls.split(","):
+        for model in models:
+            for impl in impls:
                 cmd = [sys.executable, __file__, "--child", ds, model, impl, "--root", args.root,
                        "--epochs", str(args.epochs), "--threads", str(args.threads)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

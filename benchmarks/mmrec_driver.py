@@ -331,7 +331,7 @@ def main(argv=None) -> None:
     p.add_argument("--root",
                    default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True, choices=sorted(MODEL_NAMES))
+    p.add_argument("--model", required=True, type=str.lower, choices=sorted(MODEL_NAMES))
     p.add_argument("--epochs", type=int, default=3, help="timing mode: epochs timed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fit", action="store_true", help="run MMRec's quick_start to convergence")
