@@ -33,6 +33,18 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+_-]+", "_", str(text)).strip("_") or "x"
 
 
+def _run_folder(overrides) -> str:
+    """The folder of one configuration under its experiment: ``default``, or its
+    settings (``lr=0.001,n_layers=3``), or ``cfg-<hash>`` when those are long, so
+    runs of different ``--set``/``--grid``/flag values never share a directory."""
+    from pyg_mmrec.results import setting_label
+    label = setting_label(overrides)
+    if len(label) <= 100:
+        return _safe(label)
+    import hashlib
+    return "cfg-" + hashlib.sha1(label.encode()).hexdigest()[:12]
+
+
 def _parse_seeds(text: str) -> List[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -149,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     for seed in args.seeds:
                         r = run(args.model, args.dataset, missing=spec, seed=seed,
                                 overrides={**overrides, **s},
-                                out_dir=exp_dir / _safe(setting_label(s)) / f"seed{seed}",
+                                out_dir=exp_dir / _run_folder({**overrides, **s}) / f"seed{seed}",
                                 test=False, **common)
                         vals.append(r.valid[metric])
                     scores.append(sum(vals) / len(vals))
@@ -167,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 # the selected setting's runs are finished: this only evaluates the test split
                 r = run(args.model, args.dataset, missing=spec, seed=seed,
                         overrides={**overrides, **chosen},
-                        out_dir=exp_dir / _safe(setting_label(chosen)) / f"seed{seed}",
+                        out_dir=exp_dir / _run_folder({**overrides, **chosen}) / f"seed{seed}",
                         test=True, **{**common, "resume": common["resume"] or len(settings) > 1})
                 selected_results.append(r.to_dict())
     except TrainingInterrupted as e:

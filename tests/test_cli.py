@@ -137,3 +137,25 @@ def test_config_file_and_set_precedence(tiny_root, tmp_path, capsys):
     assert main(BASE + ["--root", str(tiny_root), "--out", str(tmp_path / "r2"),
                         "--config", str(cfg)]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_each_configuration_gets_its_own_run_folder(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = BASE + ["--root", str(tiny_root), "--out", str(out), "--seeds", "0"]
+    assert main(base + ["--set", "n_layers=1"]) == 0
+    assert main(base + ["--set", "n_layers=2"]) == 0  # no clash with the first configuration
+    folders = sorted(f.parent.parent.name for f in results_of(out))
+    assert len(folders) == 2 and folders[0] != folders[1]
+    assert all("n_layers=" in f and "epochs=2" in f for f in folders)
+    layers = sorted(json.loads(f.read_text())["config"]["hparams"]["n_layers"]
+                    for f in results_of(out))
+    assert layers == [1, 2]
+    # the same command again still refuses to overwrite its own run
+    assert main(base + ["--set", "n_layers=2"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # a long configuration gets a short, stable folder name
+    from pyg_mmrec.__main__ import _run_folder
+    long = {f"model.k{i}": i for i in range(40)}
+    assert _run_folder(long) == _run_folder(dict(reversed(list(long.items()))))
+    assert _run_folder(long).startswith("cfg-") and len(_run_folder(long)) == 16
+    assert _run_folder({}) == "default"
