@@ -23,7 +23,10 @@ Examples::
 
     # quick: one seed, all five backbones
     OMP_NUM_THREADS=1 python examples/train_mrdib.py
-    # the full table
+    # the README table: every model's YAML settings (one training per arm), 3 seeds
+    OMP_NUM_THREADS=1 python examples/train_mrdib.py --lrs yaml --lambdas yaml \
+        --patience 50 --epochs 400 --seeds 1,2,3 --out mrdib.jsonl
+    # the full table with the paper's grid
     python examples/train_mrdib.py --seeds 1,2,3 --grid-size 5
     # the common protocol (fixed lr, long training, early stopping on validation)
     python examples/train_mrdib.py --lr 5e-3 --patience 50 --epochs 500 --seeds 1,2,3 --grid-size 3
