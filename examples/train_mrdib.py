@@ -202,8 +202,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     from pyg_mmrec.config import parse_assignments
     extra = {f"plugin.{k}": v for k, v in parse_assignments(a.set).items()}
     r = Runner(a)
-    print(f"# {a.dataset}, missing={a.missing}, seeds={seeds}, budget={len(lrs)} per arm, "
-          f"lr grid={lrs}, lambda grid={lams}, redundant ratio={a.red_ratio}, epochs<={a.epochs}, "
+    budget = len(lams) if a.lr is not None else len(lrs)  # with --lr the backbone searches reg_weight
+    searched = (f"reg_weight x {REG_SCALES[:budget]}" if a.lr is not None else f"lr grid={lrs}")
+    print(f"# {a.dataset}, missing={a.missing}, seeds={seeds}, budget={budget} per arm, "
+          f"{searched}, lambda grid={lams}, redundant ratio={a.red_ratio}, epochs<={a.epochs}, "
           f"patience={a.patience}", flush=True)
 
     if a.ablation_only:
