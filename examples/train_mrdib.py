@@ -71,6 +71,11 @@ METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
 RED_RATIO = 1.0
 
 
+def lr_setting(lr: Optional[float]) -> Dict[str, float]:
+    """The backbone's learning-rate override (None: keep its YAML lr)."""
+    return {} if lr is None else {"train.lr": lr}
+
+
 def tied(lam: Optional[float]) -> Dict[str, float]:
     """The four plug-in weights tied to ``lam`` (None: keep the YAML weights)."""
     if lam is None:
@@ -197,8 +202,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         if len(lrs) != len(lams):
             p.error(f"the two arms need the same budget: {len(lrs)} lrs vs {len(lams)} lambdas")
-        base_grid = {bb: [{} if lr is None else {"train.lr": lr} for lr in lrs]
-                     for bb in a.backbones.split(",")}
+        base_grid = {bb: [lr_setting(lr) for lr in lrs] for bb in a.backbones.split(",")}
     from pyg_mmrec.config import parse_assignments
     extra = {f"plugin.{k}": v for k, v in parse_assignments(a.set).items()}
     r = Runner(a)
@@ -216,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for bb in a.backbones.split(","):
             for seed in seeds:
                 for name in names:
-                    ov = {**({} if lrs[0] is None else {"train.lr": lrs[0]}), **tied(lams[0]), **extra}
+                    ov = {**lr_setting(lrs[0]), **tied(lams[0]), **extra}
                     ov.update({f"plugin.{k}": v for k, v in ABLATIONS.get(name, {}).items()})
                     r.train(bb, seed, ov, "mrdib", f"+MRdIB {name}")
         return
