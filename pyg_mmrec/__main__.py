@@ -8,9 +8,10 @@ Examples::
         --grid n_layers=1,2,3 --grid reg_weight=1e-4,1e-3 --seeds 1,2
     python -m pyg_mmrec results runs/ --plot recall_vs_missing.png
 
-Grid search trains every setting (for every seed) without looking at the test
-split, selects the setting with the best mean *validation* metric over seeds,
-and only then evaluates the test split of the selected setting's runs.
+Grid search trains every setting (for every seed, or for the ``--grid-seeds``
+only) without looking at the test split, selects the setting with the best
+mean *validation* metric over those seeds, then trains the selected setting on
+the remaining ``--seeds`` and only then evaluates the test split of its runs.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a configuration key (YAML-typed); may be repeated")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="grid-search values of a key (selected on validation); may be repeated")
+    p.add_argument("--grid-seeds", type=_parse_seeds, default=None, metavar="S1,S2,...",
+                   help="seeds the grid selects on (a subset of --seeds; default: all of them); "
+                        "the selected setting is then trained on every --seeds")
     for flag, typ in _TRAIN_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=None, dest=flag,
                        help=f"shorthand for --set {flag}=...")
@@ -128,6 +132,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if k in overrides or f"train.{k}" in overrides:
             raise ConfigError(f"--grid {k}: also set by --set/flag; give it in one place")
     settings = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] or [{}]
+    grid_seeds = args.seeds
+    if args.grid_seeds is not None:
+        if not grid:
+            raise ConfigError("--grid-seeds: only meaningful with --grid")
+        extra = [s for s in args.grid_seeds if s not in args.seeds]
+        if extra:
+            raise ConfigError(f"--grid-seeds: {extra} not among --seeds {args.seeds}; "
+                              "the grid's seeds must be a subset of the reported seeds")
+        grid_seeds = args.grid_seeds
     for s in settings:
         build_config(args.model, {**overrides, **s}, args.plugin)
     metric = build_config(args.model, overrides, args.plugin)["train"]["metric"]
@@ -158,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 scores = []
                 for s in settings:
                     vals = []
-                    for seed in args.seeds:
+                    for seed in grid_seeds:
                         r = run(args.model, args.dataset, missing=spec, seed=seed,
                                 overrides={**overrides, **s},
                                 out_dir=exp_dir / _run_folder({**overrides, **s}) / f"seed{seed}",
@@ -171,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 chosen = settings[best]
                 from pyg_mmrec.train.checkpoint import atomic_write_json
                 atomic_write_json(exp_dir / "selection.json", {
-                    "metric": f"valid {metric} (mean over seeds {args.seeds})",
+                    "metric": f"valid {metric} (mean over seeds {grid_seeds})",
                     "settings": [{"setting": s, "score": sc} for s, sc in zip(settings, scores)],
                     "selected": chosen})
                 _print(args, f"[grid] {spec}: selected {setting_label(chosen)} on validation")

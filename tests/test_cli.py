@@ -62,7 +62,32 @@ def test_grid_selects_on_validation_and_tests_only_the_selected(tiny_root, tmp_p
     assert "lr=" in capsys.readouterr().out
 
 
+def test_grid_seeds_select_on_a_subset_then_train_the_rest(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert main(BASE + ["--root", str(tiny_root), "--out", str(out), "--seeds", "3,4",
+                        "--grid", "n_layers=1,2", "--grid-seeds", "3"]) == 0
+    sel = json.loads(next(out.rglob("selection.json")).read_text())
+    assert "[3]" in sel["metric"] and len(sel["settings"]) == 2
+    runs = [json.loads(f.read_text()) for f in results_of(out)]
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["config"]["seed"], []).append(r)
+    assert len(by_seed[3]) == 2 and len(by_seed[4]) == 1  # seed 4: the selected setting only
+    chosen = sel["selected"]["n_layers"]
+    assert by_seed[4][0]["config"]["hparams"]["n_layers"] == chosen
+    assert by_seed[4][0]["test"] is not None
+    tested3 = [r for r in by_seed[3] if r["test"] is not None]
+    assert [r["config"]["hparams"]["n_layers"] for r in tested3] == [chosen]
+    # each seed's grid score is its validation metric: the selection used seed 3 only
+    scores = {s["setting"]["n_layers"]: s["score"] for s in sel["settings"]}
+    for r in by_seed[3]:
+        assert scores[r["config"]["hparams"]["n_layers"]] == r["valid"]["recall@10"]
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--grid-seeds", "1"], "only meaningful with --grid"),
+    (["--grid", "n_layers=1,2", "--grid-seeds", "1"], "not among --seeds"),
+
     (["--lr", "-1"], "train.lr: expected a positive number"),
     (["--model", "NoSuchNet"], "unknown model 'NoSuchNet'"),
     (["--set", "depth=3"], "unknown configuration key 'depth'"),
