@@ -9,6 +9,16 @@ import torch
 DATA_ROOT = Path(os.environ.get("PYG_MMREC_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
 
+def load_script(relpath: str, module_name: str):
+    """Import a script of the repository (``examples/x.py``, ``benchmarks/y.py``) as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        module_name, Path(__file__).resolve().parents[1] / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "ml100k_mm" / "ml100k_mm.inter").exists():

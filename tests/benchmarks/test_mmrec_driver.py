@@ -1,5 +1,4 @@
 """The MMRec driver of bench_train.py: data folder and compatibility shims (no MMRec needed)."""
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -8,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py", f"_bench_{name}")
 
 
 def _write_inter(folder: Path, name: str, rows):

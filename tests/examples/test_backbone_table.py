@@ -1,21 +1,13 @@
 """``examples/backbone_table.py``: the commands it hands to the CLI."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from conftest import load_script
 from pyg_mmrec.__main__ import build_parser
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def example():
-    spec = importlib.util.spec_from_file_location("backbone_table",
-                                                  REPO / "examples" / "backbone_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("examples/backbone_table.py", "backbone_table")
 
 
 def commands(example, monkeypatch, argv):

@@ -1,16 +1,13 @@
 """The demo script (``make demo``) on a tiny dataset: flags, config file, kept runs."""
-import importlib.util
 from pathlib import Path
+
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("train_i3mrec",
-                                                  REPO / "examples" / "train_i3mrec.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("examples/train_i3mrec.py", "train_i3mrec")
 
 
 def test_demo_table_with_tuned_config_and_kept_runs(tiny_root, tmp_path, capsys):

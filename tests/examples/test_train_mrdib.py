@@ -1,19 +1,15 @@
 """``examples/train_mrdib.py`` on a tiny dataset: both arms, the JSON-lines log and its report."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import load_script
 
 
 @pytest.fixture
 def example():
-    spec = importlib.util.spec_from_file_location("train_mrdib", REPO / "examples" / "train_mrdib.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("examples/train_mrdib.py", "train_mrdib")
     threads = torch.get_num_threads()
     yield mod
     torch.set_num_threads(threads)  # the script pins one thread
