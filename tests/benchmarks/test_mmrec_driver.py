@@ -56,20 +56,24 @@ def test_existing_features_are_linked_not_copied(tmp_path):
 def test_dok_update_shim():
     sp = pytest.importorskip("scipy.sparse")
     driver = _load("mmrec_driver")
-    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.transforms",
-                                             "torchvision.transforms.functional",
-                                             "lmdb", "matplotlib", "matplotlib.pyplot")}
+    # The shims import (or stub) these packages; the real ones pull in submodules
+    # (matplotlib.artist, ...) that must go too, or a later import of the package
+    # finds them orphaned in sys.modules.
+    stubbed = ("torchvision", "lmdb", "matplotlib")
+    before = {k: v for k, v in sys.modules.items() if k.split(".")[0] in stubbed}
+    had_update = "_update" in vars(sp.dok_matrix)
     try:
         driver._apply_shims()
         a = sp.dok_matrix((3, 3), dtype=np.float32)
         a._update({(0, 1): 1, (2, 0): 1})
         assert a.nnz == 2 and a.toarray()[0, 1] == 1 and a.toarray()[2, 0] == 1
     finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+        for k in [k for k in sys.modules if k.split(".")[0] in stubbed]:
+            if k not in before:
+                del sys.modules[k]
+        sys.modules.update(before)
+        if not had_update and "_update" in vars(sp.dok_matrix):
+            del sp.dok_matrix._update
 
 
 def test_model_names_any_case_and_bad_names_rejected(monkeypatch, capsys):
