@@ -16,7 +16,6 @@ the remaining ``--seeds`` and only then evaluates the test split of its runs.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import sys
@@ -87,7 +86,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (YAML-typed); may be repeated")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="grid-search values of a key (selected on validation); may be repeated")
+                   help="grid-search values of a key (selected on validation); may be repeated; "
+                        "KEY1+KEY2=... ties keys to one value per setting")
     p.add_argument("--grid-seeds", type=_parse_seeds, default=None, metavar="S1,S2,...",
                    help="seeds the grid selects on (a subset of --seeds; default: all of them); "
                         "the selected setting is then trained on every --seeds")
@@ -114,7 +114,7 @@ def _experiment_name(args, missing: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pyg_mmrec.config import (ConfigError, build_config, config_overrides,
-                                  parse_assignments, parse_grid)
+                                  grid_settings, parse_assignments, parse_grid)
     from pyg_mmrec.results import aggregate, markdown_table, setting_label
     from pyg_mmrec.train import TrainingInterrupted, run
 
@@ -126,12 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if v is not None:
             overrides[f"train.{flag}"] = v
     grid = parse_grid(args.grid)
-    for k in grid:
+    settings = grid_settings(grid)
+    for k in settings[0]:
         if k in ("metric", "train.metric"):
             raise ConfigError("--grid metric: the selection metric cannot be searched over")
         if k in overrides or f"train.{k}" in overrides:
             raise ConfigError(f"--grid {k}: also set by --set/flag; give it in one place")
-    settings = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] or [{}]
     grid_seeds = args.seeds
     if args.grid_seeds is not None:
         if not grid:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -128,10 +129,30 @@ def parse_grid(items: Optional[Iterable[str]]) -> Dict[str, List[Any]]:
         if any(not p.strip() for p in parts):
             raise ConfigError(f"--grid {item!r}: empty value in the list")
         key = key.strip()
-        if key in grid:
-            raise ConfigError(f"--grid: key {key!r} given twice")
-        grid[key] = [parse_value(p) for p in parts]
+        names = [k.strip() for k in key.split("+")]
+        if any(not k for k in names):
+            raise ConfigError(f"--grid {item!r}: empty key in the tied keys {key!r} "
+                              "(expected key or key1+key2+...)")
+        seen = [k for g in grid for k in g.split("+")]
+        again = [k for k in names if k in seen or names.count(k) > 1]
+        if again:
+            raise ConfigError(f"--grid: key {again[0]!r} given twice")
+        grid["+".join(names)] = [parse_value(p) for p in parts]
     return grid
+
+
+def grid_settings(grid: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
+    """Every combination of a :func:`parse_grid` grid as a flat ``{key: value}``
+    dict; a tied entry ``"a+b": [v1, v2]`` sets ``a`` and ``b`` to the same
+    value in each setting (one grid dimension, not two)."""
+    settings = []
+    for vals in itertools.product(*grid.values()):
+        s: Dict[str, Any] = {}
+        for key, v in zip(grid, vals):
+            for k in key.split("+"):
+                s[k] = v
+        settings.append(s)
+    return settings or [{}]
 
 
 # ------------------------------------------------------------------------- defaults
@@ -433,6 +454,6 @@ def _plain(obj):
 
 __all__ = [
     "ConfigError", "CONFIG_DIR", "config_overrides", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
-    "parse_grid", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
+    "parse_grid", "grid_settings", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
     "check_against_data", "resolve_model", "resolve_plugin", "build_config", "config_to_yaml",
 ]

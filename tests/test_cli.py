@@ -84,6 +84,18 @@ def test_grid_seeds_select_on_a_subset_then_train_the_rest(tiny_root, tmp_path):
         assert scores[r["config"]["hparams"]["n_layers"]] == r["valid"]["recall@10"]
 
 
+def test_tied_grid_keys_take_one_value_per_setting(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert main(BASE + ["--root", str(tiny_root), "--out", str(out), "--seeds", "3",
+                        "--grid", "lr+weight_decay=0.01,0.001"]) == 0
+    sel = json.loads(next(out.rglob("selection.json")).read_text())
+    assert [s["setting"] for s in sel["settings"]] == [
+        {"lr": 0.01, "weight_decay": 0.01}, {"lr": 0.001, "weight_decay": 0.001}]
+    runs = [json.loads(f.read_text()) for f in results_of(out)]
+    assert sorted((r["config"]["train"]["lr"], r["config"]["train"]["weight_decay"])
+                  for r in runs) == [(0.001, 0.001), (0.01, 0.01)]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--grid-seeds", "1"], "only meaningful with --grid"),
     (["--grid", "n_layers=1,2", "--grid-seeds", "1"], "not among --seeds"),
@@ -96,6 +108,7 @@ def test_grid_seeds_select_on_a_subset_then_train_the_rest(tiny_root, tmp_path):
     (["--topk", "10,50"], "K=50 is larger than the number of items (30)"),
     (["--fill", "median"], None),  # argparse rejects it
     (["--grid", "metric=recall@5,recall@10"], "cannot be searched"),
+    (["--lr", "0.01", "--grid", "weight_decay+lr=0,1e-4"], "--grid lr: also set"),
 ])
 def test_bad_config_fails_before_training(tiny_root, tmp_path, capsys, extra, message):
     out = tmp_path / "runs"

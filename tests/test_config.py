@@ -1,8 +1,8 @@
 import pytest
 
 from pyg_mmrec.config import (CONFIG_DIR, ConfigError, build_config, check_against_data,
-                              eval_ks, load_yaml, parse_assignments, parse_grid, parse_value,
-                              train_defaults, validate_train)
+                              eval_ks, grid_settings, load_yaml, parse_assignments, parse_grid,
+                              parse_value, train_defaults, validate_train)
 
 
 def test_train_yaml_is_complete_and_valid():
@@ -101,6 +101,22 @@ def test_parse_grid():
         parse_grid(["lr=1e-3,"])
     with pytest.raises(ConfigError, match="given twice"):
         parse_grid(["lr=1", "lr=2"])
+
+
+def test_tied_grid_keys_are_one_dimension():
+    g = parse_grid(["plugin.kl_weight + plugin.unique_weight=1e-3,1e-2", "n_layers=1,2"])
+    assert g == {"plugin.kl_weight+plugin.unique_weight": [1e-3, 1e-2], "n_layers": [1, 2]}
+    settings = grid_settings(g)
+    assert len(settings) == 4  # 2 tied values x 2 layer counts, not 2 x 2 x 2
+    assert {"plugin.kl_weight": 1e-2, "plugin.unique_weight": 1e-2, "n_layers": 1} in settings
+    assert all(s["plugin.kl_weight"] == s["plugin.unique_weight"] for s in settings)
+    assert grid_settings({}) == [{}]
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_grid(["lr+reg_weight=1,2", "lr=3"])
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_grid(["lr+lr=1,2"])
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_grid(["lr+=1,2"])
 
 
 def test_tensorboard_needs_the_package():
