@@ -17,9 +17,10 @@ epoch. The last lines check the model-zoo acceptance: every backbone at least
 LightGCN's test Recall@20, and LATTICE, FREEDOM and MGCN strictly above it.
 
 ``--search mmrec`` gives every model the hyper-parameter grid of MMRec's
-``configs/model/<Model>.yaml`` (its ``hyper_parameters``; the learning rate
-stays at the model's rate above, so LATTICE and MMGCN search their
-regularisation only) and selects each model's setting on validation;
+``configs/model/<Model>.yaml`` (its ``hyper_parameters``, including the
+learning rate where MMRec searches it: LATTICE and MMGCN; the other models keep
+the rate above, and an explicit ``--lr`` replaces MMRec's rate list) and
+selects each model's setting on validation;
 ``--grid-seeds 1`` selects on seed 1 alone and then trains the selected
 setting on the other seeds (one grid instead of three).
 
@@ -56,8 +57,9 @@ MMREC_GRIDS = {
     "BPR": {"reg_weight": "2.0,1.0,1e-1,1e-2,1e-3,1e-4,1e-5"},
     "LightGCN": {"n_layers": "1,2,3,4", "reg_weight": "1e-2,1e-3,1e-4,1e-5,1e-6"},
     "VBPR": {"reg_weight": "2.0,1.0,1e-1,1e-2,1e-3,1e-4,1e-5"},
-    "MMGCN": {"reg_weight": "0.0,1e-5,1e-4,1e-3,1e-2,1e-1"},
-    "LATTICE": {"reg_weight": "0.0,1e-5,1e-4,1e-3"},
+    # MMRec's MMGCN.yaml lists "0.001.0.005" (a typo for 1e-3, 5e-3) among its rates
+    "MMGCN": {"reg_weight": "0.0,1e-5,1e-4,1e-3,1e-2,1e-1", "lr": "1e-4,5e-4,1e-3,5e-3,1e-2"},
+    "LATTICE": {"reg_weight": "0.0,1e-5,1e-4,1e-3", "lr": "1e-4,5e-4,1e-3,5e-3"},
     "FREEDOM": {"dropout": "0.8,0.9", "reg_weight": "0.0,1e-5,1e-4,1e-3"},
     "MGCN": {"cl_loss": "1e-3,1e-2,1e-1"},
     "LGMRec": {},
@@ -100,7 +102,9 @@ def train(model: str, args: argparse.Namespace) -> None:
     elif lrs:
         cmd += ["--grid", "lr=" + ",".join(lrs)]
     canonical = {m.lower(): m for m in BACKBONES}.get(model.lower(), model)
-    grid = MMREC_GRIDS.get(canonical, {}) if args.search == "mmrec" else {}
+    grid = dict(MMREC_GRIDS.get(canonical, {})) if args.search == "mmrec" else {}
+    if lrs:
+        grid.pop("lr", None)  # the explicit --lr replaces MMRec's rate list
     for key, values in grid.items():
         cmd += ["--grid", f"{key}={values}"]
     if args.grid_seeds and (grid or len(lrs) > 1):

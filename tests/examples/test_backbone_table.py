@@ -41,3 +41,13 @@ def test_no_search_by_default_and_lr_grid_kept(example, monkeypatch):
     assert grid_of(cmds[0]) == ["lr=1e-3,5e-3"] and "--grid-seeds" in cmds[0]
     cmds = commands(example, monkeypatch, ["--models", "LATTICE", "--grid-seeds", "1"])
     assert grid_of(cmds[0]) == [] and "--grid-seeds" not in cmds[0]
+
+
+def test_mmrec_search_includes_mmrecs_learning_rates_unless_lr_is_given(example, monkeypatch):
+    cmds = commands(example, monkeypatch, ["--models", "LATTICE,MMGCN", "--search", "mmrec"])
+    assert grid_of(cmds[0]) == ["reg_weight=0.0,1e-5,1e-4,1e-3", "lr=1e-4,5e-4,1e-3,5e-3"]
+    assert grid_of(cmds[1])[1] == "lr=1e-4,5e-4,1e-3,5e-3,1e-2"
+    cmds = commands(example, monkeypatch, ["--models", "LATTICE", "--search", "mmrec",
+                                           "--lr", "5e-3"])
+    assert grid_of(cmds[0]) == ["reg_weight=0.0,1e-5,1e-4,1e-3"]
+    assert cmds[0][cmds[0].index("--lr") + 1] == "5e-3"
