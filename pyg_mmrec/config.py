@@ -283,7 +283,19 @@ _TRAIN_CHECKS = {
     "checkpoint_every": lambda k, v: _positive_int(k, v, minimum=0),
     "tensorboard": _bool,
     "eval_max_users": lambda k, v: None if v is None else _positive_int(k, v),
+    "lr_decay": lambda k, v: _check_lr_decay(v),
 }
+
+
+def _check_lr_decay(v):
+    """``[factor, every]`` (MMRec's ``learning_rate_scheduler``) or ``None``."""
+    if v is None:
+        return None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_is_number(x) for x in v)
+            or not v[0] > 0 or not v[1] > 0):
+        raise ConfigError(f"train.lr_decay: expected [factor, every] with factor > 0 and "
+                          f"every > 0 (lr * factor ** (epoch / every)), or null; got {v!r}")
+    return [float(v[0]), float(v[1])]
 
 
 def _check_topk(v):

@@ -103,6 +103,15 @@ def test_parse_grid():
         parse_grid(["lr=1", "lr=2"])
 
 
+def test_lr_decay_is_checked():
+    t = train_defaults()
+    assert validate_train(t)["lr_decay"] is None
+    assert validate_train({**t, "lr_decay": [0.96, 50]})["lr_decay"] == [0.96, 50.0]
+    for bad in ([0.96], [0, 50], [0.9, -1], "0.96,50", [0.9, "x"]):
+        with pytest.raises(ConfigError, match=r"train.lr_decay: expected \[factor, every\]"):
+            validate_train({**t, "lr_decay": bad})
+
+
 def test_tied_grid_keys_are_one_dimension():
     g = parse_grid(["plugin.kl_weight + plugin.unique_weight=1e-3,1e-2", "n_layers=1,2"])
     assert g == {"plugin.kl_weight+plugin.unique_weight": [1e-3, 1e-2], "n_layers": [1, 2]}

@@ -343,6 +343,11 @@ class Trainer:
             # Mid-epoch resume: replay the epoch's start (hooks, sampling) from its
             # RNG state, then continue from the state saved after the last batch.
             set_rng_state(self._rng_epoch_start)
+        if t["lr_decay"] is not None:
+            # a function of the epoch alone, so a resumed run sets the same rate
+            factor, every = t["lr_decay"]
+            for group in self.optimizer.param_groups:
+                group["lr"] = t["lr"] * factor ** (epoch / every)
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch)
         users, pos, neg = self.sampler.sample(epoch, self.rank, self.world_size)

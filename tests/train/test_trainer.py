@@ -145,23 +145,24 @@ def test_fit_trains_validates_and_tests_once(tmp_path):
         assert torch.equal(v, ck["best_state"][k])
 
 
-@pytest.mark.parametrize("stop_at,plugin", [
-    (3, False), (5, False), (9, False),  # mid-epoch, end of epoch 0, mid-epoch 1
-    (7, True)])  # MRdIB over VBPR, cut between a plug-in step and the next one
-def test_resume_is_bit_for_bit(tmp_path, stop_at, plugin):
+@pytest.mark.parametrize("stop_at,plugin,lr_decay", [
+    (3, False, None), (5, False, None), (9, False, None),  # mid-epoch, end of epoch 0, mid-epoch 1
+    (7, True, None),  # MRdIB over VBPR, cut between a plug-in step and the next one
+    (12, False, [0.5, 2])])  # a decaying learning rate, cut in epoch 2
+def test_resume_is_bit_for_bit(tmp_path, stop_at, plugin, lr_decay):
     data = tiny_data(modalities=("image", "text") if plugin else ("image",))
     full_model = make_model(data, plugin=plugin)
-    full = Trainer(full_model, data, cfg(), out_dir=tmp_path / "full").fit()
+    full = Trainer(full_model, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "full").fit()
 
     StopAt.stop_at = stop_at
     m1 = make_model(data, plugin=plugin)
     with pytest.raises(TrainingInterrupted):
-        StopAt(m1, data, cfg(), out_dir=tmp_path / "cut").fit()
+        StopAt(m1, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "cut").fit()
     ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (ck["epoch"], ck["batch"]) == divmod(stop_at, 5)  # 150 train pairs / 32 -> 5 batches
 
     m2 = make_model(data, seed=123, plugin=plugin)  # everything must come from the checkpoint
-    resumed = Trainer(m2, data, cfg(), out_dir=tmp_path / "cut").fit(resume=True)
+    resumed = Trainer(m2, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "cut").fit(resume=True)
     for k, v in full_model.state_dict().items():
         assert same(v, m2.state_dict()[k]), k
     assert resumed.best_epoch == full.best_epoch
@@ -203,6 +204,25 @@ def test_grad_clip_and_nonfinite_loss():
     model.loss = lambda u, p, n, out=None: {"bpr": torch.tensor(float("nan"), requires_grad=True)}
     with pytest.raises(RuntimeError, match="non-finite loss at epoch 0, batch 0"):
         Trainer(model, data, cfg(epochs=1)).fit()
+
+
+def test_lr_decay_follows_mmrecs_schedule():
+    class RecordLR(Trainer):
+        def on_batch_end(self, epoch, batch):
+            self.lrs = getattr(self, "lrs", {})
+            self.lrs[epoch] = self.optimizer.param_groups[0]["lr"]
+
+    data = tiny_data()
+    tr = RecordLR(make_model(data), data, cfg(lr_decay=[0.96, 2]))
+    tr.fit(test=False)
+    assert tr.lrs == pytest.approx({e: 0.01 * 0.96 ** (e / 2) for e in range(6)}, rel=1e-12)
+    assert tr.aux_optimizer.param_groups[0]["lr"] == 0.01  # the estimators keep their rate
+    # null: the constant rate, the same run as without the key
+    a = make_model(data)
+    Trainer(a, data, cfg(epochs=2)).fit(test=False)
+    b = make_model(data)
+    Trainer(b, data, cfg(epochs=2, lr_decay=[1.0, 50])).fit(test=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_resume_without_checkpoint_fails(tmp_path):
