@@ -108,6 +108,7 @@ def test_tied_grid_keys_take_one_value_per_setting(tiny_root, tmp_path):
     (["--topk", "10,50"], "K=50 is larger than the number of items (30)"),
     (["--fill", "median"], None),  # argparse rejects it
     (["--grid", "metric=recall@5,recall@10"], "cannot be searched"),
+    (["--set", "lr_decay=[0.96]"], "train.lr_decay: expected [factor, every]"),
     (["--lr", "0.01", "--grid", "weight_decay+lr=0,1e-4"], "--grid lr: also set"),
 ])
 def test_bad_config_fails_before_training(tiny_root, tmp_path, capsys, extra, message):
