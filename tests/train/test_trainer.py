@@ -217,7 +217,7 @@ def test_lr_decay_follows_mmrecs_schedule():
     tr.fit(test=False)
     assert tr.lrs == pytest.approx({e: 0.01 * 0.96 ** (e / 2) for e in range(6)}, rel=1e-12)
     assert tr.aux_optimizer.param_groups[0]["lr"] == 0.01  # the estimators keep their rate
-    # null: the constant rate, the same run as without the key
+    # factor 1: the constant rate, the same run as with lr_decay null
     a = make_model(data)
     Trainer(a, data, cfg(epochs=2)).fit(test=False)
     b = make_model(data)
