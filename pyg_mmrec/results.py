@@ -83,7 +83,12 @@ def aggregate(results: Sequence[Dict[str, Any]], split: str = "test") -> List[Di
         if not r.get(split):
             continue
         cfg = dict(r["config"])
-        cfg.pop("seed", None)
+        seed = cfg.pop("seed", None)
+        ph = cfg.get("plugin_hparams")
+        explicit = set(cfg.get("overrides") or {}) & {"seed", "plugin.seed"}
+        if isinstance(ph, dict) and ph.get("seed") == seed and not explicit:
+            # the plug-in's seed follows the run's unless set explicitly: not a setting
+            cfg["plugin_hparams"] = {k: v for k, v in ph.items() if k != "seed"}
         key = json.dumps(cfg, sort_keys=True, default=str)
         groups.setdefault(key, []).append(r)
     rows = []

@@ -6,9 +6,12 @@ from pyg_mmrec.results import (aggregate, load_results, markdown_table, missing_
                                plot_metric_vs_missing, protocol_family, setting_label)
 
 
-def fake_run(tmp_path, name, seed, recall, missing="natural", overrides=None, test=True):
+def fake_run(tmp_path, name, seed, recall, missing="natural", overrides=None, test=True,
+             plugin_seed=None):
     cfg = {"model": "lightgcn", "plugin": None, "dataset": "d", "missing": missing,
            "fill": "zero", "seed": seed, "overrides": overrides or {}, "train": {"lr": 1e-3}}
+    if plugin_seed is not None:
+        cfg.update(plugin="mrdib", plugin_hparams={"kl_weight": 1e-3, "seed": plugin_seed})
     r = {"config": cfg, "valid": {"recall@20": recall}, "best_epoch": 3,
          "test": {"recall@20": recall, "ndcg@20": recall / 2} if test else None,
          "seconds_per_epoch": 1.5}
@@ -41,6 +44,19 @@ def test_aggregate_mean_and_sample_std(tmp_path):
         in table
     assert "0.9900" not in table
     assert len(aggregate(load_results(tmp_path), split="valid")) == 3
+
+
+def test_plugin_runs_of_several_seeds_form_one_group(tmp_path):
+    # the plug-in's own seed follows the run's seed: seeds 0 and 1 are one setting
+    fake_run(tmp_path, "p", 0, 0.10, plugin_seed=0)
+    fake_run(tmp_path, "p", 1, 0.20, plugin_seed=1)
+    rows = aggregate(load_results(tmp_path))
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]
+    assert rows[0]["metrics"]["recall@20"][0] == pytest.approx(0.15)
+    # a plug-in seed set by hand is a setting of its own
+    fake_run(tmp_path, "q", 0, 0.30, overrides={"plugin.seed": 7}, plugin_seed=7)
+    fake_run(tmp_path, "r", 0, 0.40, overrides={"plugin.seed": 8}, plugin_seed=8)
+    assert len(aggregate(load_results(tmp_path))) == 3
 
 
 def test_load_results_rejects_foreign_json(tmp_path):
