@@ -1,4 +1,4 @@
-r"""Command line: ``python -m pyg_mmrec train | results | build-dataset``.
+r"""Command line: ``python -m pyg_mmrec train | results | evaluate | build-dataset``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m pyg_mmrec train --model LightGCN --dataset baby --root ../shared/data \
         --grid n_layers=1,2,3 --grid reg_weight=1e-4,1e-3 --seeds 1,2
     python -m pyg_mmrec results runs/ --plot recall_vs_missing.png
+    python -m pyg_mmrec evaluate runs/freedom --root ../shared/data --topk 5,10,20
 
 Grid search trains every setting (for every seed, or for the ``--grid-seeds``
 only) without looking at the test split, selects the setting with the best
@@ -250,6 +251,69 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+",
+                   help="finished run directories, or folders searched recursively for them")
+    p.add_argument("--root", default="../shared/data",
+                   help="data directory holding the runs' dataset (default: %(default)s)")
+    p.add_argument("--topk", type=_parse_topk, default=None,
+                   help="cut-offs to report, e.g. 5,10,20 (default: each run's own)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated table columns (default: recall and ndcg at every "
+                        "--topk cut-off, else recall@10,recall@20,ndcg@10,ndcg@20)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the aggregated rows as JSON")
+    p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-score finished runs at their validation-selected epoch (no training, no writes)."""
+    from pyg_mmrec.results import DEFAULT_METRICS, aggregate, markdown_table
+    from pyg_mmrec.train import evaluate_run
+    run_dirs: List[Path] = []
+    for p in map(Path, args.paths):
+        if not p.exists():
+            raise FileNotFoundError(f"evaluate: {p} does not exist")
+        found = [p] if (p / "result.json").is_file() else sorted(
+            f.parent for f in p.rglob("result.json"))
+        if not found:
+            raise FileNotFoundError(f"evaluate: no finished run (result.json) under {p}")
+        run_dirs += found
+    results, skipped = [], 0
+    for d in run_dirs:
+        logged = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        if args.split == "test" and not logged.get("test"):
+            skipped += 1  # an unselected grid candidate: its test split stays unread
+            continue
+        try:
+            results.append(evaluate_run(d, root=args.root, topk=args.topk,
+                                        splits=(args.split,), device=args.device))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        _print(args, f"[evaluate] {d}")
+    note = (f"; {skipped} run(s) skipped: their test split was never read (grid settings "
+            "not selected on validation)" if skipped else "")
+    if not results:
+        print(f"no run to evaluate under {args.paths}{note}", file=sys.stderr)
+        return 1
+    rows = aggregate(results, split=args.split)
+    if args.metrics:
+        metrics = args.metrics.split(",")
+    elif args.topk:
+        metrics = [f"{m}@{k}" for m in ("recall", "ndcg") for k in args.topk]
+    else:
+        metrics = list(DEFAULT_METRICS)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(markdown_table(rows, metrics=metrics, split=args.split))
+        print(f"\n{len(results)} run(s) re-scored at their selected epoch, {len(rows)} "
+              f"group(s) (mean ± sample std over seeds){note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pyg_mmrec",
@@ -261,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="Markdown table (and plot) from run directories")
     add_results_arguments(p)
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("evaluate", help="re-score finished runs at their selected epoch "
+                                        "(other cut-offs; nothing is trained or written)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("build-dataset", help="build an MMRec-format dataset with modality features",
                        add_help=True)
     try:  # implemented in pyg_mmrec.data.build_dataset; optional at import time

@@ -198,3 +198,36 @@ def test_each_configuration_gets_its_own_run_folder(tiny_root, tmp_path, capsys)
     assert _run_folder(long) == _run_folder(dict(reversed(list(long.items()))))
     assert _run_folder(long).startswith("cfg-") and len(_run_folder(long)) == 16
     assert _run_folder({}) == "default"
+
+
+def test_evaluate_rescores_selected_runs_at_new_cutoffs(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["train", "--model", "VBPR", "--plugin", "mrdib", "--dataset", "tiny", "--root",
+            str(tiny_root), "--epochs", "2", "--topk", "5,10", "--metric", "recall@10",
+            "--batch-size", "64", "--quiet", "--out", str(out), "--seeds", "0,1",
+            "--grid-seeds", "0", "--grid", "reg_weight=0.0,0.1"]
+    assert main(args) == 0
+    trained = capsys.readouterr().out
+    assert trained.count("| tiny | vbpr+mrdib |") == 1  # one row: the seeds form one group
+    files = results_of(out)
+    before = {f: f.read_bytes() for f in files}
+    assert main(["evaluate", str(out), "--root", str(tiny_root), "--topk", "3,10",
+                 "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "recall@3 (test)" in table and "ndcg@10 (test)" in table
+    row = next(line for line in table.splitlines() if "| vbpr+mrdib |" in line)
+    assert "| 2 |" in row  # seeds 0 and 1 of the selected setting
+    tested = [json.loads(f.read_text()) for f in files]
+    tested = [r["test"]["recall@10"] for r in tested if r["test"]]
+    mean = sum(tested) / len(tested)
+    assert f"{mean:.4f} ± " in row  # recall@10 re-scored = the logged one
+    assert "1 run(s) skipped: their test split was never read" in table
+    assert {f: f.read_bytes() for f in files} == before  # nothing written
+
+    assert main(["evaluate", str(out), "--root", str(tiny_root), "--split", "valid",
+                 "--metrics", "recall@10", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("| vbpr+mrdib |") == 2  # both grid settings
+    assert main(["evaluate", str(tmp_path / "nope"), "--root", str(tiny_root)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--root", str(tiny_root), "--topk", "0"]) == 2
+    assert "topk" in capsys.readouterr().err

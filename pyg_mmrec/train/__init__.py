@@ -5,10 +5,10 @@ from typing import Any
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import LazyAdam
-from .run import RunResult, run, set_seed
+from .run import RunResult, evaluate_run, run, set_seed
 from .trainer import FitResult, TrainData, Trainer, TrainingInterrupted
 
-__all__ = ["run", "RunResult", "set_seed", "Trainer", "TrainData", "FitResult",
+__all__ = ["run", "evaluate_run", "RunResult", "set_seed", "Trainer", "TrainData", "FitResult",
            "TrainingInterrupted", "save_checkpoint", "load_checkpoint", "EarlyStopping", "LazyAdam"]
 
 

@@ -93,6 +93,43 @@ def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -
     return out
 
 
+def _build(data, config: Mapping[str, Any], ctor: Callable, wrapper: Optional[Callable],
+           missing: str, seed: int, fill: str):
+    """The run's inputs and seeded model: ``(TrainData, model, MaskSet, raw features)``.
+    Shared by :func:`run` and :func:`evaluate_run`, so a re-evaluation sees
+    exactly the masks, fills and initialisation of the training run."""
+    from pyg_mmrec.config import ConfigError
+    from pyg_mmrec.data.missing import fill_features, make_masks
+    num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
+    store = data["user", "rates", "item"]
+    train_ei = store.edge_index
+    valid_ei, test_ei = store.valid_edge_index, store.test_edge_index
+    try:
+        masks = make_masks(missing, data, seed)
+    except ValueError as e:
+        raise ConfigError(f"missing: {e}") from e
+
+    raw = _features(data)
+    if getattr(ctor, "uses_features", True) is False and wrapper is None:
+        raw = {}  # ID-only model: no modality inputs at all
+    train_masks = {m: masks.train[m] for m in raw}
+    eval_masks = {m: masks.eval[m] for m in raw}
+    fill_kw = dict(strategy=fill, edge_index=train_ei, num_users=num_users)
+    train_feat = fill_features(raw, train_masks, **fill_kw) if raw else {}
+    same = all(torch.equal(train_masks[m], eval_masks[m]) for m in raw)
+    eval_feat = train_feat if same else (
+        fill_features(raw, eval_masks, **fill_kw) if raw else {})
+    td = TrainData(num_users, num_items, train_ei, valid_ei, test_ei, train_feat, train_masks,
+                   None if same else eval_feat, None if same else eval_masks)
+
+    set_seed(seed)
+    net = ctor(num_users, num_items, train_ei, dict(train_feat), dict(train_masks),
+               **config["hparams"])
+    if wrapper is not None:
+        net = wrapper(net, **config["plugin_hparams"])
+    return td, net, masks, raw
+
+
 def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Path]] = None,
         missing: str = "natural", seed: int = 0, overrides: Optional[Mapping[str, Any]] = None,
         plugin: Optional[str] = None, fill: Optional[str] = None,
@@ -145,7 +182,7 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
         raise ConfigError("device: 'cuda' requested but torch.cuda.is_available() is False")
     _, ctor = resolve_model(model)
     wrapper = resolve_plugin(plugin)
-    from pyg_mmrec.data.missing import make_masks, parse_missing_spec
+    from pyg_mmrec.data.missing import parse_missing_spec
     try:
         parse_missing_spec(missing)
     except ValueError as e:
@@ -164,39 +201,11 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
     rank, world_size = dist_.get_rank_world()
     dist_.barrier("output directory check")  # every rank checked before rank 0 writes
 
-    # ---- data, masks, fills
+    # ---- data, masks, fills, model (seeded), optional plug-in
     with dist_.rank_zero_first("loading the dataset"):  # rank 0 fills the cache first
         data = _load_data(dataset, root)
-    num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
-    check_against_data(config, num_items)
-    store = data["user", "rates", "item"]
-    train_ei = store.edge_index
-    valid_ei, test_ei = store.valid_edge_index, store.test_edge_index
-    try:
-        masks = make_masks(missing, data, seed)
-    except ValueError as e:
-        raise ConfigError(f"missing: {e}") from e
-
-    from pyg_mmrec.data.missing import fill_features
-    raw = _features(data)
-    if getattr(ctor, "uses_features", True) is False and wrapper is None:
-        raw = {}  # ID-only model: no modality inputs at all
-    train_masks = {m: masks.train[m] for m in raw}
-    eval_masks = {m: masks.eval[m] for m in raw}
-    fill_kw = dict(strategy=fill, edge_index=train_ei, num_users=num_users)
-    train_feat = fill_features(raw, train_masks, **fill_kw) if raw else {}
-    same = all(torch.equal(train_masks[m], eval_masks[m]) for m in raw)
-    eval_feat = train_feat if same else (
-        fill_features(raw, eval_masks, **fill_kw) if raw else {})
-    td = TrainData(num_users, num_items, train_ei, valid_ei, test_ei, train_feat, train_masks,
-                   None if same else eval_feat, None if same else eval_masks)
-
-    # ---- model (seeded), optional plug-in
-    set_seed(seed)
-    net = ctor(num_users, num_items, train_ei, dict(train_feat), dict(train_masks),
-               **config["hparams"])
-    if wrapper is not None:
-        net = wrapper(net, **config["plugin_hparams"])
+    check_against_data(config, int(data["item"].num_nodes))
+    td, net, masks, raw = _build(data, config, ctor, wrapper, missing, seed, fill)
 
     # ---- outputs
     if out is not None:
@@ -241,4 +250,120 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
     return result
 
 
-__all__ = ["run", "RunResult", "set_seed", "FILLS"]
+def evaluate_run(run_dir: Union[str, Path], root: Optional[Union[str, Path]] = None,
+                 topk: Optional[List[int]] = None, splits: tuple = ("valid", "test"),
+                 device: str = "cpu", tolerance: float = 1e-6) -> Dict[str, Any]:
+    r"""Re-score a finished run's selected checkpoint, e.g. at other cut-offs.
+
+    The run is rebuilt from its ``checkpoint.pt`` (configuration, masks from
+    the run's seed, fills) and its *best* state — the epoch selected on
+    validation — is ranked again with ``topk`` as the cut-offs. Nothing is
+    trained and nothing is written: the run directory is only read.
+
+    Two rules keep it honest and exact:
+
+    * the test split is scored only for runs whose ``result.json`` already
+      holds test metrics (a selected setting); a grid candidate that was not
+      selected never has its test split read, here as in training;
+    * every metric the run logged is recomputed and must match
+      ``result.json`` within ``tolerance`` (and the masks must equal the
+      saved ``masks/``), otherwise the code or the data changed since the
+      run and the new figures would not describe it.
+
+    Args:
+        run_dir: a run directory (``checkpoint.pt`` and ``result.json``).
+        root: data directory holding the run's dataset (it is not stored in
+            the run).
+        topk: cut-offs to report (default: the run's own).
+        splits: ``"valid"`` and/or ``"test"``.
+        device: ``"cpu"`` or ``"cuda"``.
+        tolerance: largest accepted difference to the logged metrics.
+
+    Returns:
+        ``result.json``'s content with ``valid``/``test`` replaced by the new
+        metrics (splits not asked for are dropped) and ``config.train.topk``
+        set to the cut-offs used.
+
+    Raises:
+        FileNotFoundError: no checkpoint or no ``result.json`` (unfinished run).
+        ValueError: the run cannot be re-scored as asked (see above).
+    """
+    import copy
+    import json
+
+    from pyg_mmrec.config import (ConfigError, check_against_data, resolve_model, resolve_plugin,
+                                  train_defaults, validate_train)
+    from pyg_mmrec.data.missing import MaskSet
+    from .checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    bad = [s for s in splits if s not in ("valid", "test")]
+    if bad or not splits:
+        raise ValueError(f"splits: expected 'valid' and/or 'test', got {list(splits)}")
+    result_path = run_dir / "result.json"
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_NAME} (not a run directory)")
+    if not result_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no result.json: the run has not finished (finish it "
+                                "with --resume first; an unfinished run has no selected epoch)")
+    try:
+        logged = json.loads(result_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{result_path}: not valid JSON: {e}") from e
+    if "test" in splits and not logged.get("test"):
+        raise ValueError(f"{run_dir}: the test split of this run was never read (a grid "
+                         "candidate that was not selected on validation); only --split valid "
+                         "can be re-scored")
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
+    if not state.get("finished") or state.get("best_state") is None:
+        raise ValueError(f"{run_dir}/{CHECKPOINT_NAME}: not a finished run with a selected "
+                         "epoch")
+    config = copy.deepcopy(state["config"])
+    dataset = config.get("dataset")
+    if not isinstance(dataset, str) or dataset.startswith("<"):
+        raise ValueError(f"{run_dir}: trained on an in-memory dataset ({dataset!r}); only runs "
+                         "of a named dataset under --root can be rebuilt")
+    try:
+        _, ctor = resolve_model(config["model"])
+    except ConfigError as e:
+        raise ValueError(f"{run_dir}: {e}") from e
+    wrapper = resolve_plugin(config.get("plugin"))
+    # keys added to train.yaml after the run keep their defaults (nothing trains here)
+    train = {**train_defaults(), **config["train"]}
+    if topk is not None:
+        train["topk"] = list(topk)  # validated below
+    config["train"] = validate_train(train)
+
+    data = _load_data(dataset, root)
+    check_against_data(config, int(data["item"].num_nodes))
+    seed, missing, fill = int(config["seed"]), str(config["missing"]), str(config["fill"])
+    td, net, masks, raw = _build(data, config, ctor, wrapper, missing, seed, fill)
+    if raw and (run_dir / "masks").is_dir():
+        saved = MaskSet.load(str(run_dir / "masks"))
+        same = all(m in saved.train and torch.equal(saved.train[m], masks.train[m])
+                   and torch.equal(saved.eval[m], masks.eval[m]) for m in raw)
+        if not same or set(saved.train) != set(raw):
+            raise ValueError(f"{run_dir}/masks: the run's saved presence masks differ from "
+                             f"those rebuilt from {dataset!r} (seed {seed}, {missing}); the "
+                             "dataset changed since the run")
+    trainer = Trainer(net, td, config["train"], seed=seed, out_dir=None, device=device,
+                      quiet=True, config=config)
+    net.load_state_dict(state["best_state"])
+    out = {k: v for k, v in logged.items() if k not in ("valid", "test")}
+    out["config"] = config
+    for split in ("valid", "test"):
+        if split not in splits:
+            continue
+        metrics = trainer.evaluate(split)
+        for name, value in (logged.get(split) or {}).items():
+            if name in metrics and abs(float(metrics[name]) - float(value)) > tolerance:
+                raise ValueError(
+                    f"{run_dir}: re-scoring does not reproduce the logged {split} {name} "
+                    f"({metrics[name]:.6f} against {float(value):.6f} in result.json); the "
+                    "code or the data changed since the run")
+        out[split] = metrics
+    out["out_dir"] = str(run_dir)
+    return out
+
+
+__all__ = ["run", "evaluate_run", "RunResult", "set_seed", "FILLS"]

@@ -97,3 +97,74 @@ def test_errors_before_training(root, tmp_path):
     res = run("bpr", "tiny", root, overrides=FAST, out_dir=out, resume=True)
     assert res.test is not None
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _tree_bytes(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("model,plugin,missing", [("freedom", None, "i3mrec:fm:0.5"),
+                                                  ("vbpr", "mrdib", "natural")])
+def test_evaluate_run_rescores_the_selected_epoch(root, tmp_path, model, plugin, missing):
+    from pyg_mmrec.train import evaluate_run, load_checkpoint, save_checkpoint
+    out = tmp_path / "r"
+    res = run(model, "tiny", root, missing=missing, seed=2, plugin=plugin,
+              overrides={**FAST, "epochs": 4}, out_dir=out)
+    # spoil the last state: re-scoring must use the state of the selected epoch
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["model"] = {k: torch.zeros_like(v) if torch.is_tensor(v) else v
+                     for k, v in ckpt["model"].items()}
+    save_checkpoint(out / "checkpoint.pt", ckpt)
+    before = _tree_bytes(out)
+
+    ev = evaluate_run(out, root=root, topk=[3, 5, 10])
+    assert _tree_bytes(out) == before  # read only
+    for split, logged in (("valid", res.valid), ("test", res.test)):
+        for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+            assert ev[split][k] == logged[k]
+        assert 0 <= ev[split]["recall@3"] <= ev[split]["recall@5"]
+    assert ev["config"]["train"]["topk"] == [3, 5, 10] and ev["best_epoch"] == res.best_epoch
+    assert ev["config"]["seed"] == 2 and ev["config"]["missing"] == missing
+    only_valid = evaluate_run(out, root=root, splits=("valid",))
+    assert "test" not in only_valid and only_valid["valid"] == res.valid
+
+
+def test_evaluate_run_refuses_what_it_cannot_reproduce_honestly(root, tmp_path):
+    from pyg_mmrec.train import evaluate_run
+    out = tmp_path / "r"
+    run("freedom", "tiny", root, missing="i3mrec:fm:0.5", overrides=FAST, out_dir=out,
+        test=False)  # a grid candidate that was not selected
+    with pytest.raises(ValueError, match="test split of this run was never read"):
+        evaluate_run(out, root=root, topk=[3])
+    assert evaluate_run(out, root=root, splits=("valid",), topk=[3])["valid"]["recall@3"] >= 0
+    with pytest.raises(ValueError, match="splits"):
+        evaluate_run(out, root=root, splits=("train",))
+    with pytest.raises(ConfigError, match="topk"):
+        evaluate_run(out, root=root, splits=("valid",), topk=[0])
+    with pytest.raises(ConfigError, match="K=64"):
+        evaluate_run(out, root=root, splits=("valid",), topk=[64])
+
+    # a logged figure the code no longer reproduces
+    result = out / "result.json"
+    logged = json.loads(result.read_text())
+    logged["valid"]["recall@10"] += 0.1
+    result.write_text(json.dumps(logged))
+    with pytest.raises(ValueError, match="does not reproduce the logged valid recall@10"):
+        evaluate_run(out, root=root, splits=("valid",))
+    logged["valid"]["recall@10"] -= 0.1
+    result.write_text(json.dumps(logged))
+
+    # masks that are not the ones the run trained with (the data changed)
+    text = out / "masks" / "eval_text.npy"
+    kept = np.load(text)
+    np.save(text, ~kept)
+    with pytest.raises(ValueError, match="saved presence masks differ"):
+        evaluate_run(out, root=root, splits=("valid",))
+    np.save(text, kept)
+    assert evaluate_run(out, root=root, splits=("valid",))["valid"]["recall@10"] >= 0
+
+    result.unlink()  # an unfinished run has no selected epoch to re-score
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        evaluate_run(out, root=root, splits=("valid",))
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        evaluate_run(tmp_path / "nowhere", root=root)
