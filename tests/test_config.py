@@ -8,7 +8,7 @@ from pyg_mmrec.config import (CONFIG_DIR, ConfigError, build_config, check_again
 def test_train_yaml_is_complete_and_valid():
     t = validate_train(train_defaults())
     assert t["epochs"] == 1000 and t["patience"] == 50 and t["batch_size"] == 2048
-    assert t["lr"] == 1e-3 and t["topk"] == [10, 20, 50] and t["metric"] == "recall@20"
+    assert t["lr"] == 1e-3 and t["topk"] == [5, 10, 20, 50] and t["metric"] == "recall@20"
 
 
 def test_layers_model_yaml_then_overrides():
