@@ -269,20 +269,17 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score finished runs at their validation-selected epoch (no training, no writes)."""
-    from pyg_mmrec.results import DEFAULT_METRICS, aggregate, markdown_table
+    from pyg_mmrec.results import DEFAULT_METRICS, aggregate, load_results, markdown_table
     from pyg_mmrec.train import evaluate_run
-    run_dirs: List[Path] = []
-    for p in map(Path, args.paths):
-        if not p.exists():
-            raise FileNotFoundError(f"evaluate: {p} does not exist")
-        found = [p] if (p / "result.json").is_file() else sorted(
-            f.parent for f in p.rglob("result.json"))
+    logged_runs: List[Dict[str, Any]] = []
+    for p in args.paths:
+        found = load_results(p)  # a run's result.json, or every one below a folder
         if not found:
             raise FileNotFoundError(f"evaluate: no finished run (result.json) under {p}")
-        run_dirs += found
+        logged_runs += found
     results, skipped = [], 0
-    for d in run_dirs:
-        logged = json.loads((d / "result.json").read_text(encoding="utf-8"))
+    for logged in logged_runs:
+        d = Path(logged["_path"]).parent
         if args.split == "test" and not logged.get("test"):
             skipped += 1  # an unselected grid candidate: its test split stays unread
             continue

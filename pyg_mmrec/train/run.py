@@ -340,9 +340,9 @@ def evaluate_run(run_dir: Union[str, Path], root: Optional[Union[str, Path]] = N
     td, net, masks, raw = _build(data, config, ctor, wrapper, missing, seed, fill)
     if raw and (run_dir / "masks").is_dir():
         saved = MaskSet.load(str(run_dir / "masks"))
-        same = all(m in saved.train and torch.equal(saved.train[m], masks.train[m])
-                   and torch.equal(saved.eval[m], masks.eval[m]) for m in raw)
-        if not same or set(saved.train) != set(raw):
+        if set(saved.train) != set(raw) or not all(
+                torch.equal(saved.train[m], masks.train[m])
+                and torch.equal(saved.eval[m], masks.eval[m]) for m in raw):
             raise ValueError(f"{run_dir}/masks: the run's saved presence masks differ from "
                              f"those rebuilt from {dataset!r} (seed {seed}, {missing}); the "
                              "dataset changed since the run")
