@@ -1,4 +1,4 @@
-r"""Command line: ``python -m pyg_mmrec train | results | evaluate | build-dataset``.
+r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | build-dataset``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m pyg_mmrec train --model LightGCN --dataset baby --root ../shared/data \
         --grid n_layers=1,2,3 --grid reg_weight=1e-4,1e-3 --seeds 1,2
     python -m pyg_mmrec results runs/ --plot recall_vs_missing.png
+    python -m pyg_mmrec compare runs/i3mrec runs/lightgcn --metrics recall@20,ndcg@20
     python -m pyg_mmrec evaluate runs/freedom --root ../shared/data --topk 5,10,20
 
 Grid search trains every setting (for every seed, or for the ``--grid-seeds``
@@ -251,6 +252,48 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="runs of model A: a run directory, a result.json, or a folder "
+                             "searched recursively (one configuration per protocol)")
+    p.add_argument("b", help="runs of model B, the same way")
+    p.add_argument("--metrics", default="recall@20,ndcg@20",
+                   help="comma-separated metrics (default: %(default)s)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Seed-by-seed comparison of two sets of finished runs (reads result.json only)."""
+    from pyg_mmrec.results import comparison_table, load_results, paired_comparison
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        print(f"error: --metrics: expected comma-separated metric names, got {args.metrics!r}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    runs = {}
+    try:
+        for side, path in (("A", args.a), ("B", args.b)):
+            runs[side] = load_results(path)
+            if not runs[side]:
+                raise FileNotFoundError(f"compare: no result.json under {path} (side {side})")
+        rows = paired_comparison(runs["A"], runs["B"], metrics=metrics, split=args.split)
+    except ValueError as e:  # unreadable result.json, mixed settings, nothing to pair
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    print(f"A = {rows[0]['a']} ({args.a})\nB = {rows[0]['b']} ({args.b})\n")
+    print(comparison_table(rows))
+    notes = sorted({f"{r['dataset']} {r['missing']}: seeds {r['unpaired'][s]} only in {s}"
+                    for r in rows for s in ("A", "B") if r["unpaired"][s]})
+    print("\nPairs share dataset, protocol and seed; A − B is the mean ± sample std of the "
+          "per-seed differences; p is the exact two-sided sign-flip test (at least 2/2^pairs).")
+    for note in notes:
+        print(f"unpaired: {note}")
+    return 0
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+",
                    help="finished run directories, or folders searched recursively for them")
@@ -322,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="Markdown table (and plot) from run directories")
     add_results_arguments(p)
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("compare", help="seed-by-seed comparison of two sets of runs "
+                                       "(paired differences, sign-flip test)")
+    add_compare_arguments(p)
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("evaluate", help="re-score finished runs at their selected epoch "
                                         "(other cut-offs; nothing is trained or written)")
     add_evaluate_arguments(p)

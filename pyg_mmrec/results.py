@@ -6,6 +6,9 @@ Every run directory written by :func:`pyg_mmrec.train.run` holds a
 the sample standard deviation over seeds. :func:`markdown_table` renders the
 groups; :func:`plot_metric_vs_missing` draws Recall@20 against the missing
 rate (matplotlib is an optional extra: ``pip install pyg_mmrec[plot]``).
+:func:`paired_comparison` compares two sets of runs seed by seed: runs of one
+seed see the same simulated missing entries, so the per-seed differences and a
+sign-flip test say how often, and how surely, one model is ahead.
 """
 from __future__ import annotations
 
@@ -74,23 +77,26 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
 
 
+def _setting_key(result: Dict[str, Any]) -> str:
+    """The run's configuration without its seed, as a comparable string."""
+    cfg = dict(result["config"])
+    seed = cfg.pop("seed", None)
+    ph = cfg.get("plugin_hparams")
+    explicit = set(cfg.get("overrides") or {}) & {"seed", "plugin.seed"}
+    if isinstance(ph, dict) and ph.get("seed") == seed and not explicit:
+        # the plug-in's seed follows the run's unless set explicitly: not a setting
+        cfg["plugin_hparams"] = {k: v for k, v in ph.items() if k != "seed"}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
 def aggregate(results: Sequence[Dict[str, Any]], split: str = "test") -> List[Dict[str, Any]]:
     """Group runs whose configuration differs only by ``seed`` and average
     their ``split`` metrics (mean and sample std over seeds). Runs without
     ``split`` metrics (grid candidates that were not selected) are skipped."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in results:
-        if not r.get(split):
-            continue
-        cfg = dict(r["config"])
-        seed = cfg.pop("seed", None)
-        ph = cfg.get("plugin_hparams")
-        explicit = set(cfg.get("overrides") or {}) & {"seed", "plugin.seed"}
-        if isinstance(ph, dict) and ph.get("seed") == seed and not explicit:
-            # the plug-in's seed follows the run's unless set explicitly: not a setting
-            cfg["plugin_hparams"] = {k: v for k, v in ph.items() if k != "seed"}
-        key = json.dumps(cfg, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(r)
+        if r.get(split):
+            groups.setdefault(_setting_key(r), []).append(r)
     rows = []
     for runs in groups.values():
         cfg = runs[0]["config"]
@@ -112,6 +118,134 @@ def aggregate(results: Sequence[Dict[str, Any]], split: str = "test") -> List[Di
                              missing_rate(r["missing"]), str(r["model"]), str(r["plugin"]),
                              str(r["fill"]), r["setting"]))
     return rows
+
+
+def run_label(result: Dict[str, Any]) -> str:
+    """``model[+plugin] [fill=…] [setting]`` of one run."""
+    cfg = result["config"]
+    label = str(cfg.get("model")) + (f"+{cfg['plugin']}" if cfg.get("plugin") else "")
+    if cfg.get("fill") not in (None, "zero"):
+        label += f" fill={cfg['fill']}"
+    setting = setting_label(cfg.get("overrides"))
+    return label if setting == "default" else f"{label} [{setting}]"
+
+
+def sign_flip_p_value(diffs: Sequence[float], samples: int = 100_000, seed: int = 0) -> float:
+    r"""Two-sided p-value of "the paired differences are centred on zero":
+    the share of the :math:`2^n` sign assignments whose sum is at least as far
+    from zero as the observed one (exact for :math:`n \le 20`, else estimated
+    from ``samples`` seeded random assignments). It assumes only that each
+    difference is as likely positive as negative under the null; with
+    :math:`n` pairs it cannot go below :math:`2 / 2^n` (0.0625 for 5 seeds)."""
+    import numpy as np
+    d = np.asarray([float(x) for x in diffs], dtype=np.float64)
+    n = d.size
+    if n == 0:
+        raise ValueError("sign_flip_p_value: no differences")
+    exact = n <= 20
+    if exact:
+        bits = (np.arange(2 ** n, dtype=np.int64)[:, None] >> np.arange(n)) & 1
+    else:
+        bits = np.random.default_rng(seed).integers(0, 2, size=(samples, n))
+    sums = np.abs((1 - 2 * bits).astype(np.float64) @ d)
+    # slack for float rounding: an assignment equal to the observed one in exact
+    # arithmetic must count even if its sum rounds a hair lower
+    observed = abs(d.sum()) - 1e-12 * max(1.0, float(np.abs(d).sum()))
+    hits = int((sums >= observed).sum())
+    # a sampled estimate counts the observed assignment too, so it is never 0
+    return hits / sums.size if exact else (hits + 1) / (sums.size + 1)
+
+
+def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
+                      metrics: Sequence[str] = ("recall@20", "ndcg@20"),
+                      split: str = "test") -> List[Dict[str, Any]]:
+    """Compare run sets ``a`` and ``b`` seed by seed.
+
+    Runs are paired when they share dataset, missing-modality protocol and
+    seed. Within one (dataset, protocol) each side must hold a single setting
+    (one model configuration, several seeds); runs without ``split`` metrics
+    (unselected grid candidates) are left out. One row per (dataset,
+    protocol, metric) with at least one pair: both means over the paired
+    seeds, the mean and sample std of ``a - b``, wins/ties/losses of ``a`` and
+    :func:`sign_flip_p_value`. Seeds or protocols present on one side only are
+    listed in each row's ``unpaired`` (and in no statistic).
+    """
+    sides = {}
+    for name, runs in (("A", a), ("B", b)):
+        by_cell: Dict[tuple, Dict[int, Dict[str, Any]]] = {}
+        settings: Dict[tuple, Dict[str, str]] = {}
+        for r in runs:
+            if not r.get(split):
+                continue
+            cfg = r["config"]
+            cell = (str(cfg.get("dataset")), str(cfg.get("missing")))
+            key = _setting_key(r)
+            seen = settings.setdefault(cell, {})
+            seen.setdefault(key, r.get("_path", "?"))
+            if len(seen) > 1:
+                first, second = list(seen.values())[:2]
+                raise ValueError(
+                    f"compare: side {name} holds two settings for dataset {cell[0]!r}, "
+                    f"protocol {cell[1]!r} ({first} and {r.get('_path', '?')}); point it at "
+                    "one model configuration")
+            seed = cfg.get("seed")
+            if seed in by_cell.setdefault(cell, {}):
+                raise ValueError(
+                    f"compare: side {name} has seed {seed} twice for dataset {cell[0]!r}, "
+                    f"protocol {cell[1]!r}: {by_cell[cell][seed].get('_path', '?')} and "
+                    f"{r.get('_path', '?')}")
+            by_cell[cell][seed] = r
+        if not by_cell:
+            raise ValueError(f"compare: side {name} has no run with {split} metrics")
+        sides[name] = by_cell
+    rows = []
+    cells = sorted(set(sides["A"]) | set(sides["B"]))
+    for cell in cells:
+        runs_a, runs_b = sides["A"].get(cell, {}), sides["B"].get(cell, {})
+        seeds = sorted(set(runs_a) & set(runs_b))
+        if not seeds:
+            continue
+        unpaired = {"A": sorted(set(runs_a) - set(runs_b)),
+                    "B": sorted(set(runs_b) - set(runs_a))}
+        for metric in metrics:
+            xa, xb = [], []
+            for s in seeds:
+                for side, run, xs in (("A", runs_a[s], xa), ("B", runs_b[s], xb)):
+                    if metric not in run[split]:
+                        raise ValueError(f"compare: {run.get('_path', '?')} has no {split} "
+                                         f"metric {metric!r} (it has {sorted(run[split])})")
+                    xs.append(float(run[split][metric]))
+            diffs = [x - y for x, y in zip(xa, xb)]
+            rows.append({
+                "dataset": cell[0], "missing": cell[1], "metric": metric, "split": split,
+                "a": run_label(runs_a[seeds[0]]), "b": run_label(runs_b[seeds[0]]),
+                "seeds": seeds, "mean_a": _mean_std(xa), "mean_b": _mean_std(xb),
+                "diff": _mean_std(diffs),
+                "wins": sum(x > 0 for x in diffs), "ties": sum(x == 0 for x in diffs),
+                "losses": sum(x < 0 for x in diffs), "p_value": sign_flip_p_value(diffs),
+                "unpaired": unpaired,
+            })
+    if not rows:
+        raise ValueError("compare: no run of A shares dataset, protocol and seed with a run "
+                         f"of B (A: {sorted(sides['A'])}, B: {sorted(sides['B'])})")
+    rows.sort(key=lambda r: (r["dataset"], protocol_family(r["missing"]),
+                             missing_rate(r["missing"]), r["missing"]))
+    return rows
+
+
+def comparison_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table of :func:`paired_comparison` rows."""
+    head = ["dataset", "missing", "metric", "pairs", "A", "B", "A − B", "A wins/ties/losses",
+            "sign-flip p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        dm, ds = r["diff"]
+        cells = [r["dataset"], r["missing"], f"{r['metric']} ({r['split']})",
+                 str(len(r["seeds"])), _fmt(r["mean_a"]), _fmt(r["mean_b"]),
+                 f"{dm:+.4f} ± {ds:.4f}", f"{r['wins']}/{r['ties']}/{r['losses']}",
+                 f"{r['p_value']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _fmt(ms: tuple[float, float], digits: int = 4) -> str:
@@ -183,4 +317,5 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
 
 
 __all__ = ["load_results", "aggregate", "markdown_table", "plot_metric_vs_missing",
-           "missing_rate", "protocol_family", "setting_label"]
+           "missing_rate", "protocol_family", "setting_label", "run_label", "paired_comparison",
+           "comparison_table", "sign_flip_p_value"]

@@ -152,6 +152,40 @@ def test_results_table_and_plot(tiny_root, tmp_path, capsys):
         assert png.stat().st_size > 0
 
 
+def test_compare_pairs_two_models_seed_by_seed(tiny_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    for model, seeds in (("LightGCN", "0,1,2"), ("BPR", "0,1")):
+        args = BASE + ["--root", str(tiny_root), "--out", str(out / model), "--seeds", seeds,
+                       "--missing", "i3mrec:fm:0.3"]
+        args[args.index("LightGCN")] = model
+        assert main(args) == 0
+    capsys.readouterr()
+    assert main(["compare", str(out / "LightGCN"), str(out / "BPR"),
+                 "--metrics", "recall@10,ndcg@5"]) == 0
+    text = capsys.readouterr().out
+    assert "A = lightgcn [" in text and "B = bpr [" in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and "| recall@10 (test) | 2 |" in rows[0]
+    runs = {(r["config"]["model"], r["config"]["seed"]): r["test"]["recall@10"]
+            for r in (json.loads(f.read_text()) for f in results_of(out))}
+    diff = [runs["lightgcn", s] - runs["bpr", s] for s in (0, 1)]
+    assert f"| {sum(diff) / 2:+.4f} ± " in rows[0]
+    assert "unpaired: tiny i3mrec:fm:0.3: seeds [2] only in A" in text
+    assert main(["compare", str(out / "LightGCN"), str(out / "BPR"), "--json",
+                 "--metrics", "recall@10"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["seeds"] == [0, 1] and row["diff"][0] == pytest.approx(sum(diff) / 2)
+    assert row["p_value"] in (0.5, 1.0)  # 2 pairs: 2 or 4 of the 4 sign assignments
+    # the default metrics include recall@20, which these runs (topk 5,10) lack
+    assert main(["compare", str(out / "LightGCN"), str(out / "BPR")]) == 2
+    assert "has no test metric 'recall@20'" in capsys.readouterr().err
+    # both models in one folder: side A would mix two settings under one protocol
+    assert main(["compare", str(out), str(out / "BPR"), "--metrics", "recall@10"]) == 2
+    assert "side A holds two settings" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "none"), str(out / "BPR")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_results_missing_dir(tmp_path, capsys):
     assert main(["results", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from pyg_mmrec.results import (aggregate, load_results, markdown_table, missing_rate,
-                               plot_metric_vs_missing, protocol_family, setting_label)
+from pyg_mmrec.results import (aggregate, comparison_table, load_results, markdown_table,
+                               missing_rate, paired_comparison, plot_metric_vs_missing,
+                               protocol_family, setting_label, sign_flip_p_value)
 
 
 def fake_run(tmp_path, name, seed, recall, missing="natural", overrides=None, test=True,
@@ -76,3 +77,70 @@ def test_plot(tmp_path):
             plot_metric_vs_missing(rows, tmp_path / "p.png")
     else:
         assert plot_metric_vs_missing(rows, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_sign_flip_p_value_exact_and_sampled():
+    # all five differences positive: only the observed and the all-negative
+    # assignment are as extreme, 2 of 32
+    assert sign_flip_p_value([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    # one negative among five: checked against a brute-force count
+    d = [0.1, 0.2, 0.3, 0.4, -0.1]
+    import itertools
+    obs = abs(sum(d))
+    brute = sum(abs(sum(s * x for s, x in zip(signs, d))) >= obs - 1e-12
+                for signs in itertools.product((1, -1), repeat=5)) / 32
+    assert sign_flip_p_value(d) == pytest.approx(brute) and brute > 2 / 32
+    assert sign_flip_p_value([0.0, 0.0]) == 1.0  # no difference at all
+    # 0.1 + 0.2 rounds differently from 0.3: the equal assignment still counts
+    assert sign_flip_p_value([0.1, 0.2, -0.3]) == 1.0
+    # beyond 20 pairs: a seeded estimate that never reports 0
+    p = sign_flip_p_value([0.01] * 25, samples=1000)
+    assert 0 < p <= 2 / 1001 and p == sign_flip_p_value([0.01] * 25, samples=1000)
+    with pytest.raises(ValueError, match="no differences"):
+        sign_flip_p_value([])
+
+
+def test_paired_comparison_pairs_by_protocol_and_seed(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, (ra, rb) in enumerate([(0.30, 0.20), (0.32, 0.25), (0.29, 0.29)]):
+        fake_run(a, "m", seed, ra, missing="i3mrec:fm:0.3", overrides={"lr": 0.1})
+        fake_run(b, "m", seed, rb, missing="i3mrec:fm:0.3")
+    fake_run(a, "m", 7, 0.50, missing="i3mrec:fm:0.3", overrides={"lr": 0.1})  # only in A
+    fake_run(b, "n", 0, 0.10)  # a protocol only B has
+    fake_run(b, "o", 5, 0.90, missing="i3mrec:fm:0.3", test=False)  # unselected: ignored
+    rows = paired_comparison(load_results(a), load_results(b), metrics=("recall@20", "ndcg@20"))
+    assert [r["metric"] for r in rows] == ["recall@20", "ndcg@20"]
+    r = rows[0]
+    assert r["missing"] == "i3mrec:fm:0.3" and r["seeds"] == [0, 1, 2]
+    assert r["a"] == "lightgcn [lr=0.1]" and r["b"] == "lightgcn"
+    assert r["mean_a"][0] == pytest.approx(0.30333, abs=1e-5)
+    assert r["mean_b"][0] == pytest.approx(0.24667, abs=1e-5)
+    assert r["diff"][0] == pytest.approx(0.05667, abs=1e-5)
+    assert r["diff"][1] == pytest.approx(0.05132, abs=1e-5)  # sample std of .10, .07, 0
+    assert (r["wins"], r["ties"], r["losses"]) == (2, 1, 0)
+    # |sum| >= .17 for signs ++ and -- on (.10, .07), whatever the sign of 0: 4 of 8
+    assert r["p_value"] == pytest.approx(0.5)
+    assert r["unpaired"] == {"A": [7], "B": []}
+    assert rows[1]["diff"][0] == pytest.approx(0.05667 / 2, abs=1e-5)
+    table = comparison_table(rows)
+    assert "| d | i3mrec:fm:0.3 | recall@20 (test) | 3 | 0.3033 ± 0.0153 | 0.2467 ± 0.0451 | " \
+           "+0.0567 ± 0.0513 | 2/1/0 | 0.500 |" in table
+
+
+def test_paired_comparison_refuses_what_it_cannot_pair(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    fake_run(a, "x", 0, 0.3)
+    fake_run(a, "y", 1, 0.3, overrides={"lr": 0.1})  # a second setting, same protocol
+    fake_run(b, "x", 0, 0.2)
+    with pytest.raises(ValueError, match="side A holds two settings"):
+        paired_comparison(load_results(a), load_results(b))
+    fake_run(c, "x", 3, 0.2)
+    fake_run(c, "copy", 3, 0.2)  # the same run twice
+    with pytest.raises(ValueError, match="side A has seed 3 twice"):
+        paired_comparison(load_results(c), load_results(b))
+    with pytest.raises(ValueError, match="no run of A shares dataset, protocol and seed"):
+        paired_comparison(load_results(c / "x"), load_results(b))
+    with pytest.raises(ValueError, match="has no test metric 'hit@5'"):
+        paired_comparison(load_results(b), load_results(b), metrics=("hit@5",))
+    with pytest.raises(ValueError, match="side B has no run with valid metrics"):
+        paired_comparison(load_results(b), [], split="valid")
