@@ -288,7 +288,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     notes = sorted({f"{r['dataset']} {r['missing']}: seeds {r['unpaired'][s]} only in {s}"
                     for r in rows for s in ("A", "B") if r["unpaired"][s]})
     print("\nPairs share dataset, protocol and seed; A − B is the mean ± sample std of the "
-          "per-seed differences; p is the exact two-sided sign-flip test (at least 2/2^pairs).")
+          "per-seed differences; p is the two-sided sign-flip test (exact up to 20 pairs; "
+          "at least 2/2^pairs).")
     for note in notes:
         print(f"unpaired: {note}")
     return 0
