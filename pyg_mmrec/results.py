@@ -143,17 +143,22 @@ def sign_flip_p_value(diffs: Sequence[float], samples: int = 100_000, seed: int 
     if n == 0:
         raise ValueError("sign_flip_p_value: no differences")
     exact = n <= 20
-    if exact:
-        bits = (np.arange(2 ** n, dtype=np.int64)[:, None] >> np.arange(n)) & 1
-    else:
-        bits = np.random.default_rng(seed).integers(0, 2, size=(samples, n))
-    sums = np.abs((1 - 2 * bits).astype(np.float64) @ d)
+    total = 2 ** n if exact else int(samples)
+    rng = np.random.default_rng(seed)
     # slack for float rounding: an assignment equal to the observed one in exact
     # arithmetic must count even if its sum rounds a hair lower
     observed = abs(d.sum()) - 1e-12 * max(1.0, float(np.abs(d).sum()))
-    hits = int((sums >= observed).sum())
+    hits, chunk = 0, 1 << 14  # sign assignments per block: bounded memory
+    for start in range(0, total, chunk):
+        rows = min(chunk, total - start)
+        if exact:
+            bits = (np.arange(start, start + rows, dtype=np.int64)[:, None] >> np.arange(n)) & 1
+        else:
+            bits = rng.integers(0, 2, size=(rows, n), dtype=np.int8)
+        # flipping the entries with bit 1 turns the sum into sum(d) - 2 * (bits @ d)
+        hits += int((np.abs(d.sum() - 2.0 * (bits @ d)) >= observed).sum())
     # a sampled estimate counts the observed assignment too, so it is never 0
-    return hits / sums.size if exact else (hits + 1) / (sums.size + 1)
+    return hits / total if exact else (hits + 1) / (total + 1)
 
 
 def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
@@ -183,7 +188,7 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
             seen = settings.setdefault(cell, {})
             seen.setdefault(key, r.get("_path", "?"))
             if len(seen) > 1:
-                first, second = list(seen.values())[:2]
+                first = next(iter(seen.values()))
                 raise ValueError(
                     f"compare: side {name} holds two settings for dataset {cell[0]!r}, "
                     f"protocol {cell[1]!r} ({first} and {r.get('_path', '?')}); point it at "
@@ -210,7 +215,7 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
         for metric in metrics:
             xa, xb = [], []
             for s in seeds:
-                for side, run, xs in (("A", runs_a[s], xa), ("B", runs_b[s], xb)):
+                for run, xs in ((runs_a[s], xa), (runs_b[s], xb)):
                     if metric not in run[split]:
                         raise ValueError(f"compare: {run.get('_path', '?')} has no {split} "
                                          f"metric {metric!r} (it has {sorted(run[split])})")
