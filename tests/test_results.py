@@ -91,6 +91,8 @@ def test_sign_flip_p_value_exact_and_sampled():
                 for signs in itertools.product((1, -1), repeat=5)) / 32
     assert sign_flip_p_value(d) == pytest.approx(brute) and brute > 2 / 32
     assert sign_flip_p_value([0.0, 0.0]) == 1.0  # no difference at all
+    # 2^16 assignments, counted over several blocks
+    assert sign_flip_p_value([0.01] * 16) == pytest.approx(2 / 2 ** 16)
     # 0.1 + 0.2 rounds differently from 0.3: the equal assignment still counts
     assert sign_flip_p_value([0.1, 0.2, -0.3]) == 1.0
     # beyond 20 pairs: a seeded estimate that never reports 0
