@@ -120,10 +120,15 @@ def aggregate(results: Sequence[Dict[str, Any]], split: str = "test") -> List[Di
     return rows
 
 
+def _model_name(model: Any, plugin: Optional[str]) -> str:
+    """``model`` or ``model+plugin``."""
+    return f"{model}+{plugin}" if plugin else str(model)
+
+
 def run_label(result: Dict[str, Any]) -> str:
     """``model[+plugin] [fill=…] [setting]`` of one run."""
     cfg = result["config"]
-    label = str(cfg.get("model")) + (f"+{cfg['plugin']}" if cfg.get("plugin") else "")
+    label = _model_name(cfg.get("model"), cfg.get("plugin"))
     if cfg.get("fill") not in (None, "zero"):
         label += f" fill={cfg['fill']}"
     setting = setting_label(cfg.get("overrides"))
@@ -147,7 +152,8 @@ def sign_flip_p_value(diffs: Sequence[float], samples: int = 100_000, seed: int 
     rng = np.random.default_rng(seed)
     # slack for float rounding: an assignment equal to the observed one in exact
     # arithmetic must count even if its sum rounds a hair lower
-    observed = abs(d.sum()) - 1e-12 * max(1.0, float(np.abs(d).sum()))
+    d_sum = float(d.sum())
+    observed = abs(d_sum) - 1e-12 * max(1.0, float(np.abs(d).sum()))
     hits, chunk = 0, 1 << 14  # sign assignments per block: bounded memory
     for start in range(0, total, chunk):
         rows = min(chunk, total - start)
@@ -156,7 +162,7 @@ def sign_flip_p_value(diffs: Sequence[float], samples: int = 100_000, seed: int 
         else:
             bits = rng.integers(0, 2, size=(rows, n), dtype=np.int8)
         # flipping the entries with bit 1 turns the sum into sum(d) - 2 * (bits @ d)
-        hits += int((np.abs(d.sum() - 2.0 * (bits @ d)) >= observed).sum())
+        hits += int((np.abs(d_sum - 2.0 * (bits @ d)) >= observed).sum())
     # a sampled estimate counts the observed assignment too, so it is never 0
     return hits / total if exact else (hits + 1) / (total + 1)
 
@@ -178,21 +184,19 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
     sides = {}
     for name, runs in (("A", a), ("B", b)):
         by_cell: Dict[tuple, Dict[int, Dict[str, Any]]] = {}
-        settings: Dict[tuple, Dict[str, str]] = {}
+        first_setting: Dict[tuple, tuple] = {}  # cell -> (setting key, path of its first run)
         for r in runs:
             if not r.get(split):
                 continue
             cfg = r["config"]
             cell = (str(cfg.get("dataset")), str(cfg.get("missing")))
             key = _setting_key(r)
-            seen = settings.setdefault(cell, {})
-            seen.setdefault(key, r.get("_path", "?"))
-            if len(seen) > 1:
-                first = next(iter(seen.values()))
+            first_key, first_path = first_setting.setdefault(cell, (key, r.get("_path", "?")))
+            if key != first_key:
                 raise ValueError(
                     f"compare: side {name} holds two settings for dataset {cell[0]!r}, "
-                    f"protocol {cell[1]!r} ({first} and {r.get('_path', '?')}); point it at "
-                    "one model configuration")
+                    f"protocol {cell[1]!r} ({first_path} and {r.get('_path', '?')}); point it "
+                    "at one model configuration")
             seed = cfg.get("seed")
             if seed in by_cell.setdefault(cell, {}):
                 raise ValueError(
@@ -204,7 +208,8 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
             raise ValueError(f"compare: side {name} has no run with {split} metrics")
         sides[name] = by_cell
     rows = []
-    cells = sorted(set(sides["A"]) | set(sides["B"]))
+    cells = sorted(set(sides["A"]) | set(sides["B"]),
+                   key=lambda c: (c[0], protocol_family(c[1]), missing_rate(c[1]), c[1]))
     for cell in cells:
         runs_a, runs_b = sides["A"].get(cell, {}), sides["B"].get(cell, {})
         seeds = sorted(set(runs_a) & set(runs_b))
@@ -233,8 +238,6 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
     if not rows:
         raise ValueError("compare: no run of A shares dataset, protocol and seed with a run "
                          f"of B (A: {sorted(sides['A'])}, B: {sorted(sides['B'])})")
-    rows.sort(key=lambda r: (r["dataset"], protocol_family(r["missing"]),
-                             missing_rate(r["missing"]), r["missing"]))
     return rows
 
 
@@ -265,7 +268,7 @@ def markdown_table(rows: Sequence[Dict[str, Any]], metrics: Sequence[str] = DEFA
     head += [f"{m} ({split})" for m in metrics] + ["s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        name = r["model"] + (f"+{r['plugin']}" if r["plugin"] else "")
+        name = _model_name(r["model"], r["plugin"])
         cells = [str(r["dataset"]), name, str(r["missing"]), str(r["fill"]), r["setting"],
                  str(len(r["seeds"]))]
         cells += [_fmt(r["metrics"][m]) if m in r["metrics"] else "–" for m in metrics]
@@ -291,7 +294,7 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
     for r in rows:
         if metric not in r["metrics"]:
             continue
-        name = f"{r['model']}{'+' + r['plugin'] if r['plugin'] else ''}"
+        name = _model_name(r["model"], r["plugin"])
         key = (name, r["dataset"], r["fill"], r["setting"])
         m, s = r["metrics"][metric]
         fam = protocol_family(r["missing"])
