@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.knn import knn_graph, mask_key, normalize_edge_weight
 from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
+from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.mi_estimators import CLUB
 from ..nn.missing_aware_fusion import MissingAwareFusion
@@ -19,6 +21,7 @@ from .base import Recommender, RecOutput, bpr_loss
 
 
 _ID_BRANCHES = ("none", "embedding", "lightgcn")
+_ITEM_GRAPHS = ("none", "knn")
 
 
 class I3MRec(Recommender):
@@ -142,6 +145,19 @@ class I3MRec(Recommender):
             modality still sends nothing; the branch carries the collaborative
             signal a feature projection cannot (decisive on MovieLens, whose
             features are weak).
+        item_graph (str): beyond the reference, a modality-specific item–item
+            graph in each environment. ``"none"`` (the paper). ``"knn"``
+            (needs an ``id_branch``): modality :math:`m`'s frozen top-:math:`k`
+            cosine graph of the raw :math:`X^m` over the items where :math:`m`
+            is present, with indicator weights, symmetrically normalised
+            (:math:`S^m`, as FREEDOM's), smooths the item ID embeddings, and
+            environment :math:`m` adds the result: :math:`E_I^m \mathrel{+}=
+            (S^m)^{L_S} E_i`. An item missing :math:`m` has no edge in
+            :math:`S^m` (neither sends nor receives), so its modality-:math:`m`
+            term is zero and it keeps the collaborative read-out; the graph is
+            rebuilt when the masks change (cached per mask).
+        knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
+        item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
         fanout (list of int, optional): sampled training: each training step
             propagates the modality graphs over one layer-wise neighbour sample
             of the batch's users and items
@@ -170,6 +186,7 @@ class I3MRec(Recommender):
                  min_info: str = "club", club_hidden: int = 64, club_batch: int = 2048,
                  use_irm: bool = True, use_ib: bool = True,
                  use_masked_fusion: bool = True, id_branch: str = "none",
+                 item_graph: str = "none", knn_k: int = 10, item_graph_layers: int = 1,
                  fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
@@ -188,6 +205,16 @@ class I3MRec(Recommender):
             raise ValueError(f"min_info: expected 'club' or 'kl', got {min_info!r}")
         if id_branch not in _ID_BRANCHES:
             raise ValueError(f"id_branch: expected one of {_ID_BRANCHES}, got {id_branch!r}")
+        if item_graph not in _ITEM_GRAPHS:
+            raise ValueError(f"item_graph: expected one of {_ITEM_GRAPHS}, got {item_graph!r}")
+        if item_graph != "none" and id_branch == "none":
+            raise ValueError("item_graph: 'knn' smooths item ID embeddings, so it needs "
+                             "id_branch 'embedding' or 'lightgcn', got id_branch 'none'")
+        if int(knn_k) != knn_k or knn_k < 1:
+            raise ValueError(f"knn_k: expected a positive integer, got {knn_k!r}")
+        if int(item_graph_layers) != item_graph_layers or item_graph_layers < 1:
+            raise ValueError(f"item_graph_layers: expected a positive integer, got "
+                             f"{item_graph_layers!r}")
         if club_batch < 2:
             raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
         for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
@@ -205,6 +232,8 @@ class I3MRec(Recommender):
         self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
         self.use_masked_fusion = bool(use_masked_fusion)
         self.id_branch = id_branch
+        self.item_graph, self.knn_k = item_graph, int(knn_k)
+        self.item_graph_layers = int(item_graph_layers)
 
         self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
 
@@ -221,6 +250,11 @@ class I3MRec(Recommender):
         # only the item inputs and presence masks differ
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers,
                                  renormalize=renormalize)
+        # S^m, one parameter-free layer per modality (each caches its own CSR)
+        self.item_convs = torch.nn.ModuleDict({
+            m: ItemItemConv(normalize="none") for m in self.modalities}
+            if item_graph == "knn" else {})
+        self._knn_cache: Dict[tuple, tuple] = {}
         self.fusion = MissingAwareFusion(d, mode=fusion_mode, transform=fusion_transform,
                                          dropout=fusion_dropout)
         self.invariance = IRMPenalty(risk=bpr_risk) if penalty == "irm" else VRExPenalty()
@@ -256,6 +290,7 @@ class I3MRec(Recommender):
 
     def on_inputs_changed(self) -> None:
         # features/masks swapped (train vs test masks): drop what depends on them
+        # (the kNN graphs are cached per mask content and stay)
         self._x_norm: Dict[str, Tensor] = {}
         self._present_sum: Dict[str, Tensor] = {}
 
@@ -270,6 +305,55 @@ class I3MRec(Recommender):
             cached = F.normalize(x.float(), dim=-1)
             self._x_norm[m] = cached
         return cached
+
+    def _item_graph(self, m: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(edge_index, weight, rowptr)`` of :math:`S^m` (edges sorted by
+        target, ``rowptr`` over targets) for the current inputs, cached per
+        feature tensor and mask content: the trainer swaps train and
+        evaluation masks, and a kNN search costs :math:`O(I^2 F)`."""
+        x, mask = self.feature(m), self.mask(m)
+        key = (m, id(x), mask_key(mask))
+        graph = self._knn_cache.get(key)
+        if graph is None or graph[0].device != mask.device:
+            ei, _ = knn_graph(x, self.knn_k, mask)
+            rowptr = torch.zeros(self.num_items + 1, dtype=torch.long, device=ei.device)
+            rowptr[1:] = torch.bincount(ei[1], minlength=self.num_items).cumsum(0)
+            graph = (ei, normalize_edge_weight(ei, None, self.num_items, "sym"), rowptr)
+            while len(self._knn_cache) >= 4 * len(self.modalities):  # oldest first
+                self._knn_cache.pop(next(iter(self._knn_cache)))
+            # the value holds `x` so that its id cannot be reused while cached
+            self._knn_cache[key] = graph + (x,)
+        return graph[:3]
+
+    def _smoothed_items(self, m: str) -> Tensor:
+        """:math:`(S^m)^{L_S} E_i` for every item."""
+        ei, w, _ = self._item_graph(m)
+        h = self.item_embedding.weight
+        for _ in range(self.item_graph_layers):
+            h = self.item_convs[m](h, ei, edge_weight=w)
+        return h
+
+    def _smoothed_items_at(self, m: str, items: Tensor) -> Tensor:
+        """Rows ``items`` (sorted unique) of :math:`(S^m)^{L_S} E_i`, exactly,
+        from their :math:`L_S`-hop neighbourhood only (embedding look-ups, so
+        sampled steps keep sparse gradients)."""
+        ei, w, rowptr = self._item_graph(m)
+        src = ei[0]
+        hops = [items]
+        edges = []
+        for _ in range(self.item_graph_layers):
+            t = hops[-1]
+            start, count = rowptr[t], rowptr[t + 1] - rowptr[t]
+            row = torch.repeat_interleave(torch.arange(t.numel(), device=t.device), count)
+            pos = torch.arange(row.numel(), device=t.device) - (count.cumsum(0) - count)[row]
+            e = start[row] + pos
+            nxt = torch.unique(src[e])
+            edges.append((row, torch.searchsorted(nxt, src[e]), w[e]))
+            hops.append(nxt)
+        h = self.item_embedding(hops[-1])
+        for (row, col, val), t in zip(reversed(edges), reversed(hops[:-1])):
+            h = h.new_zeros(t.numel(), h.size(1)).index_add_(0, row, h[col] * val.unsqueeze(-1))
+        return h
 
     def _real_mask(self, index: Optional[Tensor] = None) -> Tensor:
         """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool (columns ``index`` only)."""
@@ -302,6 +386,8 @@ class I3MRec(Recommender):
             eu_m, ei_m = self.conv.propagate_layers((e_u_hat, h0), item_mask=mask)
             user_modal[m] = user_base + eu_m
             item_modal[m] = ei_m if item_base is None else item_base + ei_m
+            if self.item_convs:
+                item_modal[m] = item_modal[m] + self._smoothed_items(m)
             user_sum = user_sum + eu_m
         user = user_base + user_sum / len(self.modalities)
         item, extras = self._fuse(item_modal, self._real_mask()), {}
@@ -370,6 +456,8 @@ class I3MRec(Recommender):
             eu_m, ei_m = h[:n_su], h[n_su:]
             user_modal[m] = user_base + eu_m
             item_modal[m] = ei_m if item_base is None else item_base + ei_m
+            if self.item_convs:
+                item_modal[m] = item_modal[m] + self._smoothed_items_at(m, item_ids)
             user_sum = user_sum + eu_m
         user = user_base + user_sum / len(self.modalities)
         item, extras = self._fuse(item_modal, self._real_mask(item_ids)), {}

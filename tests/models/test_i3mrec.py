@@ -268,3 +268,72 @@ def test_club_batch_draws_a_uniform_subset_of_the_batch_items(monkeypatch):
         picked.append(tuple(sorted(ids)))
     lowest = tuple(model.mask(m).nonzero().view(-1)[:4].tolist())
     assert len(set(picked)) > 1 and any(p != lowest for p in picked)
+
+
+def dense_knn_smoothing(x, mask, k):
+    """:math:`S` by hand: top-k cosine among present items, indicator weights,
+    D^{-1/2} A D^{-1/2} with A[i, j] = 1 when j is one of i's neighbours."""
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    sim = xn @ xn.t()
+    sim.fill_diagonal_(float("-inf"))
+    sim[:, ~mask] = float("-inf")
+    a = torch.zeros(I, I)
+    for i in mask.nonzero().view(-1).tolist():
+        a[i, sim[i].topk(k).indices] = 1.0
+    deg = a.sum(1)
+    inv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+    return inv[:, None] * a * inv[None, :]
+
+
+def test_item_graph_adds_each_modality_knn_smoothing_of_item_ids():
+    data = make_data(miss=0.4)
+    with pytest.raises(ValueError, match="item_graph: expected"):
+        build(data=data, id_branch="lightgcn", item_graph="full")
+    with pytest.raises(ValueError, match="needs id_branch"):
+        build(data=data, item_graph="knn")
+    with pytest.raises(ValueError, match="knn_k"):
+        build(data=data, id_branch="lightgcn", item_graph="knn", knn_k=0)
+    with pytest.raises(ValueError, match="item_graph_layers"):
+        build(data=data, id_branch="lightgcn", item_graph="knn", item_graph_layers=0)
+    plain = build(data=data, id_branch="lightgcn")
+    model = build(data=data, id_branch="lightgcn", item_graph="knn", knn_k=4,
+                  item_graph_layers=2)
+    model.load_state_dict(plain.state_dict())
+    plain.eval(), model.eval()
+    ref, out = plain.forward(), model.forward()
+    e_i = model.item_embedding.weight
+    for m in model.modalities:
+        s = dense_knn_smoothing(model.feature(m), model.mask(m), 4)
+        extra = out.item_modal[m] - ref.item_modal[m]
+        assert torch.allclose(extra, s @ (s @ e_i), atol=1e-5)
+        missing = ~model.mask(m)
+        assert missing.any() and extra[missing].abs().max() == 0  # collaborative only
+    # a missing item's ID embedding never reaches another item through S^m
+    m = model.modalities[0]
+    gone = (~model.mask(m)).nonzero()[0, 0]
+    with torch.no_grad():
+        model.item_embedding.weight[gone] += 5.0
+    assert torch.allclose(model._smoothed_items(m)[model.mask(m)],
+                          (out.item_modal[m] - ref.item_modal[m])[model.mask(m)], atol=1e-5)
+    model.train()
+    sum(model.loss(*batch()).values()).backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+
+
+def test_item_graph_follows_the_masks_in_use():
+    ei, feats, masks = make_data(miss=0.2)
+    model = build(data=(ei, feats, masks), id_branch="embedding", item_graph="knn", knn_k=3)
+    model.eval()
+    m = model.modalities[0]
+    train_graph = model._item_graph(m)[0]
+    test_masks = dict(masks)
+    test_masks[m] = masks[m].clone()
+    test_masks[m][masks[m].nonzero()[:5, 0]] = False  # test-time missingness
+    model.set_modality_inputs(feats, test_masks)
+    test_graph = model._item_graph(m)[0]
+    dropped = ~test_masks[m]
+    assert not dropped[test_graph].any() and dropped[train_graph].any()
+    s = dense_knn_smoothing(feats[m], test_masks[m], 3)
+    assert torch.allclose(model._smoothed_items(m), s @ model.item_embedding.weight, atol=1e-5)
+    model.set_modality_inputs(feats, masks)  # back to the training masks: cached, same graph
+    assert model._item_graph(m)[0] is train_graph

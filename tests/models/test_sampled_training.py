@@ -64,10 +64,12 @@ def test_lightgcn_small_fanout_is_random_and_multi_negative():
     a.backward()
 
 
-@pytest.mark.parametrize("id_branch", ["none", "embedding", "lightgcn"])
-def test_i3mrec_large_fanout_matches_full_forward(id_branch):
+@pytest.mark.parametrize("id_branch,item_graph", [("none", "none"), ("embedding", "none"),
+                                                  ("lightgcn", "none"), ("lightgcn", "knn")])
+def test_i3mrec_large_fanout_matches_full_forward(id_branch, item_graph):
     full, sampled = pair(I3MRec, make_data(), [500, 500], embedding_size=16, n_layers=2,
-                         id_branch=id_branch)
+                         id_branch=id_branch, item_graph=item_graph, knn_k=3,
+                         item_graph_layers=2)
     full.eval(), sampled.eval()  # no fusion dropout: deterministic comparison
     ref = full.forward()
     users, items = torch.tensor([3, 1, 3, 7]), torch.tensor([5, 0, 59, 5, 12])
@@ -120,3 +122,16 @@ def test_yaml_default_is_full_graph():
         cfg = build_config(name, {"fanout": [5, 5, 5] if name == "I3MRec" else [5, 5]})
         assert cfg["hparams"]["fanout"] in ([5, 5], [5, 5, 5])
         assert build_config(name)["hparams"]["fanout"] is None
+
+
+def test_i3mrec_sampled_item_graph_keeps_sparse_item_gradients():
+    ei, feats, masks = make_data(miss=0.3)
+    full, sampled = pair(I3MRec, (ei, feats, masks), [500, 500], embedding_size=16, n_layers=2,
+                         id_branch="embedding", item_graph="knn", knn_k=3,
+                         fusion_dropout=0.0, use_ib=False)  # no random terms: losses agree
+    b = batch()
+    sum(sampled.loss(*b).values()).backward()
+    sum(full.loss(*b).values()).backward()
+    g = sampled.item_embedding.weight.grad
+    assert g.is_sparse
+    assert torch.allclose(g.to_dense(), full.item_embedding.weight.grad, atol=1e-5)
