@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..nn.edge_pruning import degree_sensitive_prune
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from .base import Recommender, RecOutput, bpr_loss
@@ -162,17 +163,13 @@ class FREEDOM(Recommender):
         if self.dropout <= 0:
             self.pruned_conv = None
             return
-        ei = torch.unique(self.train_edge_index, dim=1)
-        deg_u = torch.bincount(ei[0], minlength=self.num_users).float()
-        deg_i = torch.bincount(ei[1], minlength=self.num_items).float()
-        p = (deg_u[ei[0]] * deg_i[ei[1]]).rsqrt()
-        keep = max(1, int(ei.size(1) * (1.0 - self.dropout)))
-        idx = torch.multinomial(p, keep, replacement=False)
+        kept = degree_sensitive_prune(self.train_edge_index, self.num_users, self.num_items,
+                                      self.dropout)
         if self.pruned_conv is None:
-            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, ei[:, idx],
+            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, kept,
                                             num_layers=self.n_ui_layers)
         else:
-            self.pruned_conv.set_graph(ei[:, idx])
+            self.pruned_conv.set_graph(kept)
 
     # -------------------------------------------------------------- forward
     def forward(self) -> RecOutput:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..nn.edge_pruning import degree_sensitive_prune
 from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
 from ..nn.item_item_conv import ItemItemConv
@@ -158,6 +159,13 @@ class I3MRec(Recommender):
             rebuilt when the masks change (cached per mask).
         knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
         item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
+        edge_dropout (float): beyond the reference, FREEDOM's denoising: at
+            every epoch, training propagates (the ID branch and every
+            environment) over a fresh subgraph keeping a fraction :math:`1 -
+            \rho` of the interactions, drawn with probability :math:`\propto
+            1/\sqrt{d_u d_i}` (:func:`~pyg_mmrec.nn.edge_pruning
+            .degree_sensitive_prune`) and renormalised; evaluation uses the
+            full graph. ``0`` (the paper): no pruning.
         fanout (list of int, optional): sampled training: each training step
             propagates the modality graphs over one layer-wise neighbour sample
             of the batch's users and items
@@ -187,6 +195,7 @@ class I3MRec(Recommender):
                  use_irm: bool = True, use_ib: bool = True,
                  use_masked_fusion: bool = True, id_branch: str = "none",
                  item_graph: str = "none", knn_k: int = 10, item_graph_layers: int = 1,
+                 edge_dropout: float = 0.0,
                  fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
@@ -215,6 +224,8 @@ class I3MRec(Recommender):
         if int(item_graph_layers) != item_graph_layers or item_graph_layers < 1:
             raise ValueError(f"item_graph_layers: expected a positive integer, got "
                              f"{item_graph_layers!r}")
+        if not 0.0 <= edge_dropout < 1.0:
+            raise ValueError(f"edge_dropout: expected a fraction in [0, 1), got {edge_dropout}")
         if club_batch < 2:
             raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
         for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
@@ -234,6 +245,7 @@ class I3MRec(Recommender):
         self.id_branch = id_branch
         self.item_graph, self.knn_k = item_graph, int(knn_k)
         self.item_graph_layers = int(item_graph_layers)
+        self.edge_dropout = float(edge_dropout)
 
         self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
 
@@ -250,6 +262,8 @@ class I3MRec(Recommender):
         # only the item inputs and presence masks differ
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers,
                                  renormalize=renormalize)
+        # this epoch's pruned training graph (edge_dropout > 0; None before the first epoch)
+        self.pruned_conv: Optional[LightGCNConv] = None
         # S^m, one parameter-free layer per modality (each caches its own CSR)
         self.item_convs = torch.nn.ModuleDict({
             m: ItemItemConv(normalize="none") for m in self.modalities}
@@ -293,6 +307,26 @@ class I3MRec(Recommender):
         # (the kNN graphs are cached per mask content and stay)
         self._x_norm: Dict[str, Tensor] = {}
         self._present_sum: Dict[str, Tensor] = {}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Draw this epoch's pruned training graph (``edge_dropout > 0``)."""
+        if self.edge_dropout <= 0:
+            return
+        kept = degree_sensitive_prune(self.train_edge_index, self.num_users, self.num_items,
+                                      self.edge_dropout)
+        if self.pruned_conv is None:
+            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, kept,
+                                            num_layers=self.n_layers,
+                                            renormalize=self.conv.renormalize)
+        else:
+            self.pruned_conv.set_graph(kept)
+        self._present_sum = {}  # renormalisation denominators of the old graph
+
+    def _active_conv(self) -> LightGCNConv:
+        """The graph propagated now: this epoch's pruned graph in training, else the full one."""
+        if self.training and self.pruned_conv is not None:
+            return self.pruned_conv
+        return self.conv
 
     def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
         return self.club.parameters()
@@ -367,7 +401,7 @@ class I3MRec(Recommender):
         cached = self._present_sum.get(m)
         if cached is None or cached.device != mask.device:
             users = torch.ones(self.num_users, dtype=torch.bool, device=mask.device)
-            cached = present_weight_sum(self.conv.adj, torch.cat([users, mask]))
+            cached = present_weight_sum(self._active_conv().adj, torch.cat([users, mask]))
             self._present_sum[m] = cached
         return cached
 
@@ -377,13 +411,14 @@ class I3MRec(Recommender):
         e_u_hat = F.normalize(e_u, dim=-1)
         user_modal: Dict[str, Tensor] = {}
         item_modal: Dict[str, Tensor] = {}
-        user_base, item_base = self._id_branch_full(e_u)
+        conv = self._active_conv()
+        user_base, item_base = self._id_branch_full(e_u, conv)
         user_sum = torch.zeros_like(e_u)
         for m in self.modalities:
             mask = self.mask(m)
             h0 = F.normalize(self.projections[m](self._x(m)), dim=-1)
             h0 = torch.where(mask.unsqueeze(-1), h0, torch.zeros_like(h0))
-            eu_m, ei_m = self.conv.propagate_layers((e_u_hat, h0), item_mask=mask)
+            eu_m, ei_m = conv.propagate_layers((e_u_hat, h0), item_mask=mask)
             user_modal[m] = user_base + eu_m
             item_modal[m] = ei_m if item_base is None else item_base + ei_m
             if self.item_convs:
@@ -396,14 +431,14 @@ class I3MRec(Recommender):
         return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
                          extras=extras)
 
-    def _id_branch_full(self, e_u: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    def _id_branch_full(self, e_u: Tensor, conv: LightGCNConv) -> Tuple[Tensor, Optional[Tensor]]:
         """User and item parts every environment adds (see ``id_branch``)."""
         if self.item_embedding is None:
             return e_u, None
         e_i = self.item_embedding.weight
         if self.id_branch == "embedding":
             return e_u, e_i
-        return self.conv.propagate_layers((e_u, e_i))  # IDs are never missing: no mask
+        return conv.propagate_layers((e_u, e_i))  # IDs are never missing: no mask
 
     def sampled_forward(self, users: Tensor, items: Tensor) -> Tuple[RecOutput, Tensor, Tensor]:
         r""":meth:`forward` restricted to ``users`` and ``items`` (global ids,
@@ -420,7 +455,8 @@ class I3MRec(Recommender):
             raise RuntimeError("sampled_forward: the model was built with fanout=None")
         U, d = self.num_users, self.embedding_size
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
-        sub = self.sampler.sample(self.conv.adj, seeds)
+        conv = self._active_conv()
+        sub = self.sampler.sample(conv.adj, seeds)
         is_user = sub.n_id < U
         uid, iid = is_user.nonzero().view(-1), (~is_user).nonzero().view(-1)
         g_user, g_item = sub.n_id[uid], sub.n_id[iid] - U
@@ -429,7 +465,7 @@ class I3MRec(Recommender):
         user_ids, item_ids = d0[:n_su], d0[n_su:] - U
         e_u = self.user_embedding(user_ids)
         e_u_hat = F.normalize(self.user_embedding(g_user), dim=-1)
-        renorm = self.conv.renormalize
+        renorm = conv.renormalize
         user_modal: Dict[str, Tensor] = {}
         item_modal: Dict[str, Tensor] = {}
         user_base, item_base = e_u, None
@@ -451,7 +487,7 @@ class I3MRec(Recommender):
             x.index_put_((iid,), h0)
             node_mask = torch.ones(sub.n_id.numel(), dtype=torch.bool, device=x.device)
             node_mask[iid] = present
-            h = sub.propagate(x, node_mask, row_sum=self.conv.row_sum if renorm else None,
+            h = sub.propagate(x, node_mask, row_sum=conv.row_sum if renorm else None,
                               present_sum=self._node_present_sum(m) if renorm else None)
             eu_m, ei_m = h[:n_su], h[n_su:]
             user_modal[m] = user_base + eu_m

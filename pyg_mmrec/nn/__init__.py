@@ -20,6 +20,7 @@ _EXPORTS = {
     "StackedVariationalBottleneck": "variational_bottleneck",
     "LayerwiseSampler": "neighbor_sampling",
     "SampledSubgraph": "neighbor_sampling",
+    "degree_sensitive_prune": "edge_pruning",
 }
 
 __all__ = sorted(_EXPORTS)

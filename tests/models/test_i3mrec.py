@@ -337,3 +337,31 @@ def test_item_graph_follows_the_masks_in_use():
     assert torch.allclose(model._smoothed_items(m), s @ model.item_embedding.weight, atol=1e-5)
     model.set_modality_inputs(feats, masks)  # back to the training masks: cached, same graph
     assert model._item_graph(m)[0] is train_graph
+
+
+def test_edge_dropout_trains_on_a_pruned_graph_and_evaluates_on_the_full_one():
+    ei, feats, masks = make_data()
+    with pytest.raises(ValueError, match="edge_dropout"):
+        build(data=(ei, feats, masks), edge_dropout=1.0)
+    model = build(data=(ei, feats, masks), id_branch="lightgcn", edge_dropout=0.6,
+                  fusion_dropout=0.0)
+    full = model.forward()  # before the first epoch: the full graph
+    torch.manual_seed(5)
+    model.on_epoch_start(0)
+    torch.manual_seed(5)
+    from pyg_mmrec.nn.edge_pruning import degree_sensitive_prune
+    kept = degree_sensitive_prune(ei, U, I, 0.6)
+    assert kept.size(1) == int(torch.unique(ei, dim=1).size(1) * 0.4)
+    ref = I3MRec(U, I, kept, feats, masks, embedding_size=16, n_layers=2, id_branch="lightgcn",
+                 fusion_dropout=0.0)
+    ref.load_state_dict(model.state_dict())
+    out, expected = model.forward(), ref.forward()
+    assert torch.allclose(out.item, expected.item, atol=1e-6)
+    assert torch.allclose(out.user, expected.user, atol=1e-6)
+    assert not torch.allclose(out.user, full.user, atol=1e-3)
+    model.eval()
+    assert torch.allclose(model.forward().user, full.user, atol=1e-6)
+    model.train()
+    torch.manual_seed(6)
+    model.on_epoch_start(1)  # a fresh draw every epoch
+    assert not torch.allclose(model.forward().user, out.user, atol=1e-3)

@@ -135,3 +135,18 @@ def test_i3mrec_sampled_item_graph_keeps_sparse_item_gradients():
     g = sampled.item_embedding.weight.grad
     assert g.is_sparse
     assert torch.allclose(g.to_dense(), full.item_embedding.weight.grad, atol=1e-5)
+
+
+def test_i3mrec_sampled_steps_use_the_pruned_graph_of_the_epoch():
+    full, sampled = pair(I3MRec, make_data(), [500, 500], embedding_size=16, n_layers=2,
+                         id_branch="lightgcn", edge_dropout=0.5, fusion_dropout=0.0)
+    for model in (full, sampled):
+        torch.manual_seed(3)
+        model.on_epoch_start(0)
+    ref = full.forward()  # training mode: this epoch's pruned graph
+    users, items = torch.tensor([3, 1, 7]), torch.tensor([5, 0, 59, 12])
+    out, uid, iid = sampled.sampled_forward(users, items)
+    assert torch.allclose(out.user, ref.user[uid], atol=1e-5)
+    assert torch.allclose(out.item, ref.item[iid], atol=1e-5)
+    for m in sampled.modalities:
+        assert torch.allclose(out.user_modal[m], ref.user_modal[m][uid], atol=1e-5)
