@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key, normalize_edge_weight
-from ..nn.edge_pruning import degree_sensitive_prune
+from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from .base import Recommender, RecOutput, bpr_loss
@@ -163,13 +163,8 @@ class FREEDOM(Recommender):
         if self.dropout <= 0:
             self.pruned_conv = None
             return
-        kept = degree_sensitive_prune(self.train_edge_index, self.num_users, self.num_items,
-                                      self.dropout)
-        if self.pruned_conv is None:
-            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, kept,
-                                            num_layers=self.n_ui_layers)
-        else:
-            self.pruned_conv.set_graph(kept)
+        self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index,
+                                                self.dropout, reuse=self.pruned_conv)
 
     # -------------------------------------------------------------- forward
     def forward(self) -> RecOutput:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.knn import knn_graph, mask_key, normalize_edge_weight
-from ..nn.edge_pruning import degree_sensitive_prune
+from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
 from ..nn.item_item_conv import ItemItemConv
@@ -243,7 +243,7 @@ class I3MRec(Recommender):
         self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
         self.use_masked_fusion = bool(use_masked_fusion)
         self.id_branch = id_branch
-        self.item_graph, self.knn_k = item_graph, int(knn_k)
+        self.knn_k = int(knn_k)
         self.item_graph_layers = int(item_graph_layers)
         self.edge_dropout = float(edge_dropout)
 
@@ -304,22 +304,17 @@ class I3MRec(Recommender):
 
     def on_inputs_changed(self) -> None:
         # features/masks swapped (train vs test masks): drop what depends on them
-        # (the kNN graphs are cached per mask content and stay)
+        # (the kNN graphs stay in `_knn_cache`, keyed by mask content)
         self._x_norm: Dict[str, Tensor] = {}
         self._present_sum: Dict[str, Tensor] = {}
+        self._item_graph_now: Dict[str, Tuple[Tensor, Tensor, Tensor]] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
         """Draw this epoch's pruned training graph (``edge_dropout > 0``)."""
         if self.edge_dropout <= 0:
             return
-        kept = degree_sensitive_prune(self.train_edge_index, self.num_users, self.num_items,
-                                      self.edge_dropout)
-        if self.pruned_conv is None:
-            self.pruned_conv = LightGCNConv(self.num_users, self.num_items, kept,
-                                            num_layers=self.n_layers,
-                                            renormalize=self.conv.renormalize)
-        else:
-            self.pruned_conv.set_graph(kept)
+        self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index,
+                                                self.edge_dropout, reuse=self.pruned_conv)
         self._present_sum = {}  # renormalisation denominators of the old graph
 
     def _active_conv(self) -> LightGCNConv:
@@ -344,8 +339,12 @@ class I3MRec(Recommender):
         """``(edge_index, weight, rowptr)`` of :math:`S^m` (edges sorted by
         target, ``rowptr`` over targets) for the current inputs, cached per
         feature tensor and mask content: the trainer swaps train and
-        evaluation masks, and a kNN search costs :math:`O(I^2 F)`."""
+        evaluation masks, and a kNN search costs :math:`O(I^2 F)`. Resolved
+        once per input set, so a forward pass never hashes the mask."""
         x, mask = self.feature(m), self.mask(m)
+        now = self._item_graph_now.get(m)
+        if now is not None and now[0].device == mask.device:
+            return now
         key = (m, id(x), mask_key(mask))
         graph = self._knn_cache.get(key)
         if graph is None or graph[0].device != mask.device:
@@ -357,6 +356,7 @@ class I3MRec(Recommender):
                 self._knn_cache.pop(next(iter(self._knn_cache)))
             # the value holds `x` so that its id cannot be reused while cached
             self._knn_cache[key] = graph + (x,)
+        self._item_graph_now[m] = graph[:3]
         return graph[:3]
 
     def _smoothed_items(self, m: str) -> Tensor:

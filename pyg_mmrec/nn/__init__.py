@@ -21,6 +21,7 @@ _EXPORTS = {
     "LayerwiseSampler": "neighbor_sampling",
     "SampledSubgraph": "neighbor_sampling",
     "degree_sensitive_prune": "edge_pruning",
+    "resample_pruned_conv": "edge_pruning",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,10 +1,14 @@
 r"""Degree-sensitive edge pruning of a user–item graph (FREEDOM's denoising)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-__all__ = ["degree_sensitive_prune"]
+from .lightgcn_conv import LightGCNConv
+
+__all__ = ["degree_sensitive_prune", "resample_pruned_conv"]
 
 # torch.multinomial draws from at most 2^24 categories
 _MULTINOMIAL_MAX = 1 << 24
@@ -44,3 +48,16 @@ def degree_sensitive_prune(edge_index: Tensor, num_users: int, num_items: int,
     else:
         idx = (torch.rand_like(p).log() / p).topk(keep).indices
     return ei[:, idx]
+
+
+def resample_pruned_conv(full: LightGCNConv, edge_index: Tensor, drop: float,
+                reuse: Optional[LightGCNConv] = None) -> LightGCNConv:
+    r"""A :class:`~pyg_mmrec.nn.LightGCNConv` configured as ``full`` (layers,
+    renormalisation) over a fresh :func:`degree_sensitive_prune` draw of
+    ``edge_index``; ``reuse`` (the previous epoch's) is rebuilt in place."""
+    kept = degree_sensitive_prune(edge_index, full.num_users, full.num_items, drop)
+    if reuse is None:
+        return LightGCNConv(full.num_users, full.num_items, kept, num_layers=full.num_layers,
+                            renormalize=full.renormalize)
+    reuse.set_graph(kept)
+    return reuse
