@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_mmrec
-from pyg_mmrec.__main__ import main
+from pyg_mmrec.cli import main
 
 
 
@@ -227,7 +227,7 @@ def test_each_configuration_gets_its_own_run_folder(tiny_root, tmp_path, capsys)
     assert main(base + ["--set", "n_layers=2"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     # a long configuration gets a short, stable folder name
-    from pyg_mmrec.__main__ import _run_folder
+    from pyg_mmrec.cli import _run_folder
     long = {f"model.k{i}": i for i in range(40)}
     assert _run_folder(long) == _run_folder(dict(reversed(list(long.items()))))
     assert _run_folder(long).startswith("cfg-") and len(_run_folder(long)) == 16

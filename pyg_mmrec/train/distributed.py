@@ -71,7 +71,6 @@ stays valid. Parameters are compared across ranks after every epoch
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -793,62 +792,8 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
     raise RankFailedError(root, codes[root] if codes[root] is not None else 1, error, others)
 
 
-# ----------------------------------------------------------------------------- command line
-def _cli_rank_main(namespace: Dict[str, Any]) -> int:
-    from pyg_mmrec.__main__ import cmd_train
-    return cmd_train(argparse.Namespace(**namespace))
-
-
-def launch_cli(args: argparse.Namespace) -> Optional[int]:
-    r"""``--nproc N`` (N > 1) outside a distributed job: run ``cmd_train`` on N
-    local ranks and return the exit code; ``None`` when this process should
-    train itself (no ``--nproc``, ``--nproc 1``, or already a rank)."""
-    from pyg_mmrec.config import ConfigError
-    nproc = getattr(args, "nproc", None)
-    if nproc is None:
-        return None
-    if nproc < 1:
-        raise ConfigError(f"--nproc: expected a positive integer, got {nproc}")
-    timeout = getattr(args, "dist_timeout", DEFAULT_TIMEOUT)
-    if timeout is None or timeout <= 0:
-        raise ConfigError(f"--dist-timeout: expected a positive number of seconds, got {timeout}")
-    ws = env_world_size()
-    if "WORLD_SIZE" in os.environ:
-        if ws != nproc:
-            raise ConfigError(f"--nproc {nproc} conflicts with WORLD_SIZE={ws} set by the "
-                              "launcher (torchrun); drop --nproc under torchrun")
-        return None
-    if nproc == 1:
-        return None
-    if str(args.device).startswith("cuda") and torch.cuda.device_count() < nproc:
-        raise ConfigError(f"--nproc {nproc} with --device cuda needs {nproc} GPUs, found "
-                          f"{torch.cuda.device_count()}")
-    ns = {k: v for k, v in vars(args).items() if k != "func"}
-    try:
-        return launch(_cli_rank_main, nproc, (ns,), timeout=timeout)
-    except RankFailedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exitcode if e.exitcode > 0 else 1
-
-
-def init_cli(args: argparse.Namespace) -> DistContext:
-    r"""In a rank of a distributed job (``torchrun`` or ``--nproc``): join the
-    process group, pin ``--device cuda`` to ``cuda:LOCAL_RANK``, and silence
-    ranks > 0 (only rank 0 prints the results table and progress)."""
-    timeout = getattr(args, "dist_timeout", None) or DEFAULT_TIMEOUT
-    ctx = init_from_env(args.device, timeout=timeout)
-    if ctx.world_size > 1:
-        os.environ.setdefault("PYG_MMREC_DIST_TIMEOUT", str(float(timeout)))
-        if ctx.device.type == "cuda":
-            args.device = str(ctx.device)
-        if ctx.rank != 0:
-            args.quiet = True
-            sys.stdout = open(os.devnull, "w")
-    return ctx
-
-
 __all__ = ["DistributedTrainer", "DistContext", "GlobalBatchShards", "PeerFailureError",
-           "RankFailedError", "init_from_env", "destroy", "launch", "launch_cli", "init_cli",
+           "RankFailedError", "init_from_env", "destroy", "launch",
            "all_reduce_gradients", "broadcast_parameters",
            "check_consistency", "barrier", "rank_zero_first", "agree", "get_rank_world",
            "is_distributed", "env_world_size", "DEFAULT_TIMEOUT", "FAULT_ENV"]

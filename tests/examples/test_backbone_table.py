@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import load_script
-from pyg_mmrec.__main__ import build_parser
+from pyg_mmrec.cli import build_parser
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_mmrec.__main__ import main
+from pyg_mmrec.cli import main
 from pyg_mmrec.data import BPRSampler
 from pyg_mmrec.train import Trainer, TrainData
 from pyg_mmrec.train.checkpoint import load_checkpoint
