@@ -59,8 +59,9 @@ class LGMRec(Recommender):
 
     **New items** (:meth:`add_items`): a new item has no edge and a zero ID
     embedding, so its collaborative and modality graph embeddings are zero
-    (the modality graphs keep their last layer) and it is represented by the
-    global part alone, :math:`z_i = \alpha\,\mathrm{norm}(\sum_m G^m_i)`: its
+    (the modality graphs keep their last layer; with ``n_mm_layers = 0``
+    :math:`E^m_i = X^m_i` adds its content there too) and it is represented
+    by the global part alone, :math:`z_i = \alpha\,\mathrm{norm}(\sum_m G^m_i)`: its
     hyperedge assignments from its own features read the hyperedge
     embeddings :math:`\Lambda^m`. Those are summed over the items the model
     was built with only, so new items never change them and old items and
