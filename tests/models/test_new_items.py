@@ -351,3 +351,24 @@ def test_mrdib_follows_its_backbone():
     model.add_items(*new_rows(model, [1]))
     assert model.num_items == model.backbone.num_items == I + 1
     assert model.num_anchor_items == I
+
+
+@pytest.mark.parametrize("variant", ["freedom", "lattice", "mgcn", "i3mrec-knn", "lgmrec"])
+def test_mask_swap_after_add_items_keeps_old_items_as_without_them(variant):
+    # e.g. the fm protocol's evaluation masks, set after new items were added
+    torch.manual_seed(0)
+    grown = build(variant)
+    torch.manual_seed(0)
+    plain = build(variant)
+    feats, masks = new_rows(grown, [1, 2, 3])
+    grown.add_items(feats, masks)
+    g = torch.Generator().manual_seed(5)
+    swapped = {m: plain.mask(m) & (torch.rand(I, generator=g) > 0.3) for m in plain.modalities}
+    old_feats = {m: plain.feature(m) for m in plain.modalities}
+    plain.set_modality_inputs(old_feats, swapped)
+    grown.set_modality_inputs({m: torch.cat([old_feats[m], feats[m]]) for m in feats},
+                              {m: torch.cat([swapped[m], masks[m]]) for m in masks})
+    u_p, i_p = eval_embeddings(plain)
+    u_g, i_g = eval_embeddings(grown)
+    torch.testing.assert_close(u_g, u_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(i_g[:I], i_p, rtol=1e-5, atol=1e-6)
