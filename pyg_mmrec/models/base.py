@@ -61,7 +61,10 @@ class Recommender(torch.nn.Module):
     * ``masks``: ``{modality: BoolTensor [num_items]}``; ``False`` = missing.
     * ``hparams``: the keys of the model's YAML in ``pyg_mmrec/configs``.
 
-    A subclass implements :meth:`forward` and usually :meth:`loss`.
+    A subclass implements :meth:`forward` and usually :meth:`loss`; one that
+    can represent an item from its content alone sets
+    :attr:`supports_new_items` and documents what :meth:`add_items` gives a
+    new item.
     """
 
     #: whether the model reads modality features (False for BPR/LightGCN)
@@ -228,6 +231,9 @@ class Recommender(torch.nn.Module):
         (:meth:`item_knn_graph`) give the new items neighbours among the anchor
         items only. Old items' representations therefore stay unchanged unless
         a model documents otherwise (its class docstring, "New items").
+        Cost: models with kNN item graphs rebuild them over the grown
+        catalogue, as at construction (:math:`O(I^2 F)`; the anchors' part
+        comes out identical); the others only append rows.
 
         Args:
             features (dict): ``{modality: Tensor [n, F_m]}``.
