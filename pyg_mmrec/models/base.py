@@ -165,8 +165,8 @@ class Recommender(torch.nn.Module):
             raise ValueError(f"features: expected a dict modality -> tensor [n, F], got "
                              f"{type(features).__name__}")
         if set(features) != set(self.modalities):
-            raise ValueError(f"features: expected exactly the modalities {sorted(self.modalities)}, "
-                             f"got {sorted(features)}")
+            raise ValueError(f"features: expected exactly the modalities "
+                             f"{sorted(self.modalities)}, got {sorted(features)}")
         n = None
         for m in self.modalities:
             x, old = features[m], self._features[m]
@@ -336,7 +336,8 @@ def grow_item_rows(module: torch.nn.Module, names: Iterable[str], n: int) -> Non
         if obj is None:
             continue
         if isinstance(obj, torch.nn.Embedding):
-            obj.weight.data = torch.cat([obj.weight.data, obj.weight.new_zeros(n, obj.weight.size(1))])
+            w = obj.weight
+            w.data = torch.cat([w.data, w.new_zeros(n, w.size(1))])
             obj.num_embeddings = obj.weight.size(0)
         elif isinstance(obj, Tensor):
             grown = torch.cat([obj.data, obj.new_zeros(n, *obj.shape[1:])])

@@ -322,7 +322,8 @@ def test_knn_graph_anchored():
         sims = xn[i] @ xn[anchors].t()
         expected = set(anchors[sims.topk(k).indices].tolist())
         assert set(src[dst == i].tolist()) == expected
-        torch.testing.assert_close(w[n_a:][dst == i].sort().values, sims.topk(k).values.sort().values)
+        torch.testing.assert_close(w[n_a:][dst == i].sort().values,
+                                   sims.topk(k).values.sort().values)
     # no anchors cut: the plain graph; differentiable weights for a learned graph
     e2, w2 = knn_graph_anchored(x, k, mask, None)
     assert torch.equal(e2, knn_graph(x, k, mask)[0])
