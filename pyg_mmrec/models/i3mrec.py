@@ -669,4 +669,4 @@ class I3MRec(Recommender):
         return out.user, out.item
 
 
-__all__ = ["I3MRec"]
+__all__ = ["I3MRec", "I3MRecOptions"]
