@@ -179,7 +179,12 @@ def model_defaults(name: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 def _constructor_params(fn: Callable, skip: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
     """Named keyword parameters of ``fn`` (a class or function) beyond the data
-    arguments, with their defaults (``inspect.Parameter.empty`` if none)."""
+    arguments, with their defaults (``inspect.Parameter.empty`` if none). A
+    class that groups its options (e.g. :class:`~pyg_mmrec.models.i3mrec.I3MRec`)
+    lists its flat keys itself, through a ``hparam_defaults()`` class method."""
+    listed = getattr(fn, "hparam_defaults", None)
+    if callable(listed):
+        return dict(listed())
     try:
         sig = inspect.signature(fn.__init__ if inspect.isclass(fn) else fn)
     except (TypeError, ValueError):

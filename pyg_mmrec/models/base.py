@@ -6,7 +6,7 @@ here, so a new model needs nothing else to be trained, evaluated, or wrapped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -45,6 +45,26 @@ def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         return -torch.nn.functional.logsigmoid(pos_score.unsqueeze(1) - neg_score).mean()
     neg_score = (user * neg).sum(-1)
     return -torch.nn.functional.logsigmoid(pos_score - neg_score).mean()
+
+
+def batch_l2(weight: float, *rows: Tensor) -> Tensor:
+    r"""The L2 term of a BPR batch, :math:`\frac{\lambda}{2B}\sum_x \lVert x \rVert^2`
+    over the given row tensors (e.g. the batch's user, positive and negative
+    representations); :math:`B` is the number of rows of the first one."""
+    total = rows[0].pow(2).sum()
+    for x in rows[1:]:
+        total = total + x.pow(2).sum()
+    return weight * total / (2 * rows[0].size(0))
+
+
+def bpr_l2_terms(user: Tensor, pos: Tensor, neg: Tensor, reg_weight: float,
+                 name: str = "bpr") -> Dict[str, Tensor]:
+    r"""``{name: BPR, "reg": L2}`` of one batch's representations (the L2 term
+    only when ``reg_weight`` is non-zero; see :func:`bpr_loss`, :func:`batch_l2`)."""
+    terms = {name: bpr_loss(user, pos, neg)}
+    if reg_weight:
+        terms["reg"] = batch_l2(reg_weight, user, pos, neg)
+    return terms
 
 
 class Recommender(torch.nn.Module):
@@ -93,6 +113,34 @@ class Recommender(torch.nn.Module):
         self._features: Dict[str, Tensor] = {}
         self._masks: Dict[str, Tensor] = {}
         self.set_modality_inputs(features, masks)
+
+    # ------------------------------------------------------ shared construction
+    #: set by :meth:`_finish_init`. :meth:`on_inputs_changed` also runs inside
+    #: ``Recommender.__init__``, before a subclass has built anything: a hook
+    #: that needs the subclass's modules returns early while this is False.
+    _ready: bool = False
+
+    def _init_id_embeddings(self, dim: int, user_dim: Optional[int] = None,
+                            sparse: bool = False) -> None:
+        r"""The ID embeddings :math:`E_U` (``user_embedding``, ``[num_users,
+        user_dim or dim]``) and :math:`E_I` (``item_embedding``, ``[num_items,
+        dim]``); ``sparse``: sparse gradients (sampled training)."""
+        self.user_embedding = torch.nn.Embedding(self.num_users, user_dim or dim, sparse=sparse)
+        self.item_embedding = torch.nn.Embedding(self.num_items, dim, sparse=sparse)
+
+    def _reset_id_embeddings(self, init: Callable[[Tensor], Any] = torch.nn.init.xavier_uniform_
+                             ) -> None:
+        """Re-draw both ID embeddings with ``init`` (Xavier-uniform by default)."""
+        init(self.user_embedding.weight)
+        init(self.item_embedding.weight)
+
+    def _finish_init(self) -> None:
+        """The last line of a subclass constructor: draw the parameters
+        (``reset_parameters``), then build what depends on the inputs
+        (:meth:`on_inputs_changed`, now with every module in place)."""
+        self.reset_parameters()
+        self._ready = True
+        self.on_inputs_changed()
 
     # ------------------------------------------------------------------ inputs
     def set_modality_inputs(self, features: Dict[str, Tensor],
@@ -280,11 +328,7 @@ class Recommender(torch.nn.Module):
         Default: BPR on :attr:`RecOutput.user`/``item`` + L2 on the batch."""
         out = self.forward() if out is None else out
         u, p, n = out.user[users], out.item[pos], out.item[neg]
-        reg = getattr(self, "reg_weight", 0.0)
-        terms = {"bpr": bpr_loss(u, p, n)}
-        if reg:
-            terms["reg"] = reg * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / (2 * u.size(0))
-        return terms
+        return bpr_l2_terms(u, p, n, getattr(self, "reg_weight", 0.0))
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> tuple[Tensor, Tensor]:

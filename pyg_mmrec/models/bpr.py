@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor
 
 from .base import Recommender, RecOutput
@@ -35,13 +34,11 @@ class BPR(Recommender):
                  embedding_size: int = 64, reg_weight: float = 1e-5) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         self.embedding_size, self.reg_weight = int(embedding_size), float(reg_weight)
-        self.user_embedding = torch.nn.Embedding(num_users, embedding_size)
-        self.item_embedding = torch.nn.Embedding(num_items, embedding_size)
-        self.reset_parameters()
+        self._init_id_embeddings(self.embedding_size)
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
 
     def forward(self) -> RecOutput:
         return RecOutput(user=self.user_embedding.weight, item=self.item_embedding.weight)

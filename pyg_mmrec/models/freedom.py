@@ -117,8 +117,7 @@ class FREEDOM(Recommender):
         self.beta = modality_weights(self.modalities, modal_weights, "modal_weights")
 
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self._init_id_embeddings(d)
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
             for m in self.modalities})
@@ -128,13 +127,10 @@ class FREEDOM(Recommender):
         self.mm_conv = ItemItemConv(normalize="none")  # S is normalised when built
         self._knn_cache: Dict[tuple, tuple] = {}
         self.mm_graph: Optional[tuple] = None  # (edge_index, weight) of S
-        self.reset_parameters()
-        self._ready = True
-        self.on_inputs_changed()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
         for lin in self.projections.values():
             lin.reset_parameters()
 
@@ -149,7 +145,7 @@ class FREEDOM(Recommender):
         return self._knn_cache[key]
 
     def on_inputs_changed(self) -> None:
-        if not getattr(self, "_ready", False):
+        if not self._ready:
             return
         dev = self.train_edge_index.device
         if not self.modalities:

@@ -2,7 +2,8 @@ r"""I3-MRec: invariant learning with an information bottleneck for incomplete
 modality recommendation."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,37 @@ from ..nn.mi_estimators import CLUB
 from ..nn.missing_aware_fusion import MissingAwareFusion
 from ..nn.neighbor_sampling import LayerwiseSampler, present_weight_sum
 from ..nn.variational_bottleneck import VariationalBottleneck
-from .base import Recommender, RecOutput, bpr_loss
+from .base import Recommender, RecOutput, batch_l2, bpr_loss
+from .i3mrec_options import I3MRecOptions, flat_defaults
 
 
-_ID_BRANCHES = ("none", "embedding", "lightgcn")
-_ITEM_GRAPHS = ("none", "knn")
+@dataclass
+class _Propagation:
+    r"""One way of propagating the modality environments, read by
+    :meth:`I3MRec._environments`: the full graph (every user and item) or one
+    neighbour sample of a batch (sampled training).
+
+    Attributes:
+        user_base: what every :math:`E_U^m` adds (:math:`E_u` or :math:`C_U`),
+            one row per output user.
+        item_base: what every :math:`E_I^m` adds (``None``, :math:`E_i` or
+            :math:`C_I`), one row per output item.
+        propagate: ``(m, H0, present) -> (users, items)``: propagates the item
+            inputs ``H0`` of modality ``m`` (rows: ``input_items``) with their
+            presence mask, and returns :math:`\bar{E}_U^m` and
+            :math:`\bar{E}_I^m` on the output rows.
+        input_items: global ids of the items whose inputs are propagated
+            (``None``: all items, in order).
+        user_ids, item_ids: global ids of the output rows (``None``: all, in
+            order).
+    """
+
+    user_base: Tensor
+    item_base: Optional[Tensor]
+    propagate: Callable[[str, Tensor, Tensor], Tuple[Tensor, Tensor]]
+    input_items: Optional[Tensor] = None
+    user_ids: Optional[Tensor] = None
+    item_ids: Optional[Tensor] = None
 
 
 class I3MRec(Recommender):
@@ -101,198 +128,177 @@ class I3MRec(Recommender):
     ``user_modal[m]`` = :math:`E_U^m`.
 
     Args:
-        embedding_size (int): :math:`d`. (reference: 64)
-        n_layers (int): :math:`L` propagation layers per modality graph. (3)
-        penalty (str): ``"vrex"`` or ``"irm"`` (IRMv1).
-        penalty_coeff (float): :math:`\lambda_p`. (reference on Baby: 300)
-        max_info_coeff (float): :math:`\lambda_{\max}` (InfoNCE). (1e-3)
-        min_info_coeff (float): :math:`\lambda_{\min}` (CLUB). (1e-5)
-        reg_coeff (float): :math:`\lambda_{reg}`, L2 on the batch's final
-            user and item representations. (1e-3)
-        modal_bpr_coeff (float): weight of :math:`\sum_m \mathcal{L}^m`. (1)
-        temperature (float): InfoNCE :math:`\tau`. (reference: 0.4)
-        mask_prob (float): probability of dropping a present modality in
-            :math:`\mathcal{M}`.
-        num_masked_views (int): number of sampled masked fusions per batch.
-        fusion_mode (str): ``"mean"`` or ``"attention"``.
-        fusion_dropout (float): dropout inside the fusion transform.
-        fusion_transform (str): the fusion's map after pooling: ``"tanh"``
-            (:math:`\tanh(W\bar{h})`, as the reference), ``"linear"``
-            (:math:`W\bar{h}`: keeps the norms that carry popularity in
-            LightGCN-like scores) or ``"none"``.
-        detach_modal (bool): fuse ``E_I^m.detach()`` so that the fusion-level
-            objectives train the fusion and :math:`E_u` only, and the modality
-            branches are shaped by the environment risks alone (as in the
-            reference code).
-        renormalize (bool): rescale each user's messages in modality
-            :math:`m`'s graph to its full degree weight when some of its items
-            miss :math:`m` (see :class:`~pyg_mmrec.nn.LightGCNConv`), so a
-            user's magnitude does not depend on how many items are missing.
-        min_info (str): the bound of :math:`I(Z; X)`: ``"club"`` (CLUB,
-            estimators trained in alternation) or ``"kl"`` (a variational
-            alternative: :math:`Z` becomes a Gaussian code
-            :math:`\mathcal{N}(\mu, \sigma^2)` of the fusion, sampled in
-            training, and :math:`\mathrm{KL}(q(Z \mid X) \| \mathcal{N}(0, I))
-            \geq I(Z; X)` is minimised; :math:`\mu` at inference).
-        club_hidden (int): hidden width of the CLUB estimators.
-        club_batch (int): at most this many (present) items per modality,
-            drawn uniformly from the batch's, feed each estimator per step
-            (the estimators' cost is linear in it).
-        use_irm, use_ib, use_masked_fusion (bool): ablation switches (no
-            invariance penalty; no InfoNCE and CLUB; no masked fusion
-            :math:`Z^{\mathcal{M}}`, hence no InfoNCE).
-        id_branch (str): beyond the reference, a collaborative branch shared by
-            every environment. ``"none"`` (the paper): items have no ID
-            embedding, :math:`E_I^m` is the propagated projection only, users
-            :math:`E_U^m = E_u + \bar{E}_U^m`. ``"embedding"``: items get ID
-            embeddings :math:`E_i` added to every environment,
-            :math:`E_I^m = E_i + \bar{E}_I^m`. ``"lightgcn"``: the ID
-            embeddings :math:`[E_u; E_i]` are themselves propagated over the
-            (never-masked) user–item graph, :math:`[C_U; C_I] =
-            \frac{1}{L+1}\sum_l \hat{A}^l [E_u; E_i]`, and every environment
-            adds them: :math:`E_U^m = C_U + \bar{E}_U^m`, :math:`E_I^m = C_I +
-            \bar{E}_I^m` (so the fused score contains a LightGCN score). The
-            modality inputs still come from :math:`W_m X^m` only, so a missing
-            modality still sends nothing; the branch carries the collaborative
-            signal a feature projection cannot (decisive on MovieLens, whose
-            features are weak).
-        item_graph (str): beyond the reference, a modality-specific item–item
-            graph in each environment. ``"none"`` (the paper). ``"knn"``
-            (needs an ``id_branch``): modality :math:`m`'s frozen top-:math:`k`
-            cosine graph of the raw :math:`X^m` over the items where :math:`m`
-            is present, with indicator weights, symmetrically normalised
-            (:math:`S^m`, as FREEDOM's), smooths the item ID embeddings, and
-            environment :math:`m` adds the result: :math:`E_I^m \mathrel{+}=
-            (S^m)^{L_S} E_i`. An item missing :math:`m` has no edge in
-            :math:`S^m` (neither sends nor receives), so its modality-:math:`m`
-            term is zero and it keeps the collaborative read-out; the graph is
-            rebuilt when the masks change (cached per mask).
-        knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
-        item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
-        edge_dropout (float): beyond the reference, FREEDOM's denoising: at
-            every epoch, training propagates (the ID branch and every
-            environment) over a fresh subgraph keeping a fraction :math:`1 -
-            \rho` of the interactions, drawn with probability :math:`\propto
-            1/\sqrt{d_u d_i}` (:func:`~pyg_mmrec.nn.edge_pruning
-            .degree_sensitive_prune`) and renormalised; evaluation uses the
-            full graph. ``0`` (the paper): no pruning.
-        fanout (list of int, optional): sampled training: each training step
-            propagates the modality graphs over one layer-wise neighbour sample
-            of the batch's users and items
-            (:class:`~pyg_mmrec.nn.neighbor_sampling.LayerwiseSampler`, shared
-            by the modalities, each with its item mask and exact
-            renormalisation), so a step costs :math:`O(B \prod_l f_l)` instead
-            of :math:`O(E)`; the ID embeddings get sparse gradients (the
-            trainer then uses :class:`~pyg_mmrec.train.optim.LazyAdam`) and the
-            CLUB estimators are fitted on a fresh sampled :math:`Z` of the
-            batch items. ``fanout[0]`` is the hop next to the batch, one entry
-            per layer. ``None`` (default): full-graph propagation at every
-            step. Evaluation always propagates the full graph.
+        options (I3MRecOptions, optional): every hyper-parameter, by group
+            (:mod:`pyg_mmrec.models.i3mrec_options`); default: the defaults.
+        **hparams: flat keys (those of ``pyg_mmrec/configs/i3mrec.yaml``),
+            each replacing one field of ``options``:
+
+        *propagation* (:class:`~pyg_mmrec.models.i3mrec_options.PropagationOptions`):
+
+            embedding_size (int): :math:`d`. (reference: 64)
+            n_layers (int): :math:`L` propagation layers per modality graph. (3)
+            renormalize (bool): rescale each user's messages in modality
+                :math:`m`'s graph to its full degree weight when some of its items
+                miss :math:`m` (see :class:`~pyg_mmrec.nn.LightGCNConv`), so a
+                user's magnitude does not depend on how many items are missing.
+            fanout (list of int, optional): sampled training: each training step
+                propagates the modality graphs over one layer-wise neighbour sample
+                of the batch's users and items
+                (:class:`~pyg_mmrec.nn.neighbor_sampling.LayerwiseSampler`, shared
+                by the modalities, each with its item mask and exact
+                renormalisation), so a step costs :math:`O(B \prod_l f_l)` instead
+                of :math:`O(E)`; the ID embeddings get sparse gradients (the
+                trainer then uses :class:`~pyg_mmrec.train.optim.LazyAdam`) and the
+                CLUB estimators are fitted on a fresh sampled :math:`Z` of the
+                batch items. ``fanout[0]`` is the hop next to the batch, one entry
+                per layer. ``None`` (default): full-graph propagation at every
+                step. Evaluation always propagates the full graph.
+
+        *risks* (:class:`~pyg_mmrec.models.i3mrec_options.RiskOptions`):
+
+            penalty (str): ``"vrex"`` or ``"irm"`` (IRMv1).
+            penalty_coeff (float): :math:`\lambda_p`. (reference on Baby: 300)
+            use_irm (bool): ablation switch: no invariance penalty.
+            modal_bpr_coeff (float): weight of :math:`\sum_m \mathcal{L}^m`. (1)
+            reg_coeff (float): :math:`\lambda_{reg}`, L2 on the batch's final
+                user and item representations. (1e-3)
+
+        *information bottleneck* (:class:`~pyg_mmrec.models.i3mrec_options.BottleneckOptions`):
+
+            use_ib (bool): ablation switch: no InfoNCE and no CLUB (or KL).
+            max_info_coeff (float): :math:`\lambda_{\max}` (InfoNCE). (1e-3)
+            temperature (float): InfoNCE :math:`\tau`. (reference: 0.4)
+            min_info (str): the bound of :math:`I(Z; X)`: ``"club"`` (CLUB,
+                estimators trained in alternation) or ``"kl"`` (a variational
+                alternative: :math:`Z` becomes a Gaussian code
+                :math:`\mathcal{N}(\mu, \sigma^2)` of the fusion, sampled in
+                training, and :math:`\mathrm{KL}(q(Z \mid X) \| \mathcal{N}(0, I))
+                \geq I(Z; X)` is minimised; :math:`\mu` at inference).
+            min_info_coeff (float): :math:`\lambda_{\min}` (CLUB). (1e-5)
+            club_hidden (int): hidden width of the CLUB estimators.
+            club_batch (int): at most this many (present) items per modality,
+                drawn uniformly from the batch's, feed each estimator per step
+                (the estimators' cost is linear in it).
+
+        *fusion and masked views* (:class:`~pyg_mmrec.models.i3mrec_options.FusionOptions`):
+
+            fusion_mode (str): ``"mean"`` or ``"attention"``.
+            fusion_transform (str): the fusion's map after pooling: ``"tanh"``
+                (:math:`\tanh(W\bar{h})`, as the reference), ``"linear"``
+                (:math:`W\bar{h}`: keeps the norms that carry popularity in
+                LightGCN-like scores) or ``"none"``.
+            fusion_dropout (float): dropout inside the fusion transform.
+            detach_modal (bool): fuse ``E_I^m.detach()`` so that the fusion-level
+                objectives train the fusion and :math:`E_u` only, and the modality
+                branches are shaped by the environment risks alone (as in the
+                reference code).
+            use_masked_fusion (bool): ablation switch: no masked fusion
+                :math:`Z^{\mathcal{M}}`, hence no InfoNCE.
+            mask_prob (float): probability of dropping a present modality in
+                :math:`\mathcal{M}`.
+            num_masked_views (int): number of sampled masked fusions per batch.
+
+        *beyond the paper* (:class:`~pyg_mmrec.models.i3mrec_options.CollaborativeOptions`):
+
+            id_branch (str): beyond the reference, a collaborative branch shared by
+                every environment. ``"none"`` (the paper): items have no ID
+                embedding, :math:`E_I^m` is the propagated projection only, users
+                :math:`E_U^m = E_u + \bar{E}_U^m`. ``"embedding"``: items get ID
+                embeddings :math:`E_i` added to every environment,
+                :math:`E_I^m = E_i + \bar{E}_I^m`. ``"lightgcn"``: the ID
+                embeddings :math:`[E_u; E_i]` are themselves propagated over the
+                (never-masked) user–item graph, :math:`[C_U; C_I] =
+                \frac{1}{L+1}\sum_l \hat{A}^l [E_u; E_i]`, and every environment
+                adds them: :math:`E_U^m = C_U + \bar{E}_U^m`, :math:`E_I^m = C_I +
+                \bar{E}_I^m` (so the fused score contains a LightGCN score). The
+                modality inputs still come from :math:`W_m X^m` only, so a missing
+                modality still sends nothing; the branch carries the collaborative
+                signal a feature projection cannot (decisive on MovieLens, whose
+                features are weak).
+            item_graph (str): beyond the reference, a modality-specific item–item
+                graph in each environment. ``"none"`` (the paper). ``"knn"``
+                (needs an ``id_branch``): modality :math:`m`'s frozen top-:math:`k`
+                cosine graph of the raw :math:`X^m` over the items where :math:`m`
+                is present, with indicator weights, symmetrically normalised
+                (:math:`S^m`, as FREEDOM's), smooths the item ID embeddings, and
+                environment :math:`m` adds the result: :math:`E_I^m \mathrel{+}=
+                (S^m)^{L_S} E_i`. An item missing :math:`m` has no edge in
+                :math:`S^m` (neither sends nor receives), so its modality-:math:`m`
+                term is zero and it keeps the collaborative read-out; the graph is
+                rebuilt when the masks change (cached per mask).
+            knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
+            item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
+            edge_dropout (float): beyond the reference, FREEDOM's denoising: at
+                every epoch, training propagates (the ID branch and every
+                environment) over a fresh subgraph keeping a fraction :math:`1 -
+                \rho` of the interactions, drawn with probability :math:`\propto
+                1/\sqrt{d_u d_i}` (:func:`~pyg_mmrec.nn.edge_pruning
+                .degree_sensitive_prune`) and renormalised; evaluation uses the
+                full graph. ``0`` (the paper): no pruning.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
                  features: Optional[Dict[str, Tensor]] = None,
                  masks: Optional[Dict[str, Tensor]] = None, *,
-                 embedding_size: int = 64, n_layers: int = 3, penalty: str = "vrex",
-                 penalty_coeff: float = 300.0, max_info_coeff: float = 1e-3,
-                 min_info_coeff: float = 1e-5, reg_coeff: float = 1e-3,
-                 modal_bpr_coeff: float = 1.0, temperature: float = 0.4,
-                 mask_prob: float = 0.5, num_masked_views: int = 1,
-                 fusion_mode: str = "mean", fusion_dropout: float = 0.5,
-                 fusion_transform: str = "tanh",
-                 detach_modal: bool = True, renormalize: bool = True,
-                 min_info: str = "club", club_hidden: int = 64, club_batch: int = 2048,
-                 use_irm: bool = True, use_ib: bool = True,
-                 use_masked_fusion: bool = True, id_branch: str = "none",
-                 item_graph: str = "none", knn_k: int = 10, item_graph_layers: int = 1,
-                 edge_dropout: float = 0.0,
-                 fanout: Optional[List[int]] = None) -> None:
+                 options: Optional[I3MRecOptions] = None, **hparams: Any) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
             raise ValueError("features: I3MRec needs at least one modality, got none")
-        if penalty not in ("vrex", "irm"):
-            raise ValueError(f"penalty: expected 'vrex' or 'irm', got {penalty!r}")
-        if n_layers < 0:
-            raise ValueError(f"n_layers: expected >= 0, got {n_layers}")
-        if embedding_size <= 0:
-            raise ValueError(f"embedding_size: expected > 0, got {embedding_size}")
-        if not 0.0 <= mask_prob < 1.0:
-            raise ValueError(f"mask_prob: expected a probability in [0, 1), got {mask_prob}")
-        if num_masked_views < 1:
-            raise ValueError(f"num_masked_views: expected >= 1, got {num_masked_views}")
-        if min_info not in ("club", "kl"):
-            raise ValueError(f"min_info: expected 'club' or 'kl', got {min_info!r}")
-        if id_branch not in _ID_BRANCHES:
-            raise ValueError(f"id_branch: expected one of {_ID_BRANCHES}, got {id_branch!r}")
-        if item_graph not in _ITEM_GRAPHS:
-            raise ValueError(f"item_graph: expected one of {_ITEM_GRAPHS}, got {item_graph!r}")
-        if item_graph != "none" and id_branch == "none":
-            raise ValueError("item_graph: 'knn' smooths item ID embeddings, so it needs "
-                             "id_branch 'embedding' or 'lightgcn', got id_branch 'none'")
-        if int(knn_k) != knn_k or knn_k < 1:
-            raise ValueError(f"knn_k: expected a positive integer, got {knn_k!r}")
-        if int(item_graph_layers) != item_graph_layers or item_graph_layers < 1:
-            raise ValueError(f"item_graph_layers: expected a positive integer, got "
-                             f"{item_graph_layers!r}")
-        if not 0.0 <= edge_dropout < 1.0:
-            raise ValueError(f"edge_dropout: expected a fraction in [0, 1), got {edge_dropout}")
-        if club_batch < 2:
-            raise ValueError(f"club_batch: expected >= 2, got {club_batch}")
-        for name, val in (("penalty_coeff", penalty_coeff), ("max_info_coeff", max_info_coeff),
-                          ("min_info_coeff", min_info_coeff), ("reg_coeff", reg_coeff),
-                          ("modal_bpr_coeff", modal_bpr_coeff)):
-            if val < 0:
-                raise ValueError(f"{name}: expected >= 0, got {val}")
-        self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
-        self.penalty_name, self.penalty_coeff = penalty, float(penalty_coeff)
-        self.max_info_coeff, self.min_info_coeff = float(max_info_coeff), float(min_info_coeff)
-        self.reg_coeff, self.modal_bpr_coeff = float(reg_coeff), float(modal_bpr_coeff)
-        self.mask_prob, self.num_masked_views = float(mask_prob), int(num_masked_views)
-        self.detach_modal = bool(detach_modal)
-        self.club_batch, self.min_info = int(club_batch), min_info
-        self.use_irm, self.use_ib = bool(use_irm), bool(use_ib)
-        self.use_masked_fusion = bool(use_masked_fusion)
-        self.id_branch = id_branch
-        self.knn_k = int(knn_k)
-        self.item_graph_layers = int(item_graph_layers)
-        self.edge_dropout = float(edge_dropout)
+        if options is not None and not isinstance(options, I3MRecOptions):
+            raise ValueError(f"options: expected an I3MRecOptions, got {type(options).__name__}")
+        self.options = opts = I3MRecOptions.from_flat(hparams, base=options)
+        prop, risk, ib = opts.propagation, opts.risk, opts.bottleneck
+        fusion, collab = opts.fusion, opts.collaborative
+        d, n_layers = prop.embedding_size, prop.n_layers
+        self.embedding_size, self.n_layers = d, n_layers  # as every model names them
 
-        self.sampler = None if fanout is None else LayerwiseSampler(fanout, self.n_layers)
-
-        d = self.embedding_size
+        self.sampler = (None if prop.fanout is None
+                        else LayerwiseSampler(prop.fanout, n_layers))
         # sampled steps touch only the sampled rows: sparse gradients (fanout)
         sparse = self.sampler is not None
         self.user_embedding = torch.nn.Embedding(num_users, d, sparse=sparse)  # E_u
         # optional item ID embeddings E_i, shared by every environment (see id_branch)
         self.item_embedding = (torch.nn.Embedding(num_items, d, sparse=sparse)
-                               if id_branch != "none" else None)
+                               if collab.id_branch != "none" else None)
         self.projections = torch.nn.ModuleDict({  # W_m
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         # one parameter-free missing-aware propagation; the graph is shared by all m,
         # only the item inputs and presence masks differ
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers,
-                                 renormalize=renormalize)
+                                 renormalize=prop.renormalize)
         # this epoch's pruned training graph (edge_dropout > 0; None before the first epoch)
         self.pruned_conv: Optional[LightGCNConv] = None
         # S^m, one parameter-free layer per modality (each caches its own CSR)
         self.item_convs = torch.nn.ModuleDict({
             m: ItemItemConv(normalize="none") for m in self.modalities}
-            if item_graph == "knn" else {})
+            if collab.item_graph == "knn" else {})
         self._knn_cache: Dict[tuple, tuple] = {}
-        self.fusion = MissingAwareFusion(d, mode=fusion_mode, transform=fusion_transform,
-                                         dropout=fusion_dropout)
-        self.invariance = IRMPenalty(risk=bpr_risk) if penalty == "irm" else VRExPenalty()
-        self.infonce = InfoNCE(temperature=temperature)
+        self.fusion = MissingAwareFusion(d, mode=fusion.fusion_mode,
+                                         transform=fusion.fusion_transform,
+                                         dropout=fusion.fusion_dropout)
+        self.invariance = IRMPenalty(risk=bpr_risk) if risk.penalty == "irm" else VRExPenalty()
+        self.infonce = InfoNCE(temperature=ib.temperature)
         self.club = torch.nn.ModuleDict({  # q_m(Z | X^m)
-            m: CLUB(self._features[m].size(1), d, hidden_dim=club_hidden)
-            for m in self.modalities} if min_info == "club" else {})
+            m: CLUB(self._features[m].size(1), d, hidden_dim=ib.club_hidden)
+            for m in self.modalities} if ib.min_info == "club" else {})
         # variational alternative: a stochastic Z ~ N(mu, sigma^2) and its KL to N(0, I)
-        self.vib = VariationalBottleneck(d, d) if min_info == "kl" else None
+        self.vib = VariationalBottleneck(d, d) if ib.min_info == "kl" else None
         # Z of the last training step, for the estimators' step (saves a forward
         # pass per batch); a persistent buffer so that a resumed run is exact
         self.register_buffer("z_cache", torch.zeros(num_items, d))
         self.register_buffer("z_cache_ready", torch.zeros((), dtype=torch.bool))
-        self.reset_parameters()
+        self._finish_init()
+
+    @classmethod
+    def hparam_defaults(cls) -> Dict[str, Any]:
+        """Every flat hyper-parameter key with its default (the configuration
+        checks ``--set`` values against these)."""
+        return flat_defaults()
+
+    @property
+    def penalty_coeff(self) -> float:
+        r""":math:`\lambda_p` (``options.risk.penalty_coeff``)."""
+        return self.options.risk.penalty_coeff
 
     # ----------------------------------------------------------------- set-up
     def reset_parameters(self) -> None:
@@ -321,10 +327,11 @@ class I3MRec(Recommender):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Draw this epoch's pruned training graph (``edge_dropout > 0``)."""
-        if self.edge_dropout <= 0:
+        rho = self.options.collaborative.edge_dropout
+        if rho <= 0:
             return
-        self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index,
-                                                self.edge_dropout, reuse=self.pruned_conv)
+        self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index, rho,
+                                                reuse=self.pruned_conv)
         self._present_sum = {}  # renormalisation denominators of the old graph
 
     def _active_conv(self) -> LightGCNConv:
@@ -358,7 +365,7 @@ class I3MRec(Recommender):
         key = (m, id(x), mask_key(mask))
         graph = self._knn_cache.get(key)
         if graph is None or graph[0].device != mask.device:
-            ei, _ = self.item_knn_graph(x, self.knn_k, mask)
+            ei, _ = self.item_knn_graph(x, self.options.collaborative.knn_k, mask)
             rowptr = torch.zeros(self.num_items + 1, dtype=torch.long, device=ei.device)
             rowptr[1:] = torch.bincount(ei[1], minlength=self.num_items).cumsum(0)
             graph = (ei, normalize_edge_weight(ei, None, self.num_items, "sym"), rowptr)
@@ -373,7 +380,7 @@ class I3MRec(Recommender):
         """:math:`(S^m)^{L_S} E_i` for every item."""
         ei, w, _ = self._item_graph(m)
         h = self.item_embedding.weight
-        for _ in range(self.item_graph_layers):
+        for _ in range(self.options.collaborative.item_graph_layers):
             h = self.item_convs[m](h, ei, edge_weight=w)
         return h
 
@@ -385,7 +392,7 @@ class I3MRec(Recommender):
         src = ei[0]
         hops = [items]
         edges = []
-        for _ in range(self.item_graph_layers):
+        for _ in range(self.options.collaborative.item_graph_layers):
             t = hops[-1]
             start, count = rowptr[t], rowptr[t + 1] - rowptr[t]
             row = torch.repeat_interleave(torch.arange(t.numel(), device=t.device), count)
@@ -417,38 +424,7 @@ class I3MRec(Recommender):
 
     # --------------------------------------------------------------- forward
     def forward(self) -> RecOutput:
-        e_u = self.user_embedding.weight
-        e_u_hat = F.normalize(e_u, dim=-1)
-        user_modal: Dict[str, Tensor] = {}
-        item_modal: Dict[str, Tensor] = {}
-        conv = self._active_conv()
-        user_base, item_base = self._id_branch_full(e_u, conv)
-        user_sum = torch.zeros_like(e_u)
-        for m in self.modalities:
-            mask = self.mask(m)
-            h0 = F.normalize(self.projections[m](self._x(m)), dim=-1)
-            h0 = torch.where(mask.unsqueeze(-1), h0, torch.zeros_like(h0))
-            eu_m, ei_m = conv.propagate_layers((e_u_hat, h0), item_mask=mask)
-            user_modal[m] = user_base + eu_m
-            item_modal[m] = ei_m if item_base is None else item_base + ei_m
-            if self.item_convs:
-                item_modal[m] = item_modal[m] + self._smoothed_items(m)
-            user_sum = user_sum + eu_m
-        user = user_base + user_sum / len(self.modalities)
-        item, extras = self._fuse(item_modal, self._real_mask()), {}
-        if self.vib is not None:
-            item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
-        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
-                         extras=extras)
-
-    def _id_branch_full(self, e_u: Tensor, conv: LightGCNConv) -> Tuple[Tensor, Optional[Tensor]]:
-        """User and item parts every environment adds (see ``id_branch``)."""
-        if self.item_embedding is None:
-            return e_u, None
-        e_i = self.item_embedding.weight
-        if self.id_branch == "embedding":
-            return e_u, e_i
-        return conv.propagate_layers((e_u, e_i))  # IDs are never missing: no mask
+        return self._environments(self._full_graph())
 
     def sampled_forward(self, users: Tensor, items: Tensor) -> Tuple[RecOutput, Tensor, Tensor]:
         r""":meth:`forward` restricted to ``users`` and ``items`` (global ids,
@@ -463,6 +439,62 @@ class I3MRec(Recommender):
         """
         if self.sampler is None:
             raise RuntimeError("sampled_forward: the model was built with fanout=None")
+        graph = self._sampled_graph(users, items)
+        return self._environments(graph), graph.user_ids, graph.item_ids
+
+    def _environments(self, graph: "_Propagation") -> RecOutput:
+        r"""The modality environments and their fusion over ``graph`` (the
+        full graph or one neighbour sample): for every modality :math:`m`,
+        :math:`H^{(0)}` from :math:`W_m X^m` of the present items, propagated
+        to :math:`\bar{E}_U^m, \bar{E}_I^m`; then :math:`E_U^m, E_I^m`, the
+        user mean :math:`E_U` and the missing-aware fusion :math:`Z`."""
+        user_base, item_base, rows = graph.user_base, graph.item_base, graph.input_items
+        user_modal: Dict[str, Tensor] = {}
+        item_modal: Dict[str, Tensor] = {}
+        user_sum = torch.zeros_like(user_base)
+        for m in self.modalities:
+            present, x = self.mask(m), self._x(m)
+            if rows is not None:
+                present, x = present[rows], x[rows]
+            h0 = F.normalize(self.projections[m](x), dim=-1)
+            h0 = torch.where(present.unsqueeze(-1), h0, torch.zeros_like(h0))
+            eu_m, ei_m = graph.propagate(m, h0, present)
+            user_modal[m] = user_base + eu_m
+            item_modal[m] = ei_m if item_base is None else item_base + ei_m
+            if self.item_convs:
+                item_modal[m] = item_modal[m] + (
+                    self._smoothed_items(m) if graph.item_ids is None
+                    else self._smoothed_items_at(m, graph.item_ids))
+            user_sum = user_sum + eu_m
+        user = user_base + user_sum / len(self.modalities)
+        item, extras = self._fuse(item_modal, self._real_mask(graph.item_ids)), {}
+        if self.vib is not None:
+            item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
+        return RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
+                         extras=extras)
+
+    def _full_graph(self) -> "_Propagation":
+        """Every user and item, over this epoch's (pruned) training graph or,
+        in evaluation, the full one."""
+        e_u = self.user_embedding.weight
+        e_u_hat = F.normalize(e_u, dim=-1)
+        conv = self._active_conv()
+        user_base, item_base = e_u, None  # the parts every environment adds (id_branch)
+        if self.item_embedding is not None:
+            e_i = self.item_embedding.weight
+            if self.options.collaborative.id_branch == "embedding":
+                item_base = e_i
+            else:  # lightgcn: the IDs are never missing, so no mask
+                user_base, item_base = conv.propagate_layers((e_u, e_i))
+
+        def propagate(m: str, h0: Tensor, present: Tensor) -> Tuple[Tensor, Tensor]:
+            return conv.propagate_layers((e_u_hat, h0), item_mask=present)
+
+        return _Propagation(user_base, item_base, propagate)
+
+    def _sampled_graph(self, users: Tensor, items: Tensor) -> "_Propagation":
+        """The batch's ``users`` and ``items`` over one layer-wise neighbour
+        sample of them (exact renormalisation per modality mask)."""
         U, d = self.num_users, self.embedding_size
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
         conv = self._active_conv()
@@ -476,22 +508,17 @@ class I3MRec(Recommender):
         e_u = self.user_embedding(user_ids)
         e_u_hat = F.normalize(self.user_embedding(g_user), dim=-1)
         renorm = conv.renormalize
-        user_modal: Dict[str, Tensor] = {}
-        item_modal: Dict[str, Tensor] = {}
-        user_base, item_base = e_u, None
-        if self.id_branch == "embedding":
+        user_base, item_base = e_u, None  # the parts every environment adds (id_branch)
+        if self.options.collaborative.id_branch == "embedding":
             item_base = self.item_embedding(item_ids)
-        elif self.id_branch == "lightgcn":
+        elif self.options.collaborative.id_branch == "lightgcn":
             x = e_u.new_empty(sub.n_id.numel(), d)
             x.index_put_((uid,), self.user_embedding(g_user))
             x.index_put_((iid,), self.item_embedding(g_item))
             h = sub.propagate(x)
             user_base, item_base = h[:n_su], h[n_su:]
-        user_sum = torch.zeros_like(e_u)
-        for m in self.modalities:
-            present = self.mask(m)[g_item]
-            h0 = F.normalize(self.projections[m](self._x(m)[g_item]), dim=-1)
-            h0 = torch.where(present.unsqueeze(-1), h0, torch.zeros_like(h0))
+
+        def propagate(m: str, h0: Tensor, present: Tensor) -> Tuple[Tensor, Tensor]:
             x = e_u_hat.new_empty(sub.n_id.numel(), d)  # every row is written below
             x.index_put_((uid,), e_u_hat)
             x.index_put_((iid,), h0)
@@ -499,24 +526,15 @@ class I3MRec(Recommender):
             node_mask[iid] = present
             h = sub.propagate(x, node_mask, row_sum=conv.row_sum if renorm else None,
                               present_sum=self._node_present_sum(m) if renorm else None)
-            eu_m, ei_m = h[:n_su], h[n_su:]
-            user_modal[m] = user_base + eu_m
-            item_modal[m] = ei_m if item_base is None else item_base + ei_m
-            if self.item_convs:
-                item_modal[m] = item_modal[m] + self._smoothed_items_at(m, item_ids)
-            user_sum = user_sum + eu_m
-        user = user_base + user_sum / len(self.modalities)
-        item, extras = self._fuse(item_modal, self._real_mask(item_ids)), {}
-        if self.vib is not None:
-            item, extras["z_mu"], extras["z_logvar"] = self.vib(item)
-        out = RecOutput(user=user, item=item, item_modal=item_modal, user_modal=user_modal,
-                        extras=extras)
-        return out, user_ids, item_ids
+            return h[:n_su], h[n_su:]
+
+        return _Propagation(user_base, item_base, propagate, input_items=g_item,
+                            user_ids=user_ids, item_ids=item_ids)
 
     def _stack(self, item_modal: Dict[str, Tensor], index: Optional[Tensor] = None) -> Tensor:
         h = torch.stack([item_modal[m] if index is None else item_modal[m][index]
                          for m in self.modalities], 0)
-        return h.detach() if self.detach_modal else h
+        return h.detach() if self.options.fusion.detach_modal else h
 
     def _fuse(self, item_modal: Dict[str, Tensor], mask: Tensor,
               index: Optional[Tensor] = None) -> Tensor:
@@ -528,7 +546,7 @@ class I3MRec(Recommender):
         r"""A random :math:`\mathcal{M} \wedge \mathcal{M}^{real}` (``[M, N]``
         bool): each present modality is kept with probability ``1 - mask_prob``;
         an item that had at least one present modality keeps at least one."""
-        keep = real & (torch.rand(real.shape, device=real.device) >= self.mask_prob)
+        keep = real & (torch.rand(real.shape, device=real.device) >= self.options.fusion.mask_prob)
         lost = real.any(0) & ~keep.any(0)
         if bool(lost.any()):
             # revive one present modality, uniformly at random
@@ -555,42 +573,65 @@ class I3MRec(Recommender):
                 self.z_cache_ready.fill_(True)
         u, p, n = out.user[users], out.item[pos], out.item[neg]
         terms: Dict[str, Tensor] = {"bpr_fused": bpr_loss(u, p, n)}
+        terms.update(self._environment_terms(out, users, pos, neg))
+        if self.options.bottleneck.use_ib:
+            terms.update(self._bottleneck_terms(out, pos, item_ids))
+        reg_coeff = self.options.risk.reg_coeff
+        if reg_coeff:
+            terms["reg"] = batch_l2(reg_coeff, u, p, n)
+        return terms
 
-        # environments: one BPR risk per modality
-        diffs: List[Tensor] = []
+    def _environment_terms(self, out: RecOutput, users: Tensor, pos: Tensor,
+                           neg: Tensor) -> Dict[str, Tensor]:
+        r"""Every modality is an environment with its own BPR risk
+        :math:`\mathcal{L}^m`: ``bpr_modal`` (their weighted sum) and the
+        invariance penalty across them (``vrex`` or ``irm``)."""
+        opts = self.options.risk
+        diffs: List[Tensor] = []  # per environment: score(pos) - score(neg)
         for m in self.modalities:
             um, im = out.user_modal[m][users], out.item_modal[m]
             diffs.append((um * im[pos]).sum(-1) - (um * im[neg]).sum(-1))
         risks = torch.stack([bpr_risk(x) for x in diffs])
-        if self.modal_bpr_coeff:
-            terms["bpr_modal"] = self.modal_bpr_coeff * risks.sum()
-        if self.use_irm and self.penalty_coeff and len(self.modalities) > 1:
-            pen = self.invariance(diffs) if self.penalty_name == "irm" else self.invariance(risks)
-            terms[self.penalty_name] = self.penalty_coeff * pen
-
-        if self.use_ib:
-            items = torch.unique(pos)
-            items_g = items if item_ids is None else item_ids[items]
-            real = self._real_mask(items_g)
-            if self.use_masked_fusion and self.max_info_coeff and items.numel() > 1:
-                views = [out.item[items]]
-                for _ in range(self.num_masked_views):
-                    zm = self._fuse(out.item_modal, self.sample_missing_indicator(real), items)
-                    views.append(zm if self.vib is None else self.vib(zm)[0])
-                terms["infonce"] = self.max_info_coeff * self.infonce.multi_view(views)
-            if self.min_info_coeff and self.vib is not None:
-                kl = self.vib.kl_divergence(out.extras["z_mu"][items],
-                                            out.extras["z_logvar"][items])
-                terms["kl"] = self.min_info_coeff * kl
-            elif self.min_info_coeff:
-                club = self._club_terms(out.item, items_g, real, upper_bound=True, rows=items)
-                if club is not None:
-                    terms["club"] = self.min_info_coeff * club
-
-        if self.reg_coeff:
-            terms["reg"] = self.reg_coeff * (u.pow(2).sum() + p.pow(2).sum()
-                                             + n.pow(2).sum()) / (2 * users.numel())
+        terms: Dict[str, Tensor] = {}
+        if opts.modal_bpr_coeff:
+            terms["bpr_modal"] = opts.modal_bpr_coeff * risks.sum()
+        if opts.use_irm and opts.penalty_coeff and len(self.modalities) > 1:
+            pen = self.invariance(diffs) if opts.penalty == "irm" else self.invariance(risks)
+            terms[opts.penalty] = opts.penalty_coeff * pen
         return terms
+
+    def _bottleneck_terms(self, out: RecOutput, pos: Tensor,
+                          item_ids: Optional[Tensor]) -> Dict[str, Tensor]:
+        r"""The information bottleneck on the batch's positive items:
+        ``infonce`` (:math:`\max I`, between :math:`Z` and its masked views)
+        and ``club`` or ``kl`` (:math:`\min I(Z; X)`). ``item_ids``: global id
+        of each row of ``out`` when it holds a sampled batch's rows only."""
+        opts = self.options.bottleneck
+        items = torch.unique(pos)  # rows of `out`
+        items_g = items if item_ids is None else item_ids[items]
+        real = self._real_mask(items_g)
+        terms: Dict[str, Tensor] = {}
+        if self.options.fusion.use_masked_fusion and opts.max_info_coeff and items.numel() > 1:
+            terms["infonce"] = opts.max_info_coeff * self.infonce.multi_view(
+                self._masked_views(out, items, real))
+        if opts.min_info_coeff and self.vib is not None:
+            kl = self.vib.kl_divergence(out.extras["z_mu"][items], out.extras["z_logvar"][items])
+            terms["kl"] = opts.min_info_coeff * kl
+        elif opts.min_info_coeff:
+            club = self._club_terms(out.item, items_g, real, upper_bound=True, rows=items)
+            if club is not None:
+                terms["club"] = opts.min_info_coeff * club
+        return terms
+
+    def _masked_views(self, out: RecOutput, items: Tensor, real: Tensor) -> List[Tensor]:
+        r"""The InfoNCE's views of the rows ``items``: :math:`Z` and
+        ``num_masked_views`` fusions :math:`Z^{\mathcal{M}}` under sampled
+        missing indicators (``real``: the items' real presence, ``[M, N]``)."""
+        views = [out.item[items]]
+        for _ in range(self.options.fusion.num_masked_views):
+            zm = self._fuse(out.item_modal, self.sample_missing_indicator(real), items)
+            views.append(zm if self.vib is None else self.vib(zm)[0])
+        return views
 
     def _club_terms(self, z: Tensor, items: Tensor, real: Tensor, upper_bound: bool,
                     rows: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -598,11 +639,12 @@ class I3MRec(Recommender):
         the items of ``items`` whose modality is really present (``rows``: their
         rows in ``z`` when ``z`` does not cover all items)."""
         rows = items if rows is None else rows
+        club_batch = self.options.bottleneck.club_batch
         vals = []
         for k, m in enumerate(self.modalities):
             sel = real[k].nonzero().view(-1)
-            if sel.numel() > self.club_batch:  # a uniform subset, not the lowest item ids
-                sel = sel[torch.randperm(sel.numel(), device=sel.device)[: self.club_batch]]
+            if sel.numel() > club_batch:  # a uniform subset, not the lowest item ids
+                sel = sel[torch.randperm(sel.numel(), device=sel.device)[:club_batch]]
             if sel.numel() < 2:  # nothing to contrast for this modality here
                 continue
             x, zm = self._x(m)[items[sel]], z[rows[sel]]
@@ -614,7 +656,8 @@ class I3MRec(Recommender):
         r"""Negative log-likelihood of every modality's :math:`q_m(Z \mid X^m)`
         on the batch items, with the (detached) :math:`Z` of the previous
         training step (a gradient-free forward before the first one)."""
-        if not (self.use_ib and self.min_info_coeff and len(self.club)):
+        if not (self.options.bottleneck.use_ib and self.options.bottleneck.min_info_coeff
+                and len(self.club)):
             return None
         items = torch.unique(pos)
         if self.sampler is not None and self.training:
@@ -645,4 +688,4 @@ class I3MRec(Recommender):
         self.z_cache_ready.fill_(False)
 
 
-__all__ = ["I3MRec"]
+__all__ = ["I3MRec", "I3MRecOptions"]

@@ -81,8 +81,7 @@ class LATTICE(Recommender):
         self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
 
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self._init_id_embeddings(d)
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
             for m in self.modalities})
@@ -94,13 +93,10 @@ class LATTICE(Recommender):
         self._orig_cache: Dict[tuple, tuple] = {}
         self.item_graphs: Dict[str, tuple] = {}  # m -> (edge_index, weight) of A^m
         self._rebuild_pending = False
-        self.reset_parameters()
-        self._ready = True
-        self.on_inputs_changed()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
         for lin in self.projections.values():
             lin.reset_parameters()
         torch.nn.init.zeros_(self.modal_weight)  # uniform softmax, as MMRec's [0.5, 0.5]
@@ -132,7 +128,7 @@ class LATTICE(Recommender):
         return tuple((p.data_ptr(), p._version) for p in self.projections.parameters())
 
     def on_inputs_changed(self) -> None:
-        if getattr(self, "_ready", False):
+        if self._ready:
             self._build_graphs(with_grad=False)
             self._graph_key = self._param_key()
 

@@ -113,8 +113,7 @@ class LGMRec(Recommender):
         self.cl_weight, self.reg_weight = float(cl_weight), float(reg_weight)
 
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self._init_id_embeddings(d)
         self.item_trs = torch.nn.ParameterDict({
             m: torch.nn.Parameter(torch.empty(self._features[m].size(1), d))
             for m in self.modalities})
@@ -128,11 +127,10 @@ class LGMRec(Recommender):
         self.register_buffer("item_to_user", ei.flip(0), persistent=False)
         self.dropout = torch.nn.Dropout(1.0 - keep_rate)
         self._feature_cache = StaticInputCache()  # scaled constant features
-        self.reset_parameters()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
         for p in (*self.item_trs.values(), *self.hyper.values()):
             torch.nn.init.xavier_uniform_(p)
 

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Recommender, RecOutput, bpr_loss
+from .base import Recommender, RecOutput, batch_l2, bpr_loss
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.neighbor_sampling import LayerwiseSampler
 
@@ -62,14 +62,12 @@ class LightGCN(Recommender):
         # a sampled step touches only the sampled rows: sparse gradients keep the
         # optimiser step independent of the number of users and items
         sparse = self.sampler is not None
-        self.user_embedding = torch.nn.Embedding(num_users, embedding_size, sparse=sparse)
-        self.item_embedding = torch.nn.Embedding(num_items, embedding_size, sparse=sparse)
+        self._init_id_embeddings(self.embedding_size, sparse=sparse)
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_layers)
-        self.reset_parameters()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
 
     def forward(self) -> RecOutput:
         u, i = self.conv.propagate_layers((self.user_embedding.weight,
@@ -116,8 +114,7 @@ class LightGCN(Recommender):
             # LightGCN regularises the layer-0 (ego) embeddings of the batch.
             e_u, e_p, e_n = (self.user_embedding(users), self.item_embedding(pos),
                              self.item_embedding(neg))
-            terms["reg"] = self.reg_weight * (e_u.pow(2).sum() + e_p.pow(2).sum()
-                                              + e_n.pow(2).sum()) / (2 * users.numel())
+            terms["reg"] = batch_l2(self.reg_weight, e_u, e_p, e_n)
         return terms
 
 

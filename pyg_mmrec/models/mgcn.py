@@ -12,7 +12,7 @@ from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from ._static_linear import StaticInputCache, static_linear
-from .base import Recommender, RecOutput, bpr_loss
+from .base import Recommender, RecOutput, bpr_l2_terms
 
 
 def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
@@ -96,8 +96,7 @@ class MGCN(Recommender):
         self.temperature = float(temperature)
 
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self._init_id_embeddings(d)
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         self.purifier_gates = torch.nn.ModuleDict({m: torch.nn.Linear(d, d)
@@ -113,13 +112,10 @@ class MGCN(Recommender):
         self._feature_cache = StaticInputCache()  # scaled constant features
         self._knn_cache: Dict[tuple, tuple] = {}
         self.item_graphs: Dict[str, tuple] = {}  # m -> (edge_index, cosine weight)
-        self.reset_parameters()
-        self._ready = True
-        self.on_inputs_changed()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
         for mod in (*self.projections.values(), *self.purifier_gates.values(),
                     *self.prefer_gates.values()):
             mod.reset_parameters()
@@ -163,7 +159,7 @@ class MGCN(Recommender):
         return out * scale.unsqueeze(-1)
 
     def on_inputs_changed(self) -> None:
-        if not getattr(self, "_ready", False):
+        if not self._ready:
             return
         dev = self.train_edge_index.device
         for m in self.modalities:
@@ -221,11 +217,7 @@ class MGCN(Recommender):
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
         out = self.forward() if out is None else out
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
-        terms = {"bpr": bpr_loss(u, p, n)}
-        if self.reg_weight:
-            terms["reg"] = self.reg_weight * (u.pow(2).sum() + p.pow(2).sum()
-                                              + n.pow(2).sum()) / (2 * users.numel())
+        terms = bpr_l2_terms(out.user[users], out.item[pos], out.item[neg], self.reg_weight)
         if self.cl_loss and self.modalities:
             # each user / positive item once: a repeated row would be its own negative
             side, content, U = out.extras["side"], out.extras["content"], self.num_users

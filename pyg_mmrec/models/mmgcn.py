@@ -168,18 +168,16 @@ class MMGCN(Recommender):
         self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
         self.reg_weight = float(reg_weight)
         d = self.embedding_size
-        self.user_embedding = torch.nn.Embedding(num_users, d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)
+        self._init_id_embeddings(d)
         self.gcns = torch.nn.ModuleDict({
             m: _ModalityGCN(num_users, self._features[m].size(1), dim_latent, d, n_layers)
             for m in self.modalities})
         self.ui_conv = LightGCNConv(num_users, num_items, train_edge_index)
         self._feature_caches: Dict[str, StaticInputCache] = {}  # scaled constant features
-        self.reset_parameters()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_normal_(self.user_embedding.weight)
-        torch.nn.init.xavier_normal_(self.item_embedding.weight)
+        self._reset_id_embeddings(torch.nn.init.xavier_normal_)
         for g in self.gcns.values():
             g.reset_parameters()
 

@@ -23,6 +23,26 @@ class MRdIBOutput(RecOutput):
     backbone: Optional[RecOutput] = None
 
 
+@dataclass
+class _PairMargins:
+    r"""Code score margins of a batch of (user, positive, negative) triples,
+    shared by :meth:`MRdIB._unique_term` and :meth:`MRdIB._synergy_term`.
+
+    Attributes:
+        modal: :math:`\Delta_m`, each modality code's margin over :math:`\tau`,
+            ``[B, n, M]``.
+        joint: :math:`d_J`, the joint code's margin ``[B, n]`` (``None`` when
+            the synergy term is off).
+        valid: whether modality :math:`m` is present on both items ``[B, n, M]``.
+        tau: the temperature the margins were divided by (1 for dot scores).
+    """
+
+    modal: Tensor
+    joint: Optional[Tensor]
+    valid: Tensor
+    tau: float
+
+
 class MRdIB(Recommender):
     r"""The Multimodal Representation-disentangled Information Bottleneck of
     `"Multimodal Representation-disentangled Information Bottleneck for
@@ -476,41 +496,78 @@ class MRdIB(Recommender):
         if self.sub_batch is not None and users.numel() > self.sub_batch:
             # the sampler shuffles the triples: a prefix is an unbiased sub-sample
             users, pos, neg = users[: self.sub_batch], pos[: self.sub_batch], neg[: self.sub_batch]
-        B = users.numel()
-        neg2 = neg.view(B, -1)                                                # [B, n]
+        neg2 = neg.view(users.numel(), -1)                                    # [B, n]
+        items, ip, ineg = self._batch_items(pos, neg2)
+        Z, MU, LV, P = self._codes(out, items, sample=self.training and self.stochastic)
+        # The terms in this order (the trainer sums them in it). Each is scaled
+        # by its weight times `every`, so that the amortised objective keeps
+        # its expectation.
+        if self.kl_weight > 0:
+            terms["mrdib_kl"] = self._kl_term(MU, LV, P, self.every * self.kl_weight)
+        if self.redundant_weight > 0 and self.pairs:
+            red = self._redundant_term(Z, P, self.every * self.redundant_weight)
+            if red is not None:
+                terms["mrdib_redundant"] = red
+        if self.unique_weight == 0 and self.synergy_weight == 0:
+            return terms
+        syn = self.synergy_weight > 0
+        margins = self._pair_margins(out, users, ip, ineg, Z, P, joint=syn)
+        if self.unique_weight > 0:
+            terms["mrdib_unique"] = self._unique_term(margins, self.every * self.unique_weight)
+        if syn:
+            terms["mrdib_synergy"] = self._synergy_term(out, users, pos, neg2, margins,
+                                                        self.every * self.synergy_weight)
+        return terms
+
+    def _batch_items(self, pos: Tensor, neg2: Tensor
+                     ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
+        """``(items, pos_rows, neg_rows)``: the items to encode (``None``: all)
+        and the rows of each triple's positive ``[B]`` and negatives ``[B, n]``
+        among them."""
+        B = pos.numel()
         if 2 * neg2.numel() + 2 * B >= self.num_items:
             # the batch touches most items: encoding all rows is cheaper than
             # gathering h_m (whose backward scatters into [I, d_m] anyway)
-            items, ip, ineg = None, pos, neg2
-        else:
-            items, inv = torch.unique(torch.cat([pos, neg2.reshape(-1)]), return_inverse=True)
-            ip, ineg = inv[:B], inv[B:].view_as(neg2)
-        Z, MU, LV, P = self._codes(out, items, sample=self.training and self.stochastic)
+            return None, pos, neg2
+        items, inv = torch.unique(torch.cat([pos, neg2.reshape(-1)]), return_inverse=True)
+        return items, inv[:B], inv[B:].view_as(neg2)
+
+    # ------------------------------------------------------------ the terms
+    # Each returns its term times `scale` (weight x every). The scale multiplies
+    # before any division by k: (scale * x) / k and scale * (x / k) round
+    # differently, and fixed-seed runs reproduce the former.
+    def _kl_term(self, MU: Tensor, LV: Tensor, P: Tensor, scale: float) -> Tensor:
+        r""":math:`\mathcal{L}_{\mathrm{MIB}}`: the KL of every present code to
+        :math:`\mathcal{N}(0, I)`, averaged per modality, then over modalities,
+        per code dimension (so that :math:`\beta` does not scale with
+        :math:`k`). ``MU``, ``LV``: ``[N, M, k]``; ``P``: presence ``[N, M]``."""
+        kl = 0.5 * (MU.pow(2) + LV.exp() - LV - 1.0).sum(-1)                  # [N, M]
+        Pf = P.to(kl.dtype)
+        per_m = (kl * Pf).sum(0) / Pf.sum(0).clamp(min=1)                    # [M]
+        return scale * per_m.mean() / MU.size(-1)
+
+    def _redundant_term(self, Z: Tensor, P: Tensor, scale: float) -> Optional[Tensor]:
+        r""":math:`\mathcal{L}_{\mathrm{red}}`: the mean MI bound over modality
+        pairs (:meth:`_redundancy`) per code dimension, like the KL (an MI
+        bound of :math:`k`-dim codes grows with :math:`k`; unnormalised it
+        swamps the BPR at :math:`\lambda_r \sim 10^{-2}`); ``None`` when no
+        pair has two items. Clamped at 0: MI >= 0, and a negative estimate only
+        means the estimator lags the codes; rewarding it lets the codes run
+        away from the estimator (observed: KL and CLUB's NLL diverging)."""
+        red = self._redundancy(Z, P)
+        return None if red is None else scale * red.clamp(min=0) / Z.size(-1)
+
+    def _pair_margins(self, out: RecOutput, users: Tensor, ip: Tensor, ineg: Tensor,
+                      Z: Tensor, P: Tensor, joint: bool) -> "_PairMargins":
+        r"""The code score margins of every (user, positive, negative) triple,
+        shared by the unique and synergy terms: per modality
+        :math:`\Delta_m` (over :math:`\tau`) and, with ``joint``, the joint
+        code's :math:`d_J`. ``ip [B]`` / ``ineg [B, n]``: rows of ``Z``."""
         N, M, k = Z.shape
-
-        if self.kl_weight > 0:
-            kl = 0.5 * (MU.pow(2) + LV.exp() - LV - 1.0).sum(-1)              # [N, M]
-            Pf = P.to(kl.dtype)
-            per_m = (kl * Pf).sum(0) / Pf.sum(0).clamp(min=1)                # [M]
-            # per code dimension, so that beta does not scale with k
-            terms["mrdib_kl"] = self.every * self.kl_weight * per_m.mean() / k
-
-        if self.redundant_weight > 0 and self.pairs:
-            red = self._redundancy(Z, P)
-            if red is not None:
-                # per code dimension like the KL (an MI bound of k-dim codes
-                # grows with k; unnormalised it swamps the BPR at lambda_r ~ 1e-2).
-                # Clamped at 0: MI >= 0, and a negative estimate only means the
-                # estimator lags the codes; rewarding it lets the codes run away
-                # from the estimator (observed: KL and CLUB's NLL diverging).
-                terms["mrdib_redundant"] = self.every * self.redundant_weight * red.clamp(min=0) / k
-
-        if self.unique_weight == 0 and self.synergy_weight == 0:
-            return terms
+        B = users.numel()
         # One normalisation and one gather for all codes of both sides
         # (per-op latency, not FLOPs, dominates this block on CPU).
-        syn = self.synergy_weight > 0
-        table = torch.cat([Z, self._joint(Z, P).unsqueeze(1)], 1) if syn else Z   # [N, M(+1), k]
+        table = torch.cat([Z, self._joint(Z, P).unsqueeze(1)], 1) if joint else Z  # [N, M(+1), k]
         idx = torch.cat([ip.unsqueeze(1), ineg], 1).reshape(-1)                    # per triple: i+, i-...
         rows = self._unit(table)[idx].view(B, -1, table.size(1), k)                # [B, 1+n, M(+1), k]
         Pr = P[idx].view(B, -1, M)
@@ -518,35 +575,41 @@ class MRdIB(Recommender):
         e_u = self._from_backbone(out.user[users])
         # Code scores are cosines (scale-free: a code cannot win a ranking term
         # by growing, and the KL alone sets the noise-to-signal ratio).
-        Cu = self._unit(self._user_codes(out, users, e_u, syn))                  # [B, M(+1), k]
+        Cu = self._unit(self._user_codes(out, users, e_u, joint))                # [B, M(+1), k]
         s = (rows * Cu.unsqueeze(1)).sum(-1)                                      # [B, 1+n, M(+1)]
         cos = s[:, :1] - s[:, 1:]                                                 # [B, n, M(+1)]
         tau = self.temperature if self.score == "cos" else 1.0
-        margin = cos[..., :M] / tau                                               # Delta_m [B, n, M]
+        return _PairMargins(modal=cos[..., :M] / tau,                             # Delta_m [B, n, M]
+                            joint=cos[..., M] if joint else None, valid=valid, tau=tau)
 
-        if self.unique_weight > 0:
-            vf = valid.to(margin.dtype)
-            cnt = vf.sum((0, 1))                                                  # [M]
-            per_m = (F.softplus(-margin) * vf).sum((0, 1)) / cnt.clamp(min=1)
-            # mean over the modalities that have a pair (a missing one adds 0)
-            terms["mrdib_unique"] = self.every * self.unique_weight * (
-                per_m.sum() / (cnt > 0).sum().clamp(min=1))
+    def _unique_term(self, margins: "_PairMargins", scale: float) -> Tensor:
+        r""":math:`\mathcal{L}_{\mathrm{uni}}`: each modality code alone ranks
+        the triples where both items have it; the mean over the modalities
+        that have such a triple (a missing one adds 0)."""
+        vf = margins.valid.to(margins.modal.dtype)
+        cnt = vf.sum((0, 1))                                                      # [M]
+        per_m = (F.softplus(-margins.modal) * vf).sum((0, 1)) / cnt.clamp(min=1)
+        return scale * (per_m.sum() / (cnt > 0).sum().clamp(min=1))
 
-        if syn:
-            d_joint = cos[..., M]                                                 # [B, n]
-            with torch.no_grad():
-                e_u0 = out.user[users]
-                d_bb = ((e_u0 * out.item[pos]).sum(-1, keepdim=True)
-                        - (e_u0.unsqueeze(1) * out.item[neg2]).sum(-1))
-                best = margin.masked_fill(~valid, float("-inf")).max(-1).values  # [B, n]
-                has = torch.isfinite(best)
-                best = best.masked_fill(~has, 0.0)
-                hf = has.to(d_joint.dtype)
-            loss_syn = F.softplus(-(d_bb + self.gate * d_joint)).mean()
-            emergent = F.softplus(best - d_joint / tau)
-            loss_syn = loss_syn + (emergent * hf).sum() / hf.sum().clamp(min=1)
-            terms["mrdib_synergy"] = self.every * self.synergy_weight * loss_syn
-        return terms
+    def _synergy_term(self, out: RecOutput, users: Tensor, pos: Tensor, neg2: Tensor,
+                      margins: "_PairMargins", scale: float) -> Tensor:
+        r""":math:`\mathcal{L}_{\mathrm{syn}}`: the final score (backbone margin,
+        stopped, plus :math:`\gamma d_J`) ranks every triple, and the joint
+        code beats the best unique code's margin (stopped) where some modality
+        is present on both sides."""
+        d_joint = margins.joint                                                   # [B, n]
+        with torch.no_grad():
+            e_u0 = out.user[users]
+            d_bb = ((e_u0 * out.item[pos]).sum(-1, keepdim=True)
+                    - (e_u0.unsqueeze(1) * out.item[neg2]).sum(-1))
+            best = margins.modal.masked_fill(~margins.valid, float("-inf")).max(-1).values
+            has = torch.isfinite(best)                                            # [B, n]
+            best = best.masked_fill(~has, 0.0)
+            hf = has.to(d_joint.dtype)
+        loss_syn = F.softplus(-(d_bb + self.gate * d_joint)).mean()
+        emergent = F.softplus(best - d_joint / margins.tau)
+        loss_syn = loss_syn + (emergent * hf).sum() / hf.sum().clamp(min=1)
+        return scale * loss_syn
 
     # ----------------------------------------------------------- redundancy
     def _redundancy(self, Z: Tensor, P: Tensor) -> Optional[Tensor]:

@@ -58,16 +58,13 @@ class VBPR(Recommender):
         self.drop_missing = bool(drop_missing)
         d = self.embedding_size
         n_factor = 2 if self.modalities else 1
-        # [gamma_u || theta_u]
-        self.user_embedding = torch.nn.Embedding(num_users, n_factor * d)
-        self.item_embedding = torch.nn.Embedding(num_items, d)  # gamma_i
+        self._init_id_embeddings(d, user_dim=n_factor * d)  # [gamma_u || theta_u], gamma_i
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
-        self.reset_parameters()
+        self._finish_init()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        self._reset_id_embeddings()
         for lin in self.projections.values():
             torch.nn.init.xavier_normal_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
