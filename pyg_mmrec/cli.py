@@ -334,14 +334,21 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score finished runs at their validation-selected epoch (no training, no writes)."""
-    from pyg_mmrec.results import DEFAULT_METRICS, aggregate, load_results, markdown_table
-    from pyg_mmrec.train import evaluate_run
+    from pyg_mmrec.errors import RunStateError
+    from pyg_mmrec.results import (DEFAULT_METRICS, aggregate, load_results, markdown_table,
+                                   unfinished_runs)
     logged_runs: List[Dict[str, Any]] = []
     for p in args.paths:
         found = load_results(p)  # a run's result.json, or every one below a folder
         if not found:
+            unfinished = unfinished_runs(p)
+            if unfinished:
+                raise RunStateError(f"evaluate: no finished run under {p}: {unfinished[0]} has "
+                                    "not finished (a checkpoint.pt but no result.json); finish "
+                                    "it with the same train command plus --resume")
             raise FileNotFoundError(f"evaluate: no finished run (result.json) under {p}")
         logged_runs += found
+    from pyg_mmrec.train import evaluate_run
     results, skipped = [], 0
     for logged in logged_runs:
         d = Path(logged["_path"]).parent

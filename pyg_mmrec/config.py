@@ -412,11 +412,11 @@ def validate_train(train: Mapping[str, Any]) -> Dict[str, Any]:
                           "(is configs/train.yaml complete?)")
     out = {k: _TRAIN_CHECKS[k](k, train[k]) for k in _TRAIN_CHECKS}
     if out["tensorboard"]:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except Exception as e:  # pragma: no cover - depends on the environment
-            raise ConfigError("train.tensorboard: true needs the `tensorboard` package "
-                              f"(pip install tensorboard): {e}") from e
+        import importlib.util  # found without importing it (or PyTorch): cheap
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.tensorboard: true needs the `tensorboard` package (the "
+                              "optional extra 'tensorboard'), which is not installed; install "
+                              "it with: pip install 'pyg_mmrec[tensorboard]'")
     return out
 
 

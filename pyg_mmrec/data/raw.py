@@ -67,8 +67,8 @@ def dataset_folder(root: str, name: str) -> str:
     folder = osp.join(osp.abspath(osp.expanduser(str(root))), name)
     if not osp.isdir(folder):
         raise DataFileNotFoundError(f"dataset folder not found: '{folder}' (expected "
-                                    f"<root>/<name>/ containing {name}.inter; check --root "
-                                    f"and --dataset)")
+                                    f"{name}/{name}.inter under --root; check --root and "
+                                    f"--dataset)")
     inter = osp.join(folder, f"{name}.inter")
     if not osp.isfile(inter):
         raise DataFileNotFoundError(f"interaction file not found: '{inter}' (expected a "
@@ -231,6 +231,14 @@ def sort_and_check_duplicates(path: str, user: np.ndarray, item: np.ndarray, num
 
 # ----------------------------------------------------------------------------- .npy
 def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be opened ({e.strerror})") from None
+    if magic != b"\x93NUMPY":  # numpy would take it for a pickle and say so, confusingly
+        raise DataError(f"{path}: not a .npy file (no NumPy header); expected an array "
+                        f"written by numpy.save")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as e:  # corrupt or truncated file, pickled object array, ...

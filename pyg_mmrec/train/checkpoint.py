@@ -156,7 +156,9 @@ def load_checkpoint(path: PathLike,
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, garbage bytes, unpickling errors, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # the first sentence of torch's reason; the advice below replaces the rest
+        reason = str(e).strip().splitlines()[0].split(". ")[0].rstrip(".") \
+            if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be read as a checkpoint, it is truncated or "
                               f"corrupt ({reason}); {what_to_do}") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
