@@ -53,6 +53,8 @@ _BASE_NAMES = ("Recommender", "RecOutput", "bpr_loss")
 def __getattr__(name: str) -> Any:
     if name in _BASE_NAMES:
         return getattr(importlib.import_module(f"{__name__}.base"), name)
+    if name == "base" or any(e.split(":")[0] == f"{__name__}.{name}" for e in MODELS.values()):
+        return importlib.import_module(f"{__name__}.{name}")  # e.g. pyg_mmrec.models.freedom
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
