@@ -21,6 +21,25 @@ Usage::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_startup.py --runs 9
     git archive <old-commit> | tar -x -C /tmp/old && cp pyg_mmrec/_C*.so /tmp/old/pyg_mmrec/
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_startup.py --baseline-src /tmp/old
+
+Measured on the 2-core development machine under a heavy shared load (load
+average 8-13, hence the slow ``import torch``), ``--runs 5`` against the
+version before lazy imports (median wall seconds)::
+
+    command                              now   before   before/now
+    python -c 'import torch' (floor)   13.74        -
+    --help                              0.31    17.88        57x
+    train --help                        0.38    19.90        53x
+    config error: unknown key           0.79    33.16        42x
+    config error: bad --missing         0.33     9.83        30x
+    data error: itemID out of range     0.49     9.72        20x
+    data error: no dataset folder       0.63    13.07        21x
+    output error: --out is a file       0.34    14.30        42x
+
+CPU seconds of whole processes (user + system, less sensitive to the load),
+median of 5: ``--help`` 3.40 before -> 0.054 now, ``train --help`` 4.13 ->
+0.055, an unknown ``--set`` key 4.00 -> 0.084, a bad ``x_label`` in the
+``.inter`` file 3.96 -> 0.19; ``import torch`` alone takes 1.75.
 """
 from __future__ import annotations
 
