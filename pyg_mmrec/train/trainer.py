@@ -114,7 +114,10 @@ def progress_line(record: Mapping[str, Any], epochs: int, elapsed: float, metric
                   best_epoch: int = -1, best_value: Optional[float] = None) -> str:
     r"""The line printed after each epoch, e.g.::
 
-        epoch 3/50  loss 0.6214  1.20s  elapsed 0:04  ETA <= 0:56  valid recall@20 0.0712  best 0.0712 (epoch 3)
+        epoch 3/50  loss 0.6214  1.20s  elapsed 0:04  ETA <= 1:03  valid recall@20 0.0712
+        best 0.0712 (epoch 3)
+
+    (one line on the terminal; wrapped here).
 
     Epochs count from 1 here. The ETA assumes every remaining epoch (up to
     ``epochs``) runs at the mean pace so far, evaluations included: early
