@@ -81,10 +81,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def results_table(results, modes, seeds):
+    """``{mode: {metric: {"mean", "std", "values"}}}`` over the seeds of each mode."""
+    table = {}
+    for mode in modes:
+        row = {}
+        for metric in METRICS:
+            vals = [results[(mode, s)].test[metric] for s in seeds]
+            row[metric] = {"mean": statistics.fmean(vals),
+                           "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                           "values": vals}
+        table[mode] = row
+    return table
+
+
+def format_table(table) -> str:
+    """One line per mode: mean ± std of every metric."""
+    header = f"{'mode':<5}" + "".join(f"{m:>20}" for m in METRICS)
+    lines = [header, "-" * len(header)]
+    for mode, row in table.items():
+        lines.append(f"{mode:<5}" + "".join(
+            f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}".rjust(20) for m in METRICS))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     from pyg_mmrec.config import ConfigError, config_overrides, parse_assignments
+    from pyg_mmrec.errors import UserInputError
     from pyg_mmrec.train import run
 
     if "OMP_NUM_THREADS" not in os.environ:
@@ -127,8 +152,12 @@ def main(argv=None) -> int:
 
     results = {}
     t_start = time.time()
-    for mode in modes:
+    title = (f"{args.model} on {args.dataset}, protocol {args.protocol} rate {args.rate:g}, "
+             f"seeds {','.join(map(str, seeds))} (test split, selection on validation)")
+    for j, mode in enumerate(modes, start=1):
         spec = f"{args.protocol}:{mode}:{args.rate:g}"
+        print(f"\n== mode {mode} ({j}/{len(modes)}): {spec}, {len(seeds)} seed(s), "
+              f"{time.time() - t_start:.0f} s so far", flush=True)
         for seed in seeds:
             t0 = time.time()
             out_dir = None if args.out is None else Path(args.out) / mode / f"seed{seed}"
@@ -136,7 +165,7 @@ def main(argv=None) -> int:
                 res = run(args.model, args.dataset, root=root, missing=spec, seed=seed,
                           overrides=overrides, fill=args.fill, device=args.device,
                           quiet=not args.verbose, out_dir=out_dir, resume=out_dir is not None)
-            except ConfigError as exc:  # bad values: say which, before any training
+            except UserInputError as exc:  # bad values or files: say which, in one line
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             results[(mode, seed)] = res
@@ -145,24 +174,11 @@ def main(argv=None) -> int:
                   f"{res.epochs}, valid recall@20 {res.valid.get('recall@20', float('nan')):.4f}, "
                   f"test recall@20 {test.get('recall@20', float('nan')):.4f}, "
                   f"{res.seconds_per_epoch:.2f} s/epoch, {time.time() - t0:.0f} s", flush=True)
-
-    title = (f"{args.model} on {args.dataset}, protocol {args.protocol} rate {args.rate:g}, "
-             f"seeds {','.join(map(str, seeds))} (test split, selection on validation)")
-    print("\n" + title)
-    header = f"{'mode':<5}" + "".join(f"{m:>20}" for m in METRICS)
-    print(header)
-    print("-" * len(header))
-    table = {}
-    for mode in modes:
-        row, cells = {}, []
-        for metric in METRICS:
-            vals = [results[(mode, s)].test[metric] for s in seeds]
-            mean = statistics.fmean(vals)
-            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            row[metric] = {"mean": mean, "std": std, "values": vals}
-            cells.append(f"{mean:.4f} ± {std:.4f}")
-        table[mode] = row
-        print(f"{mode:<5}" + "".join(f"{c:>20}" for c in cells))
+        # the table so far: every finished mode (the last one printed is the full table)
+        done = modes[:j]
+        print(f"\n{title}" + ("" if j == len(modes) else f" -- {j} of {len(modes)} modes done"))
+        table = results_table(results, done, seeds)
+        print(format_table(table), flush=True)
     print(f"\ntotal {time.time() - t_start:.0f} s")
     if args.json:
         out = {"title": title, "args": vars(args), "overrides": overrides, "table": table,

@@ -119,10 +119,12 @@ def _experiment_name(args, missing: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # Everything a user can get wrong is checked here, before PyTorch, PyG or a
+    # model is imported, so that a mistake is reported within a second.
     from pyg_mmrec.config import (ConfigError, build_config, config_overrides,
                                   grid_settings, parse_assignments, parse_grid)
-    from pyg_mmrec.results import aggregate, markdown_table, setting_label
-    from pyg_mmrec.train import TrainingInterrupted, run
+    from pyg_mmrec.errors import check_output_dir
+    from pyg_mmrec.results import setting_label
 
     # ---- validate everything before any training
     overrides = config_overrides(args.config) if args.config else {}
@@ -151,18 +153,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         build_config(args.model, {**overrides, **s}, args.plugin)
     metric = build_config(args.model, overrides, args.plugin)["train"]["metric"]
     missing_specs = args.missing or ["natural"]
-    from pyg_mmrec.data.missing import parse_missing_spec
+    from pyg_mmrec.data.missing_spec import parse_missing_spec
     for spec in missing_specs:
         try:
             parse_missing_spec(spec)
         except ValueError as e:
             raise ConfigError(f"--missing: {e}") from e
+    check_output_dir(args.out, "--out")
+    from pyg_mmrec.data.raw import check_dataset
+    check_dataset(args.root, args.dataset)  # NumPy only; skipped when its cache is current
 
     rc = _launch_ranks(args)  # --nproc N: this process only watches N local ranks
     if rc is not None:
         return rc
     _join_ranks(args)  # a rank of torchrun / --nproc: join the process group
 
+    from pyg_mmrec.results import aggregate, markdown_table
+    from pyg_mmrec.train import TrainingInterrupted, run
     out_root = Path(args.out)
     common = dict(root=args.root, plugin=args.plugin, fill=args.fill, device=args.device,
                   quiet=args.quiet, resume=args.resume)
@@ -229,12 +236,27 @@ def add_results_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    from pyg_mmrec.errors import OutputError, RunStateError, check_output_dir, require_extra
+    if args.plot:  # before reading anything
+        require_extra("matplotlib", "plot", "--plot")
+        if Path(args.plot).is_dir():
+            raise OutputError(f"--plot {args.plot}: is a folder; expected a file name such "
+                              "as plot.png")
+        check_output_dir(Path(args.plot).absolute().parent, "--plot")
     from pyg_mmrec.results import (DEFAULT_METRICS, aggregate, load_results, markdown_table,
-                                   plot_metric_vs_missing)
+                                   plot_metric_vs_missing, unfinished_runs)
     results = load_results(args.paths)
+    unfinished = unfinished_runs(args.paths)
+    if unfinished:
+        note = (f"{len(unfinished)} run(s) have not finished (a checkpoint.pt but no "
+                f"result.json), e.g. {unfinished[0]}; finish them with the same train command "
+                "plus --resume")
+        if not results:
+            raise RunStateError(f"no finished run under {' '.join(args.paths)}: {note}")
+        print(f"note: {note}", file=sys.stderr)
     if not results:
-        print(f"no result.json found under {args.paths}", file=sys.stderr)
-        return 1
+        raise RunStateError(f"no result.json under {' '.join(args.paths)} (expected run "
+                            "directories written by `train`)")
     rows = aggregate(results, split=args.split)
     skipped = sum(1 for r in results if not r.get(args.split))
     metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
@@ -246,11 +268,7 @@ def cmd_results(args: argparse.Namespace) -> int:
               + (f"; {skipped} run(s) without {args.split} metrics skipped "
                  "(unselected grid settings)" if skipped else ""))
     if args.plot:
-        try:
-            path = plot_metric_vs_missing(rows, args.plot, metric=args.metric)
-        except (RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        path = plot_metric_vs_missing(rows, args.plot, metric=args.metric)
         print(f"plot written to {path}")
     return 0
 
@@ -316,14 +334,21 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score finished runs at their validation-selected epoch (no training, no writes)."""
-    from pyg_mmrec.results import DEFAULT_METRICS, aggregate, load_results, markdown_table
-    from pyg_mmrec.train import evaluate_run
+    from pyg_mmrec.errors import RunStateError
+    from pyg_mmrec.results import (DEFAULT_METRICS, aggregate, load_results, markdown_table,
+                                   unfinished_runs)
     logged_runs: List[Dict[str, Any]] = []
     for p in args.paths:
         found = load_results(p)  # a run's result.json, or every one below a folder
         if not found:
+            unfinished = unfinished_runs(p)
+            if unfinished:
+                raise RunStateError(f"evaluate: no finished run under {p}: {unfinished[0]} has "
+                                    "not finished (a checkpoint.pt but no result.json); finish "
+                                    "it with the same train command plus --resume")
             raise FileNotFoundError(f"evaluate: no finished run (result.json) under {p}")
         logged_runs += found
+    from pyg_mmrec.train import evaluate_run
     results, skipped = [], 0
     for logged in logged_runs:
         d = Path(logged["_path"]).parent
@@ -369,12 +394,12 @@ def _launch_ranks(args: argparse.Namespace) -> Optional[int]:
     local ranks and return the exit code; ``None`` when this process should
     train itself (no ``--nproc``, ``--nproc 1``, or already a rank)."""
     from pyg_mmrec.config import ConfigError
-    from pyg_mmrec.train import distributed
     nproc = getattr(args, "nproc", None)
     if nproc is None:
         return None
     if nproc < 1:
         raise ConfigError(f"--nproc: expected a positive integer, got {nproc}")
+    from pyg_mmrec.train import distributed  # imports PyTorch: after the checks above
     timeout = getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT)
     if timeout is None or timeout <= 0:
         raise ConfigError(f"--dist-timeout: expected a positive number of seconds, got {timeout}")
@@ -414,10 +439,31 @@ def _join_ranks(args: argparse.Namespace) -> None:
             sys.stdout = open(os.devnull, "w")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_build_dataset(p: argparse.ArgumentParser) -> None:
+    try:  # implemented in pyg_mmrec.data.build_dataset; optional at import time
+        from pyg_mmrec.data import build_dataset
+        build_dataset.add_arguments(p)
+        p.set_defaults(func=build_dataset.main)
+    except Exception as e:  # noqa: BLE001 - any import failure means "unavailable"
+        err = f"{type(e).__name__}: {e}"
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a: _unavailable(err))
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    r"""The command line's parser.
+
+    Args:
+        argv: the arguments about to be parsed, if known: then a subcommand
+            whose options cost heavy imports (``build-dataset`` imports
+            PyTorch for its encoders) gets them only when it is the one asked
+            for, so that every other command starts quickly.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m pyg_mmrec",
         description="Multimodal recommendation with missing modalities.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train and evaluate a model (grid search, several seeds)")
     add_train_arguments(p)
@@ -435,14 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("build-dataset", help="build an MMRec-format dataset with modality features",
                        add_help=True)
-    try:  # implemented in pyg_mmrec.data.build_dataset; optional at import time
-        from pyg_mmrec.data import build_dataset
-        build_dataset.add_arguments(p)
-        p.set_defaults(func=build_dataset.main)
-    except Exception as e:  # noqa: BLE001 - any import failure means "unavailable"
-        err = f"{type(e).__name__}: {e}"
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a: _unavailable(err))
+    if argv is None or "build-dataset" in argv:
+        _add_build_dataset(p)
+    else:  # not asked for: its options are never parsed
+        p.set_defaults(func=lambda a: _unavailable("not loaded"))
+    for command in sub.choices.values():  # `--debug` also after the subcommand
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
@@ -452,15 +497,38 @@ def _unavailable(err: str) -> int:
     return 1
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) if str(error).strip() else type(error).__name__
+    return f"error: {text}"
+
+
+#: errors the user caused (a path that does not exist or is taken, ...) besides
+#: the library's own UserInputError family; anything else is a bug
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                   PermissionError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pyg_mmrec.config import ConfigError
-    args = build_parser().parse_args(argv)
+    r"""Run the command line; returns the exit status.
+
+    A mistake in the input (configuration, data file, output folder,
+    checkpoint, missing optional package) prints one line, ``error: ...``, and
+    returns 2 (``--debug``: the traceback instead). Any other exception is a bug
+    and propagates with its traceback.
+    """
+    from pyg_mmrec.errors import UserInputError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         rc = args.func(args)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserInputError,) + _USER_OS_ERRORS as e:
+        if getattr(args, "debug", False):
+            raise
+        print(_one_line(e), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return int(rc or 0)

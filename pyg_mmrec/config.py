@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import yaml
 
+from pyg_mmrec.errors import ConfigError  # re-exported: defined with the other user errors
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: the metric names :func:`pyg_mmrec.metrics.evaluate_full_ranking` reports
@@ -44,8 +46,6 @@ _MODEL_DATA_ARGS = ("num_users", "num_items", "train_edge_index", "features", "m
 _PLUGIN_DATA_ARGS = ("backbone",)
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid."""
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -199,6 +199,100 @@ def _constructor_params(fn: Callable, skip: Tuple[str, ...]) -> Optional[Dict[st
     return out
 
 
+def _literal_default(node: Optional["ast.expr"]) -> Any:
+    import ast
+    if node is None:
+        return inspect.Parameter.empty
+    return ast.literal_eval(node)  # ValueError for anything but a literal
+
+
+def _static_constructor_params(entry: str, skip: Tuple[str, ...]
+                               ) -> Optional[Dict[str, Any]]:
+    r"""What :func:`_constructor_params` returns for the class ``"module:Class"``,
+    read from its source file without importing it (importing a model costs
+    PyTorch and PyG, seconds of start-up).
+
+    Returns ``None`` when the source does not say it plainly (the class or its
+    ``__init__`` not found in its module, a default that is not a literal):
+    the caller then imports the class. A test checks that both ways agree for
+    every registered model and plug-in.
+    """
+    import ast
+    import importlib.util
+    module, cls_name = entry.split(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=spec.origin)
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    seen = set()
+    node = classes.get(cls_name)
+    while node is not None and node.name not in seen:
+        seen.add(node.name)
+        init = next((b for b in node.body
+                     if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+        if init is not None:
+            break
+        # inherited __init__: follow a single base defined in the same module
+        bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+        node = classes.get(bases[0]) if len(bases) == 1 else None
+    else:
+        return None
+    if init is None or init.decorator_list:
+        return None
+    a = init.args
+    positional = list(a.posonlyargs) + list(a.args)
+    defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    out: Dict[str, Any] = {}
+    try:
+        for arg, default in list(zip(positional, defaults)) + list(zip(a.kwonlyargs,
+                                                                       a.kw_defaults)):
+            if arg.arg == "self" or arg.arg in skip:
+                continue
+            out[arg.arg] = _literal_default(default)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return out
+
+
+def model_params(model: str) -> Dict[str, Any]:
+    r"""Constructor hyper-parameters ``{name: default}`` of a registered model
+    (``inspect.Parameter.empty`` when it has no default), read from the source
+    when possible so that no model (and no PyTorch) is imported.
+
+    Raises:
+        ConfigError: unknown model.
+    """
+    from pyg_mmrec.models import model_entry
+    try:
+        entry = model_entry(model)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    params = _static_constructor_params(entry, _MODEL_DATA_ARGS)
+    if params is None:
+        params = _constructor_params(resolve_model(model)[1], _MODEL_DATA_ARGS) or {}
+    return params
+
+
+def plugin_params(plugin: str) -> Dict[str, Any]:
+    r"""Like :func:`model_params`, for a plug-in name (``"mrdib"``).
+
+    Raises:
+        ConfigError: unknown plug-in.
+    """
+    key = _model_key(str(plugin))
+    if key not in PLUGINS:
+        raise ConfigError(f"plugin: unknown plug-in {plugin!r}; expected one of {sorted(PLUGINS)}")
+    params = _static_constructor_params(PLUGINS[key], _PLUGIN_DATA_ARGS)
+    if params is None:
+        params = _constructor_params(resolve_plugin(plugin), _PLUGIN_DATA_ARGS) or {}
+    return params
+
+
 # ------------------------------------------------------------------------ validation
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -323,11 +417,11 @@ def validate_train(train: Mapping[str, Any]) -> Dict[str, Any]:
                           "(is configs/train.yaml complete?)")
     out = {k: _TRAIN_CHECKS[k](k, train[k]) for k in _TRAIN_CHECKS}
     if out["tensorboard"]:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except Exception as e:  # pragma: no cover - depends on the environment
-            raise ConfigError("train.tensorboard: true needs the `tensorboard` package "
-                              f"(pip install tensorboard): {e}") from e
+        import importlib.util  # found without importing it (or PyTorch): cheap
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.tensorboard: true needs the `tensorboard` package (the "
+                              "optional extra 'tensorboard'), which is not installed; install "
+                              "it with: pip install 'pyg_mmrec[tensorboard]'")
     return out
 
 
@@ -386,7 +480,11 @@ def build_config(model: Union[str, Callable], overrides: Optional[Mapping[str, A
     Raises:
         ConfigError: unknown model/plug-in/key, or a value of the wrong type or range.
     """
-    name, ctor = resolve_model(model)
+    if isinstance(model, str):  # registered: no import needed to know its parameters
+        name, ctor_params = _model_key(model), model_params(model)
+    else:
+        name, ctor = resolve_model(model)
+        ctor_params = _constructor_params(ctor, _MODEL_DATA_ARGS)
     hparams, model_train = model_defaults(name) if isinstance(model, str) else ({}, {})
     train = train_defaults()
     for k in model_train:
@@ -396,20 +494,20 @@ def build_config(model: Union[str, Callable], overrides: Optional[Mapping[str, A
     train.update(model_train)
 
     # Keys a model accepts: its YAML plus its named constructor parameters.
-    model_keys = dict(_constructor_params(ctor, _MODEL_DATA_ARGS) or {})
+    model_keys = dict(ctor_params or {})
     model_keys.update(hparams)
     strict_model = isinstance(model, str) or bool(model_keys)
 
     plugin_name, plugin_hparams, plugin_keys = None, {}, {}
     if plugin is not None:
-        plugin_cls = resolve_plugin(plugin)
+        plugin_ctor_params = plugin_params(plugin)
         plugin_name = _model_key(plugin)
         plugin_hparams, plugin_train = model_defaults(plugin_name)
         for k in plugin_train:
             if k not in train:
                 raise ConfigError(f"configs/{plugin_name}.yaml: unknown key 'train.{k}'")
         train.update(plugin_train)
-        plugin_keys = dict(_constructor_params(plugin_cls, _PLUGIN_DATA_ARGS) or {})
+        plugin_keys = dict(plugin_ctor_params)
         plugin_keys.update(plugin_hparams)
 
     sections = {"train": train, "model": model_keys, "plugin": plugin_keys}
@@ -473,4 +571,5 @@ __all__ = [
     "ConfigError", "CONFIG_DIR", "config_overrides", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
     "parse_grid", "grid_settings", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
     "check_against_data", "resolve_model", "resolve_plugin", "build_config", "config_to_yaml",
+    "model_params", "plugin_params",
 ]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from pyg_mmrec.errors import ConfigError, DataError, MissingExtraError
 
 DEFAULT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -37,12 +40,26 @@ def load_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Di
         for f in files:
             try:
                 r = json.loads(f.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: not valid JSON: {e}") from e
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"{f}: not valid JSON ({e}); delete it and finish its run "
+                                "again with the same train command plus --resume") from e
             if not isinstance(r, dict) or "valid" not in r or "config" not in r:
-                raise ValueError(f"{f}: not a pyg_mmrec result.json (no 'valid'/'config')")
+                raise DataError(f"{f}: not a pyg_mmrec result.json (no 'valid'/'config')")
             r["_path"] = str(f)
             out.append(r)
+    return out
+
+
+def unfinished_runs(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Path]:
+    """Run directories under ``paths`` that hold a ``checkpoint.pt`` but no
+    ``result.json`` yet (interrupted, or still training)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [c.parent for c in sorted(p.rglob("checkpoint.pt"))
+                    if not (c.parent / "result.json").exists()]
     return out
 
 
@@ -286,8 +303,9 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise RuntimeError("--plot needs matplotlib: pip install 'pyg_mmrec[plot]' "
-                           "(or pip install matplotlib)") from e
+        raise MissingExtraError("--plot needs matplotlib (the optional extra 'plot'), which is "
+                                "not installed; install it with: pip install 'pyg_mmrec[plot]' "
+                                "(or pip install matplotlib)") from e
     # one line per (model, dataset, fill, setting) and protocol family; the
     # "natural" runs (rate 0) anchor every protocol line of the same model
     series: Dict[tuple, Dict[str, List[tuple]]] = {}
@@ -300,7 +318,7 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
         fam = protocol_family(r["missing"])
         series.setdefault(key, {}).setdefault(fam, []).append((missing_rate(r["missing"]), m, s))
     if not series:
-        raise ValueError(f"plot: no run has test metric {metric!r}")
+        raise ConfigError(f"--metric {metric}: no run has this test metric to plot")
     lines: Dict[str, List[tuple]] = {}
     for (name, dataset, fill, setting), fams in series.items():
         natural = fams.pop("natural", [])
@@ -319,8 +337,15 @@ def plot_metric_vs_missing(rows: Sequence[Dict[str, Any]], path: Union[str, Path
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    # atomic: an interrupted or failed write never leaves half a PNG behind
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

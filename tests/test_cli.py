@@ -145,7 +145,7 @@ def test_results_table_and_plot(tiny_root, tmp_path, capsys):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        assert main(["results", str(out), "--plot", str(png), "--metric", "recall@10"]) == 1
+        assert main(["results", str(out), "--plot", str(png), "--metric", "recall@10"]) == 2
         assert "needs matplotlib" in capsys.readouterr().err
     else:
         assert main(["results", str(out), "--plot", str(png), "--metric", "recall@10"]) == 0

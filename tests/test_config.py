@@ -158,3 +158,35 @@ def test_shipped_example_configs_build():
     for path in sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml")):
         model = path.stem.split("_")[0]
         build_config(model, config_overrides(path))
+
+
+def test_parameters_read_from_source_match_the_imported_classes():
+    """build_config reads a registered model's constructor parameters from its source
+    (no PyTorch import); they must be exactly what the imported class declares, or None
+    (then it falls back to importing)."""
+    import importlib
+
+    from pyg_mmrec import config as C
+    from pyg_mmrec.models import MODELS
+    entries = [(e, C._MODEL_DATA_ARGS) for e in MODELS.values()]
+    entries += [(e, C._PLUGIN_DATA_ARGS) for e in C.PLUGINS.values()]
+    for entry, skip in entries:
+        module, cls = entry.split(":")
+        real = C._constructor_params(getattr(importlib.import_module(module), cls), skip)
+        static = C._static_constructor_params(entry, skip)
+        assert static is None or static == real, entry
+        for k, v in (static or {}).items():
+            assert type(v) is type(real[k]), (entry, k)
+
+
+def test_source_reading_falls_back_when_a_default_is_not_a_literal(tmp_path, monkeypatch):
+    from pyg_mmrec import config as C
+    (tmp_path / "fake_model_mod.py").write_text(
+        "import math\nclass Base:\n    def __init__(self, num_users, *, a: int = 1, b=-2.5,"
+        " c=(1, 'x'), d=None):\n        pass\nclass Child(Base):\n    pass\n"
+        "class Odd:\n    def __init__(self, num_users, e=math.pi):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert C._static_constructor_params("fake_model_mod:Child", ("num_users",)) == \
+        {"a": 1, "b": -2.5, "c": (1, "x"), "d": None}
+    assert C._static_constructor_params("fake_model_mod:Odd", ("num_users",)) is None
+    assert C._static_constructor_params("fake_model_mod:Missing", ()) is None

@@ -73,7 +73,7 @@ def test_plot(tmp_path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        with pytest.raises(RuntimeError, match="needs matplotlib"):
+        with pytest.raises(ImportError, match="needs matplotlib"):
             plot_metric_vs_missing(rows, tmp_path / "p.png")
     else:
         assert plot_metric_vs_missing(rows, tmp_path / "p.png").stat().st_size > 0

@@ -7,16 +7,17 @@ Public API (see docs/architecture.md):
   :func:`parse_missing_spec`, :func:`fill_features`.
 * :class:`BPRSampler` - vectorised, seeded BPR triples.
 
-``knn``, ``features``, ``download`` and ``build_dataset`` are imported lazily
-(on attribute access) so that this package never depends on them at import.
+Every submodule is imported lazily (on attribute access): importing
+``pyg_mmrec.data.raw`` (NumPy only) or ``pyg_mmrec.data.missing_spec`` does not
+pull in PyTorch or PyG, which keeps the command line's start-up short.
 """
 import importlib
 from typing import Any
 
-from .dataset import MMRecDataset
-
-_LAZY_SUBMODULES = ("knn", "features", "download", "build_dataset", "missing", "sampler")
+_LAZY_SUBMODULES = ("knn", "features", "download", "build_dataset", "missing", "sampler",
+                    "dataset", "raw", "missing_spec")
 _LAZY_NAMES = {
+    "MMRecDataset": "dataset",
     "make_masks": "missing", "MaskSet": "missing", "parse_missing_spec": "missing",
     "fill_features": "missing", "MissingSpec": "missing",
     "BPRSampler": "sampler",

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, Union
 import numpy as np
 import torch
 
+from pyg_mmrec.errors import CheckpointError
+
 PathLike = Union[str, os.PathLike]
 
 #: file name of the checkpoint inside a run directory
@@ -141,16 +143,28 @@ def load_checkpoint(path: PathLike,
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        RuntimeError: if the file is not a checkpoint of a known version.
+        CheckpointError: if the file is truncated, corrupt, or not a checkpoint
+            of a known version (the message names the file and what to do).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    what_to_do = ("delete it to start that run again from its first epoch (or choose "
+                  "another --out), then run the same command again")
     # The checkpoint holds numpy RNG state and python objects, hence weights_only=False;
     # only load checkpoints you wrote yourself.
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, garbage bytes, unpickling errors, ...
+        # the first sentence of torch's reason; the advice below replaces the rest
+        reason = str(e).strip().splitlines()[0].split(". ")[0].rstrip(".") \
+            if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint, it is truncated or "
+                              f"corrupt ({reason}); {what_to_do}") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise RuntimeError(f"{path}: not a pyg_mmrec checkpoint of version {CHECKPOINT_VERSION}")
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a pyg_mmrec checkpoint of version "
+                              f"{CHECKPOINT_VERSION} (found {found!r}); {what_to_do}")
     return state
 
 

@@ -104,6 +104,46 @@ class BatchLoss(torch.nn.Module):
         return self.model.loss(users, pos, neg)
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_line(record: Mapping[str, Any], epochs: int, elapsed: float, metric: str,
+                  best_epoch: int = -1, best_value: Optional[float] = None) -> str:
+    r"""The line printed after each epoch, e.g.::
+
+        epoch 3/50  loss 0.6214  1.20s  elapsed 0:04  ETA <= 1:03  valid recall@20 0.0712
+        best 0.0712 (epoch 3)
+
+    (one line on the terminal; wrapped here).
+
+    Epochs count from 1 here. The ETA assumes every remaining epoch (up to
+    ``epochs``) runs at the mean pace so far, evaluations included: early
+    stopping can only end the run sooner, hence ``<=``.
+
+    Args:
+        record (dict): the epoch's log record (``epoch`` from 0, ``loss``,
+            ``seconds``, and ``valid`` on evaluated epochs).
+        epochs (int): the epoch budget.
+        elapsed (float): training and evaluation seconds so far (across resumes).
+        metric (str): the selection metric, e.g. ``"recall@20"``.
+        best_epoch (int): the best validated epoch so far (from 0; -1: none yet).
+        best_value (float, optional): its validation ``metric``.
+    """
+    done = int(record["epoch"]) + 1
+    s = f"epoch {done}/{epochs}  loss {record.get('loss', float('nan')):.4f}  " \
+        f"{record.get('seconds', 0.0):.2f}s  elapsed {_clock(elapsed)}"
+    if done < epochs:
+        s += f"  ETA <= {_clock(elapsed / done * (epochs - done))}"
+    if "valid" in record:
+        s += f"  valid {metric} {record['valid'].get(metric, float('nan')):.4f}"
+    if best_value is not None and best_epoch >= 0:
+        s += f"  best {best_value:.4f} (epoch {best_epoch + 1})"
+    return s
+
+
 def metrics_to_dict(metrics: Any) -> Dict[str, float]:
     """A :class:`pyg_mmrec.metrics.Metrics` (or any mapping) -> ``{name: float}``."""
     for attr in ("to_dict", "as_dict"):
@@ -253,6 +293,16 @@ class Trainer:
         if not self.quiet and self.is_main:
             from tqdm import tqdm
             tqdm.write(msg, file=sys.stderr)
+
+    def _resume_notice(self) -> str:
+        epochs = self.train_cfg["epochs"]
+        if self.finished:
+            return (f"resume: {self.checkpoint_path} holds a finished run ({self.epoch} epochs, "
+                    f"best epoch {self.best_epoch + 1}); reusing it, nothing is trained")
+        where = f"epoch {self.epoch + 1}/{epochs}"
+        if self.batch > 0:
+            where += f", batch {self.batch + 1}"
+        return f"resume: {self.checkpoint_path}: continuing at {where}"
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current batch and write a checkpoint
@@ -521,6 +571,7 @@ class Trainer:
             self.load_state_dict(state)
             resume_rng = state["rng"] if self.batch > 0 else None
             self._rewrite_log()
+            self._say(self._resume_notice())
         elif self.log_path is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.write_text("")
@@ -591,11 +642,10 @@ class Trainer:
         return bool(es.should_stop), improved
 
     def _format(self, r: Dict[str, Any]) -> str:
-        s = f"epoch {r['epoch']:4d}  loss {r.get('loss', float('nan')):.4f}  {r['seconds']:.2f}s"
-        if "valid" in r:
-            s += f"  valid {self.metric} {r['valid'].get(self.metric, float('nan')):.4f}"
-            s += f"  (best epoch {r['best_epoch']})"
-        return s
+        best = self.best_valid.get(self.metric) if self.best_epoch >= 0 else None
+        return progress_line(r, self.train_cfg["epochs"],
+                             self.train_seconds + sum(self.eval_seconds), self.metric,
+                             best_epoch=self.best_epoch, best_value=best)
 
     def _finish(self, test: bool) -> FitResult:
         if self.best_state is not None:
@@ -616,4 +666,4 @@ class Trainer:
 
 
 __all__ = ["Trainer", "TrainData", "FitResult", "TrainingInterrupted", "BatchLoss",
-           "metrics_to_dict"]
+           "metrics_to_dict", "progress_line"]

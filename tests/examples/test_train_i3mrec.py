@@ -19,7 +19,10 @@ def test_demo_table_with_tuned_config_and_kept_runs(tiny_root, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "mode" in out and "recall@20" in out
     rows = [line for line in out.splitlines() if line.startswith(("ff ", "fm "))]
-    assert len(rows) == 2 and all(" ± " in r for r in rows)
+    # the table is printed as each mode finishes: ff alone, then ff and fm
+    assert len(rows) == 3 and all(" ± " in r for r in rows) and rows[0] == rows[1]
+    assert out.index("== mode ff (1/2)") < out.index("1 of 2 modes done") \
+        < out.index("== mode fm (2/2)")
     kept = sorted((tmp_path / "runs").rglob("result.json"))
     assert [p.parent.relative_to(tmp_path / "runs").as_posix() for p in kept] == \
         ["ff/seed1", "fm/seed1"]
