@@ -206,6 +206,17 @@ def _literal_default(node: Optional["ast.expr"]) -> Any:
     return ast.literal_eval(node)  # ValueError for anything but a literal
 
 
+def _class_string_attr(node: Optional["ast.ClassDef"], name: str) -> Optional[str]:
+    """The value of ``name = "..."`` in a class body, or ``None``."""
+    import ast
+    for b in getattr(node, "body", []):
+        if (isinstance(b, ast.Assign) and len(b.targets) == 1
+                and isinstance(b.targets[0], ast.Name) and b.targets[0].id == name
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            return b.value.value
+    return None
+
+
 def _static_constructor_params(entry: str, skip: Tuple[str, ...]
                                ) -> Optional[Dict[str, Any]]:
     r"""What :func:`_constructor_params` returns for the class ``"module:Class"``,
@@ -218,6 +229,7 @@ def _static_constructor_params(entry: str, skip: Tuple[str, ...]
     every registered model and plug-in.
     """
     import ast
+    import importlib
     import importlib.util
     module, cls_name = entry.split(":")
     try:
@@ -242,6 +254,13 @@ def _static_constructor_params(entry: str, skip: Tuple[str, ...]
         node = classes.get(bases[0]) if len(bases) == 1 else None
     else:
         return None
+    hparams_from = _class_string_attr(classes.get(cls_name), "hparams_from")
+    if hparams_from is not None:  # the class lists its flat keys in a light module
+        try:
+            mod, fn = hparams_from.split(":")
+            return dict(getattr(importlib.import_module(mod), fn)())
+        except (ImportError, AttributeError, ValueError):
+            return None
     if init is None or init.decorator_list:
         return None
     a = init.args
@@ -466,6 +485,36 @@ def resolve_plugin(plugin: Optional[str]) -> Optional[Callable]:
         raise ConfigError(f"plugin {plugin!r} is not available: {e}") from e
 
 
+def _check_grouped_hparams(model: Union[str, Callable], hparams: Mapping[str, Any]) -> None:
+    """A model that groups its options (``hparams_from = "module:flat_defaults"``)
+    validates them in that light module's ``check_flat``: range and choice errors
+    become configuration errors before any data is read or PyTorch imported."""
+    import ast
+    import importlib
+    import importlib.util
+    if not isinstance(model, str):
+        return
+    from pyg_mmrec.models import model_entry
+    try:
+        module, cls_name = model_entry(model).split(":")
+        spec = importlib.util.find_spec(module)
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=spec.origin)
+    except (ValueError, ImportError, OSError, SyntaxError, AttributeError, TypeError):
+        return
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None)
+    source = _class_string_attr(node, "hparams_from")
+    if source is None:
+        return
+    check = getattr(importlib.import_module(source.split(":")[0]), "check_flat", None)
+    if check is None:
+        return
+    try:
+        check(hparams)
+    except ValueError as e:
+        raise ConfigError(f"model '{_model_key(model)}': {e}") from None
+
+
 def build_config(model: Union[str, Callable], overrides: Optional[Mapping[str, Any]] = None,
                  plugin: Optional[str] = None) -> Dict[str, Any]:
     r"""Assemble and validate the configuration of one run.
@@ -543,6 +592,7 @@ def build_config(model: Union[str, Callable], overrides: Optional[Mapping[str, A
         else:
             plugin_hparams[bare] = _check_like(f"plugin.{bare}", value, plugin_keys.get(bare))
 
+    _check_grouped_hparams(model, hparams)
     return {
         "model": name,
         "plugin": plugin_name,

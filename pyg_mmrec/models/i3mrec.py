@@ -237,6 +237,10 @@ class I3MRec(Recommender):
                 full graph. ``0`` (the paper): no pruning.
     """
 
+    #: where the configuration reads the flat keys without importing this module
+    #: (its constructor takes them as ``**hparams``); must equal :meth:`hparam_defaults`
+    hparams_from = "pyg_mmrec.models.i3mrec_options:flat_defaults"
+
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
                  features: Optional[Dict[str, Tensor]] = None,
                  masks: Optional[Dict[str, Tensor]] = None, *,

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..nn.neighbor_sampling import check_fanout
 
 ID_BRANCHES = ("none", "embedding", "lightgcn")
 ITEM_GRAPHS = ("none", "knn")
@@ -102,6 +101,7 @@ class PropagationOptions(_Group):
     def __post_init__(self) -> None:
         embedding_size = _integer("embedding_size", self.embedding_size, 1)
         n_layers = _integer("n_layers", self.n_layers, 0)
+        from ..nn.neighbor_sampling import check_fanout  # torch: only when a fan-out is set
         fanout = None if self.fanout is None else check_fanout(self.fanout, n_layers)
         self._set(embedding_size=embedding_size, n_layers=n_layers,
                   renormalize=bool(self.renormalize), fanout=fanout)
@@ -334,5 +334,10 @@ def flat_defaults() -> Dict[str, Any]:
     return I3MRecOptions().to_flat()
 
 
-__all__ = ["I3MRecOptions", "PropagationOptions", "RiskOptions", "BottleneckOptions",
+__all__ = ["check_flat", "I3MRecOptions", "PropagationOptions", "RiskOptions", "BottleneckOptions",
            "FusionOptions", "CollaborativeOptions", "flat_defaults"]
+
+
+def check_flat(hparams: Mapping[str, Any]) -> None:
+    """Validate flat keys as the constructor will (``ValueError`` naming the key)."""
+    I3MRecOptions.from_flat(hparams)
