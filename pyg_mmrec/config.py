@@ -206,7 +206,7 @@ def _literal_default(node: Optional["ast.expr"]) -> Any:
     return ast.literal_eval(node)  # ValueError for anything but a literal
 
 
-def _class_string_attr(node: Optional["ast.ClassDef"], name: str) -> Optional[str]:
+def _class_string_attr(node: Any, name: str) -> Optional[str]:
     """The value of ``name = "..."`` in a class body, or ``None``."""
     import ast
     for b in getattr(node, "body", []):

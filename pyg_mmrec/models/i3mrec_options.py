@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..nn.fanout import check_fanout
 
 ID_BRANCHES = ("none", "embedding", "lightgcn")
 ITEM_GRAPHS = ("none", "knn")
@@ -101,7 +102,6 @@ class PropagationOptions(_Group):
     def __post_init__(self) -> None:
         embedding_size = _integer("embedding_size", self.embedding_size, 1)
         n_layers = _integer("n_layers", self.n_layers, 0)
-        from ..nn.neighbor_sampling import check_fanout  # torch: only when a fan-out is set
         fanout = None if self.fanout is None else check_fanout(self.fanout, n_layers)
         self._set(embedding_size=embedding_size, n_layers=n_layers,
                   renormalize=bool(self.renormalize), fanout=fanout)
