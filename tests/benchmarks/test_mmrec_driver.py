@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import load_script, write_inter
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -16,19 +16,11 @@ def _load(name):
     return load_script(f"benchmarks/{name}.py", f"_bench_{name}")
 
 
-def _write_inter(folder: Path, name: str, rows):
-    folder.mkdir(parents=True)
-    with open(folder / f"{name}.inter", "w") as f:
-        f.write("userID\titemID\trating\ttimestamp\tx_label\n")
-        for u, i, x in rows:
-            f.write(f"{u}\t{i}\t1\t0\t{x}\n")
-
-
 def test_random_features_match_bench_train(tmp_path):
     driver = _load("mmrec_driver")
     bench = _load("bench_train")
     assert driver.BABY_DIMS == bench.BABY_DIMS
-    _write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (0, 4, 0), (1, 2, 1), (1, 3, 2)])
+    write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (0, 4, 0), (1, 2, 1), (1, 3, 2)])
     out = Path(driver._make_data_dir(str(tmp_path), "toy", need_features=True))
     try:
         assert (out / "toy" / "toy.inter").is_symlink()
@@ -43,7 +35,7 @@ def test_random_features_match_bench_train(tmp_path):
 
 def test_existing_features_are_linked_not_copied(tmp_path):
     driver = _load("mmrec_driver")
-    _write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (1, 1, 0)])
+    write_inter(tmp_path / "toy", "toy", [(0, 0, 0), (1, 1, 0)])
     np.save(tmp_path / "toy" / "text_feat.npy", np.ones((2, 3), dtype=np.float32))
     out = Path(driver._make_data_dir(str(tmp_path), "toy", need_features=True))
     try:
@@ -171,7 +163,7 @@ def test_driver_runs_a_pristine_checkout_from_its_src_folder(tmp_path):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text(text)
     before = _tree(checkout)
-    _write_inter(tmp_path / "data" / "toy", "toy", [(0, 0, 0), (0, 1, 1), (1, 2, 2)])
+    write_inter(tmp_path / "data" / "toy", "toy", [(0, 0, 0), (0, 1, 1), (1, 2, 2)])
     out = subprocess.run([sys.executable, str(BENCH / "mmrec_driver.py"), "--mmrec", "MMRec",
                           "--root", "data", "--dataset", "toy", "--model", "lightgcn", "--fit"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_inter
 from pyg_mmrec.cli import main
 from pyg_mmrec.data import BPRSampler
 from pyg_mmrec.train import Trainer, TrainData
@@ -14,19 +15,17 @@ from pyg_mmrec.train.distributed import (FAULT_ENV, DistributedTrainer, GlobalBa
                                          RankFailedError, _parse_fault, all_reduce_gradients)
 
 
-def write_tiny_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10, seed=0):
+def write_uneven_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10, seed=0):
     """<root>/<name>/<name>.inter (451 training pairs: 451 % 64 = 3, so the last
     global batch of 64 splits unevenly over two ranks) + two modalities."""
     rng = np.random.default_rng(seed)
-    folder = root / name
-    folder.mkdir(parents=True)
-    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
+    rows = []
     for u in range(num_users):
         items = [(u + j) % num_items for j in range(3)]
         items += rng.permutation(num_items)[:per_user - 3].tolist()
         for j, i in enumerate(dict.fromkeys(items)):
-            lines.append(f"{u}\t{i}\t5\t{j}\t{1 if j == 0 else 2 if j == 1 else 0}")
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+            rows.append((u, i, 5, j, 1 if j == 0 else 2 if j == 1 else 0))
+    folder = write_inter(root / name, name, rows)
     np.save(folder / "image_feat.npy", rng.normal(size=(num_items, 6)).astype(np.float32))
     np.save(folder / "text_feat.npy", rng.normal(size=(num_items, 5)).astype(np.float32))
     return root
@@ -36,7 +35,7 @@ def write_tiny_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10,
 def tiny_root(tmp_path, monkeypatch):
     monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return write_tiny_mmrec(tmp_path / "data")
+    return write_uneven_mmrec(tmp_path / "data")
 
 
 def base_args(root, model="LightGCN", epochs=3):
