@@ -35,7 +35,13 @@ def _load_extension() -> bool:
             warnings.warn(f"pyg_mmrec._C failed to load ({e}); using the PyTorch fallback of "
                           f"masked_spmm", stacklevel=2)
         return False
-    return hasattr(torch.ops.pyg_mmrec, "masked_spmm")
+    if not hasattr(torch.ops.pyg_mmrec, "_masked_spmm_kernel"):
+        # A build from older sources (public ops only, another schema): do not mix the two.
+        warnings.warn("pyg_mmrec._C is out of date with the Python sources; rebuild it "
+                      "(python setup.py build_ext --inplace). Using the PyTorch fallback of "
+                      "masked_spmm", stacklevel=2)
+        return False
+    return True
 
 
 #: Whether the compiled kernels of ``pyg_mmrec._C`` are active (else the reference runs).
