@@ -483,7 +483,11 @@ class DistributedTrainer(Trainer):
     all-reduced loss values in the log, a stop request (``SIGINT``) honoured by
     all ranks at the same batch, a check that every rank loaded the same data
     and configuration, and a parameter consistency check after every epoch.
-    With ``world_size == 1`` it behaves exactly like :class:`Trainer`.
+    With ``world_size == 1`` it behaves exactly like :class:`Trainer`. It is
+    built from the public hooks of :class:`Trainer` alone
+    (:meth:`~Trainer.reduce_gradients`, :meth:`~Trainer.auxiliary_loss`,
+    :meth:`~Trainer.sync_batch`, :meth:`~Trainer.should_stop`,
+    :meth:`~Trainer.on_batch_end`, :meth:`~Trainer.on_epoch_end`).
 
     Args:
         bucket_cap_mb (float): all-reduce bucket size.
@@ -807,7 +811,7 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
         import torch.distributed as dist
         from pyg_mmrec.train import distributed
 
-        def rank_sum(n):
+        def rank_sum(n):  # module level: the ranks import it
             ctx = distributed.init_from_env("cpu")
             t = torch.tensor([float(ctx.rank)])
             dist.all_reduce(t)
