@@ -11,8 +11,8 @@
 //   out[i]        = sum_e w_e * m_col[e] * x[col[e]]                     (reduce = "sum")
 //   out[i]        = that / weight_sum[i], or 0 where weight_sum[i] == 0  (reduce = "mean")
 //
-// Layout of this file (as in pyg-lib): the schemas, then for every public op one entry that
-// runs on any device (CompositeExplicitAutograd) and does, in this order,
+// Layout of this file (as in pyg-lib): the input checks, then for every public op one entry
+// that runs on any device (registered for CompositeExplicitAutograd) and does, in this order,
 //   1. parse its options (`reduce`),
 //   2. validate its inputs once, here and not in every backend: wrong shapes, dtypes, devices,
 //      a non-monotone rowptr or out-of-range indices raise a ValueError naming the argument
@@ -23,7 +23,7 @@
 // one device synchronisation each on CUDA. `masked_spmm(..., trusted=True)` skips them (the
 // shape/dtype/device checks still run) for graphs validated once when they were built
 // (pyg_mmrec.nn.to_csr); the autograd formula of a trusted call (pyg_mmrec/ops/masked_spmm.py)
-// calls the backward kernel ops directly.
+// calls the backward kernel ops directly. The schemas and registrations close the file.
 #include "masked_spmm.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
