@@ -107,10 +107,10 @@ def bench_epoch(a, name, variant):
         step): other processes on the machine inflate wall-clock s/epoch."""
         cpu = 0.0
 
-        def _step(self, *args, **kwargs):
+        def train_step(self, *args, **kwargs):
             t = time.process_time()
             try:
-                return super()._step(*args, **kwargs)
+                return super().train_step(*args, **kwargs)
             finally:
                 TimedTrainer.cpu += time.process_time() - t
 

@@ -139,7 +139,7 @@ def worker(size: int, model_key: str, mode: str, fanout, batches: int, eval_user
     for b in range(batches + 1):  # the first step warms up (caches, allocator)
         sl = slice(b * BATCH, (b + 1) * BATCH)
         t0, c0 = time.perf_counter(), time.process_time()
-        trainer._step(users[sl], pos[sl], neg[sl], 0, b)
+        trainer.train_step(users[sl], pos[sl], neg[sl], 0, b)
         if b:
             step_times.append(time.perf_counter() - t0)
             step_cpu.append(time.process_time() - c0)

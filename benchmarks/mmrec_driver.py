@@ -1,10 +1,13 @@
 r"""Run the real MMRec code (a checkout of https://github.com/enoche/MMRec) for ``bench_train.py``.
 
-MMRec is a research repository, not a package: its modules import each other as
-top-level ``utils.*`` / ``common.*`` / ``models.*`` from ``<checkout>/src`` and read
-``src/configs`` and ``data/`` relative to the working directory. This driver therefore
+MMRec is a research repository, not a package: it is run as ``cd src; python main.py``,
+its modules import each other as top-level ``utils.*`` / ``common.*`` / ``models.*`` and
+its ``Config`` reads ``configs/overall.yaml`` (and the dataset and model YAMLs) relative to
+the working directory, i.e. from ``<checkout>/src/configs``. This driver therefore
 
-* changes into the checkout and puts ``<checkout>/src`` on ``sys.path``;
+* changes into ``<checkout>/src`` and puts it on ``sys.path``, as MMRec expects (from the
+  checkout root ``Config`` finds no YAML and fails with ``KeyError: 'valid_metric'``);
+  ``--root`` is resolved before, so a relative data path still works;
 * builds a throw-away data folder (``<dataset>/<dataset>.inter`` and the feature files
   symlinked from ``--root``; for a dataset without features, FREEDOM gets the same
   random features ``bench_train.load_data`` attaches, written as ``.npy``), so nothing
@@ -12,9 +15,11 @@ top-level ``utils.*`` / ``common.*`` / ``models.*`` from ``<checkout>/src`` and 
 * passes the dataset fields (``userID``/``itemID``/``x_label``) and ``use_gpu: False``
   through MMRec's ``config_dict``, so a pristine clone needs no extra YAML;
 * applies compatibility shims for current libraries, only where needed and without
-  touching MMRec's files: ``scipy.sparse.dok_matrix._update`` (removed in SciPy 1.12;
+  touching MMRec's files: the NumPy aliases of builtin types removed in NumPy 1.24
+  (``np.float``, ``np.int``, ... ; MMRec's metrics use ``np.float``) are re-added as the
+  builtins they stood for; ``scipy.sparse.dok_matrix._update`` (removed in SciPy 1.12;
   MMRec's LightGCN/FREEDOM build their adjacency with it) is re-added as a plain dict
-  update, and modules MMRec imports but never uses for LightGCN/FREEDOM with
+  update; and modules MMRec imports but never uses for LightGCN/FREEDOM with
   pre-extracted features (``torchvision``, ``lmdb``, ``matplotlib``) are replaced by
   empty stubs when they are not installed.
 
@@ -69,10 +74,29 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- shims
-def _apply_shims() -> list[str]:
+#: NumPy aliases of builtin types removed in NumPy 1.24, and what they stood for
+NUMPY_REMOVED_ALIASES = {"float": float, "int": int, "bool": bool, "object": object,
+                         "str": str, "complex": complex}
+
+
+def _shim_numpy_aliases() -> list[str]:
+    """Re-add the removed NumPy aliases that are missing; returns them as ``np.<name>``."""
+    import numpy as np
     applied = []
-    import scipy.sparse as sp
-    if not hasattr(sp.dok_matrix, "_update"):
+    for name, builtin in NUMPY_REMOVED_ALIASES.items():
+        if name not in vars(np):  # not hasattr: NumPy 1.20-1.23 warn on every lookup
+            setattr(np, name, builtin)
+            applied.append(f"np.{name}")
+    return applied
+
+
+def _apply_shims() -> list[str]:
+    applied = _shim_numpy_aliases()
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # MMRec needs SciPy: its own import says so
+        sp = None
+    if sp is not None and not hasattr(sp.dok_matrix, "_update"):
         def _update(self, data):  # SciPy >= 1.12 keeps the entries in ``self._dict``
             self._dict.update(data)
         sp.dok_matrix._update = _update
@@ -151,12 +175,17 @@ def _config_dict(args, data_dir: str) -> dict:
 
 
 def _enter_checkout(path: str) -> list[str]:
-    path = str(Path(path).resolve())
-    if not (Path(path) / "src" / "utils" / "quick_start.py").exists():
-        raise SystemExit(f"{path} does not look like an MMRec checkout "
+    """Run from ``<checkout>/src`` as MMRec's ``main.py`` does (its ``Config`` reads
+    ``configs/`` relative to the working directory); returns the shims applied."""
+    src = Path(path).resolve() / "src"
+    if not (src / "utils" / "quick_start.py").exists():
+        raise SystemExit(f"{Path(path).resolve()} does not look like an MMRec checkout "
                          "(src/utils/quick_start.py missing)")
-    os.chdir(path)
-    sys.path.insert(0, os.path.join(path, "src"))
+    if not (src / "configs" / "overall.yaml").exists():
+        raise SystemExit(f"{src / 'configs' / 'overall.yaml'} is missing: MMRec's Config "
+                         "reads its defaults from there")
+    os.chdir(src)
+    sys.path.insert(0, str(src))
     return _apply_shims()
 
 
@@ -343,6 +372,7 @@ def main(argv=None) -> None:
                    help="fit mode: also report test metrics with train+valid items excluded "
                         "(pyg_mmrec's protocol) as tv_<metric>@K")
     args = p.parse_args(argv)
+    args.root = str(Path(args.root).resolve())  # before _enter_checkout changes directory
     out = fit(args) if args.fit else bench(args)
     print("RESULT " + json.dumps(out), flush=True)
 

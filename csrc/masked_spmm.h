@@ -1,42 +1,32 @@
-// Shared declarations of the masked sparse-dense matmul operator (see masked_spmm.cpp for the
-// contract). Backends (cpu/, cuda/) call the check_* helpers before touching raw pointers, so
-// every kernel only ever sees validated inputs.
+// What the device backends (cpu/, cuda/) of pyg_mmrec::masked_spmm share.
+//
+// The operator has two layers (see masked_spmm.cpp):
+//   * the public ops `masked_spmm`, `masked_spmm_backward_x`, `masked_spmm_backward_value` and
+//     `csr_transpose`, implemented once for every device in masked_spmm.cpp: they parse and
+//     validate their inputs, then call the kernel op through the dispatcher;
+//   * the kernel ops `_masked_spmm_kernel`, `_masked_spmm_backward_x_kernel`,
+//     `_masked_spmm_backward_value_kernel` and `_csr_transpose_kernel`, one implementation per
+//     device (TORCH_LIBRARY_IMPL in the backend files). They run no checks: their inputs are
+//     validated by the public op, or vouched for by the caller (`trusted=True`, a graph built
+//     and checked once by pyg_mmrec.nn.to_csr).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
-#include <string_view>
 
 namespace pyg_mmrec {
 
-// Parses `reduce` ("sum" | "mean"); returns true for "mean".
-bool parse_reduce(std::string_view reduce);
+// Data pointer of an optional tensor, nullptr when absent (the kernels' "not given").
+template <typename T>
+const T* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
 
-// Validates the CSR graph and the operands of the forward op (metadata and index ranges).
-// `colptr`, `row_t`, `perm` (the optional transposed layout) are checked for shape and dtype only.
-void check_forward_inputs(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x,
-                          const std::optional<at::Tensor>& mask,
-                          const std::optional<at::Tensor>& value,
-                          const std::optional<at::Tensor>& colptr,
-                          const std::optional<at::Tensor>& row_t,
-                          const std::optional<at::Tensor>& perm);
-
-// Validates the transposed (CSC) layout consumed by masked_spmm_backward_x.
-void check_backward_x_inputs(const at::Tensor& colptr, const at::Tensor& row_t,
-                             const at::Tensor& perm, const at::Tensor& grad_out,
-                             const std::optional<at::Tensor>& mask,
-                             const std::optional<at::Tensor>& value,
-                             const std::optional<at::Tensor>& weight_sum);
-
-// Validates the operands of masked_spmm_backward_value.
-void check_backward_value_inputs(const at::Tensor& rowptr, const at::Tensor& col,
-                                 const at::Tensor& x, const at::Tensor& grad_out,
-                                 const std::optional<at::Tensor>& grad_weight_sum,
-                                 const std::optional<at::Tensor>& mask,
-                                 const at::Tensor& out, const at::Tensor& weight_sum);
-
-// Validates the operands of csr_transpose.
-void check_transpose_inputs(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_src);
+// A contiguous copy (or the tensor itself) of an optional tensor.
+inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return std::nullopt;
+  return t->contiguous();
+}
 
 }  // namespace pyg_mmrec

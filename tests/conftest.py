@@ -32,23 +32,44 @@ def _seed_and_threads():
     yield
 
 
+INTER_HEADER = "userID\titemID\trating\ttimestamp\tx_label\n"
+
+
+def write_inter(folder, name, rows, header=INTER_HEADER, extra_lines=()):
+    """Writes ``<folder>/<name>.inter`` (MMRec layout, tab-separated): ``header``, one line
+    per row, then ``extra_lines`` verbatim (malformed input for error tests). A row is
+    ``(user, item, label)`` (rating 1, timestamp 0) or ``(user, item, rating, timestamp,
+    label)``; label 0/1/2 = train/valid/test. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.inter", "w") as f:
+        f.write(header)
+        for row in rows:
+            if len(row) == 3:
+                row = (row[0], row[1], 1, 0, row[2])
+            if len(row) != 5:
+                raise ValueError(f"write_inter: a row is (user, item, label) or (user, item, "
+                                 f"rating, timestamp, label), got {row!r}")
+            f.write("\t".join(map(str, row)) + "\n")
+        for line in extra_lines:
+            f.write(line)
+    return folder
+
+
 def write_tiny_mmrec(root, name="tiny", num_users=20, num_items=30, per_user=8, seed=0,
                      image_mask=True):
     """A tiny MMRec-format dataset: <root>/<name>/<name>.inter + two modalities
     (+ a natural image mask with 3 missing posters when ``image_mask``)."""
     rng = np.random.default_rng(seed)
-    folder = root / name
-    folder.mkdir(parents=True)
-    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
+    rows = []
     for u in range(num_users):
         items = rng.permutation(num_items)[:per_user]
         if u < num_items // 4:  # make sure every item id occurs
             items[2:6] = [(4 * u + j) % num_items for j in range(4)]
             items = list(dict.fromkeys(items.tolist()))
         for j, i in enumerate(items):
-            label = 1 if j == 0 else 2 if j == 1 else 0
-            lines.append(f"{u}\t{i}\t5\t{j}\t{label}")
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+            rows.append((u, i, 5, j, 1 if j == 0 else 2 if j == 1 else 0))
+    folder = write_inter(root / name, name, rows)
     np.save(folder / "image_feat.npy", rng.normal(size=(num_items, 6)).astype(np.float32))
     np.save(folder / "text_feat.npy", rng.normal(size=(num_items, 5)).astype(np.float32))
     if image_mask:
@@ -85,6 +106,35 @@ def tiny_graph(num_users, num_items, num_modalities, masked, seed=0, per_user=5,
     return edge_index, feats, masks
 
 
+def tiny_splits(num_users, num_items, per_user, generator):
+    """Per user, ``per_user`` distinct random items: the first is its validation
+    interaction, the second its test one, the rest are training ones. Draws from
+    ``generator`` (one ``randperm`` per user). Returns ``{"train"|"valid"|"test":
+    edge_index [2, E]}`` (long)."""
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(num_users):
+        items = torch.randperm(num_items, generator=generator)[:per_user].tolist()
+        rows["valid"].append((u, items[0]))
+        rows["test"].append((u, items[1]))
+        rows["train"] += [(u, i) for i in items[2:]]
+    return {k: torch.tensor(v, dtype=torch.long).t().contiguous() for k, v in rows.items()}
+
+
+def stop_after(trainer, num_batches):
+    """Makes ``trainer`` request a stop (as ``SIGINT`` does) after its ``num_batches``-th
+    batch (counted over the epochs of one run); returns it."""
+    seen = [0]
+    on_batch_end = trainer.on_batch_end
+
+    def count_and_stop(epoch, batch):
+        on_batch_end(epoch, batch)
+        seen[0] += 1
+        if seen[0] == num_batches:
+            trainer.request_stop()
+    trainer.on_batch_end = count_and_stop
+    return trainer
+
+
 def random_modal_data(num_users, num_items, seed=0, dims=(12, 8), miss=0.3, num_edges=500):
     """Random user-item edges (duplicates allowed) and modalities ``image``, ``text``,
     ``audio`` (as many as ``dims``), each missing for about ``miss`` of the items
@@ -104,3 +154,28 @@ def random_batch(num_users, num_items, seed=1, n=32):
     return (torch.randint(0, num_users, (n,), generator=g),
             torch.randint(0, num_items, (n,), generator=g),
             torch.randint(0, num_items, (n,), generator=g))
+
+
+# ----------------------------------------------------------------------------- tiny encoders
+def char_encoder(texts):
+    """Tiny deterministic text encoder: character histogram over 8 buckets."""
+    out = np.zeros((len(texts), 8), dtype=np.float32)
+    for r, t in enumerate(texts):
+        for ch in t:
+            out[r, ord(ch) % 8] += 1.0
+    return out
+
+
+class RawImageEncoder:
+    """PIL-free image encoder: files hold 12 raw uint8 values (3 x 2 x 2)."""
+    name = "raw"
+    dim = 3
+
+    def load(self, path):
+        data = open(path, "rb").read()
+        if len(data) != 12:
+            raise OSError(f"{path}: not a raw 3x2x2 image")
+        return np.frombuffer(data, dtype=np.uint8).reshape(3, 2, 2).astype(np.float32)
+
+    def __call__(self, x):
+        return x.mean((2, 3))

@@ -1,4 +1,6 @@
-// CPU kernels of pyg_mmrec::masked_spmm (forward, backward w.r.t. x and value) and csr_transpose.
+// CPU kernels of pyg_mmrec::masked_spmm (forward, backward w.r.t. x and value) and csr_transpose:
+// the implementations of the kernel ops `_<name>_kernel` for CPU tensors. Their inputs are
+// validated before dispatch (csrc/masked_spmm.cpp); nothing here checks them again.
 //
 // All kernels are row-parallel gathers: each output row has exactly one writer, so no atomics
 // and no scatter are needed. The backward w.r.t. x gathers over the transposed (CSC) graph.
@@ -311,26 +313,12 @@ void parallel_rows(const index_t* ptr, int64_t n, int64_t F, const Fn& fn) {
   });
 }
 
-template <typename T>
-const T* ptr_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
-}
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->contiguous();
-}
-
 #define PYG_MMREC_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 std::tuple<at::Tensor, at::Tensor> masked_spmm_cpu(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x,
-    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& value,
-    std::string_view reduce, const std::optional<at::Tensor>& colptr,
-    const std::optional<at::Tensor>& row_t, const std::optional<at::Tensor>& perm) {
-  const bool mean = parse_reduce(reduce);
-  check_forward_inputs(rowptr, col, x, mask, value, colptr, row_t, perm);
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& value, bool mean) {
   const auto rowptr_c = rowptr.contiguous(), col_c = col.contiguous(), x_c = x.contiguous();
   const auto mask_c = contiguous(mask), value_c = contiguous(value);
   const int64_t n_dst = rowptr.numel() - 1, F = x.size(1);
@@ -354,9 +342,6 @@ at::Tensor masked_spmm_backward_x_cpu(const at::Tensor& colptr, const at::Tensor
                                       const std::optional<at::Tensor>& mask,
                                       const std::optional<at::Tensor>& value,
                                       const std::optional<at::Tensor>& weight_sum, bool mean) {
-  check_backward_x_inputs(colptr, row_t, perm, grad_out, mask, value, weight_sum);
-  TORCH_CHECK_VALUE(!mean || weight_sum.has_value(),
-                    "masked_spmm_backward_x: `weight_sum` is required when mean=True");
   const auto colptr_c = colptr.contiguous(), row_t_c = row_t.contiguous(),
              perm_c = perm.contiguous(), g_c = grad_out.contiguous();
   const auto mask_c = contiguous(mask), value_c = contiguous(value), ws_c = contiguous(weight_sum);
@@ -394,7 +379,6 @@ at::Tensor masked_spmm_backward_value_cpu(const at::Tensor& rowptr, const at::Te
                                           const std::optional<at::Tensor>& mask,
                                           const at::Tensor& out, const at::Tensor& weight_sum,
                                           bool mean) {
-  check_backward_value_inputs(rowptr, col, x, grad_out, grad_weight_sum, mask, out, weight_sum);
   const auto rowptr_c = rowptr.contiguous(), col_c = col.contiguous(), x_c = x.contiguous(),
              g_c = grad_out.contiguous(), out_c = out.contiguous(), ws_c = weight_sum.contiguous();
   const auto gws_c = contiguous(grad_weight_sum), mask_c = contiguous(mask);
@@ -417,7 +401,6 @@ at::Tensor masked_spmm_backward_value_cpu(const at::Tensor& rowptr, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_transpose_cpu(const at::Tensor& rowptr,
                                                                   const at::Tensor& col,
                                                                   int64_t num_src) {
-  check_transpose_inputs(rowptr, col, num_src);
   const auto rowptr_c = rowptr.contiguous(), col_c = col.contiguous();
   const int64_t n_dst = rowptr.numel() - 1, n_edges = col.numel();
   auto colptr = at::zeros({num_src + 1}, rowptr.options());
@@ -449,8 +432,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_transpose_cpu(const at::Tenso
 }  // namespace pyg_mmrec
 
 TORCH_LIBRARY_IMPL(pyg_mmrec, CPU, m) {
-  m.impl("masked_spmm", &pyg_mmrec::masked_spmm_cpu);
-  m.impl("masked_spmm_backward_x", &pyg_mmrec::masked_spmm_backward_x_cpu);
-  m.impl("masked_spmm_backward_value", &pyg_mmrec::masked_spmm_backward_value_cpu);
-  m.impl("csr_transpose", &pyg_mmrec::csr_transpose_cpu);
+  m.impl("_masked_spmm_kernel", &pyg_mmrec::masked_spmm_cpu);
+  m.impl("_masked_spmm_backward_x_kernel", &pyg_mmrec::masked_spmm_backward_x_cpu);
+  m.impl("_masked_spmm_backward_value_kernel", &pyg_mmrec::masked_spmm_backward_value_cpu);
+  m.impl("_csr_transpose_kernel", &pyg_mmrec::csr_transpose_cpu);
 }

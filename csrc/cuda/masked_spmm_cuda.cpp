@@ -1,5 +1,7 @@
-// ATen glue of the CUDA kernels (masked_spmm_kernel.cu): validation, dtype dispatch, stream,
-// device guard, launch checks. Compiled only in CUDA builds of torch (setup.py).
+// ATen glue of the CUDA kernels (masked_spmm_kernel.cu): the implementations of the kernel ops
+// `_<name>_kernel` for CUDA tensors (dtype dispatch, stream, device guard, launch checks). Their
+// inputs are validated before dispatch (csrc/masked_spmm.cpp). Compiled only in CUDA builds of
+// torch (setup.py).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,23 +15,9 @@
 namespace pyg_mmrec {
 namespace {
 
-template <typename T>
-const T* ptr_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
-}
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor> masked_spmm_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x,
-    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& value,
-    std::string_view reduce, const std::optional<at::Tensor>& colptr,
-    const std::optional<at::Tensor>& row_t, const std::optional<at::Tensor>& perm) {
-  const bool mean = parse_reduce(reduce);
-  check_forward_inputs(rowptr, col, x, mask, value, colptr, row_t, perm);
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& value, bool mean) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto rowptr_c = rowptr.contiguous(), col_c = col.contiguous(), x_c = x.contiguous();
   const auto mask_c = contiguous(mask), value_c = contiguous(value);
@@ -54,9 +42,6 @@ at::Tensor masked_spmm_backward_x_cuda(const at::Tensor& colptr, const at::Tenso
                                        const std::optional<at::Tensor>& mask,
                                        const std::optional<at::Tensor>& value,
                                        const std::optional<at::Tensor>& weight_sum, bool mean) {
-  check_backward_x_inputs(colptr, row_t, perm, grad_out, mask, value, weight_sum);
-  TORCH_CHECK_VALUE(!mean || weight_sum.has_value(),
-                    "masked_spmm_backward_x: `weight_sum` is required when mean=True");
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const auto colptr_c = colptr.contiguous(), row_t_c = row_t.contiguous(),
              perm_c = perm.contiguous(), g_c = grad_out.contiguous();
@@ -82,7 +67,6 @@ at::Tensor masked_spmm_backward_value_cuda(const at::Tensor& rowptr, const at::T
                                            const std::optional<at::Tensor>& mask,
                                            const at::Tensor& out, const at::Tensor& weight_sum,
                                            bool mean) {
-  check_backward_value_inputs(rowptr, col, x, grad_out, grad_weight_sum, mask, out, weight_sum);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto rowptr_c = rowptr.contiguous(), col_c = col.contiguous(), x_c = x.contiguous(),
              g_c = grad_out.contiguous(), out_c = out.contiguous(), ws_c = weight_sum.contiguous();
@@ -107,7 +91,6 @@ at::Tensor masked_spmm_backward_value_cuda(const at::Tensor& rowptr, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_transpose_cuda(const at::Tensor& rowptr,
                                                                    const at::Tensor& col,
                                                                    int64_t num_src) {
-  check_transpose_inputs(rowptr, col, num_src);
   const c10::cuda::CUDAGuard guard(rowptr.device());
   const int64_t n_dst = rowptr.numel() - 1, n_edges = col.numel();
   auto row = at::repeat_interleave(at::arange(n_dst, rowptr.options()), rowptr.diff(), 0,
@@ -123,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_transpose_cuda(const at::Tens
 }  // namespace pyg_mmrec
 
 TORCH_LIBRARY_IMPL(pyg_mmrec, CUDA, m) {
-  m.impl("masked_spmm", &pyg_mmrec::masked_spmm_cuda);
-  m.impl("masked_spmm_backward_x", &pyg_mmrec::masked_spmm_backward_x_cuda);
-  m.impl("masked_spmm_backward_value", &pyg_mmrec::masked_spmm_backward_value_cuda);
-  m.impl("csr_transpose", &pyg_mmrec::csr_transpose_cuda);
+  m.impl("_masked_spmm_kernel", &pyg_mmrec::masked_spmm_cuda);
+  m.impl("_masked_spmm_backward_x_kernel", &pyg_mmrec::masked_spmm_backward_x_cuda);
+  m.impl("_masked_spmm_backward_value_kernel", &pyg_mmrec::masked_spmm_backward_value_cuda);
+  m.impl("_csr_transpose_kernel", &pyg_mmrec::csr_transpose_cuda);
 }

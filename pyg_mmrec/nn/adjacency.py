@@ -68,11 +68,17 @@ class CSRAdjacency:
         edge_perm (Tensor, optional): CSR position ``k`` holds input edge
             ``edge_perm[k]`` (``None`` when the input was already in CSR order);
             used to gather per-edge weights given in the input order.
+        validated (bool): ``rowptr`` / ``col`` are known to form a valid graph
+            of this ``shape`` (set by :func:`to_csr` after checking the indices;
+            kept by :meth:`with_value`, :meth:`t` and :meth:`to`). The op then
+            skips its data checks (``masked_spmm(..., trusted=True)``), which
+            synchronise the device on every call. Leave it ``False`` for
+            graphs built by hand.
     """
 
     def __init__(self, rowptr: Tensor, col: Tensor, value: Optional[Tensor] = None,
                  shape: Optional[Tuple[int, int]] = None, edge_perm: Optional[Tensor] = None,
-                 _shared: Optional[Dict[str, Any]] = None) -> None:
+                 _shared: Optional[Dict[str, Any]] = None, validated: bool = False) -> None:
         self.rowptr = rowptr
         self.col = col
         self.value = value
@@ -83,6 +89,7 @@ class CSRAdjacency:
             shape = (rowptr.numel() - 1, n_src)
         self.shape = (int(shape[0]), int(shape[1]))
         self.edge_perm = edge_perm
+        self.validated = bool(validated)
         # Structure-derived caches (transpose, COO rows), shared by `with_value` copies.
         self._shared: Dict[str, Any] = {} if _shared is None else _shared
 
@@ -112,7 +119,8 @@ class CSRAdjacency:
         Shares the cached transposed layout."""
         if value is not None and value.shape != self.col.shape:
             raise ValueError(f"value: expected shape [{self.num_edges}], got {list(value.shape)}")
-        return CSRAdjacency(self.rowptr, self.col, value, self.shape, self.edge_perm, self._shared)
+        return CSRAdjacency(self.rowptr, self.col, value, self.shape, self.edge_perm, self._shared,
+                            validated=self.validated)
 
     def gather(self, edge_attr: Tensor) -> Tensor:
         """Reorders a per-edge tensor given in the *input* edge order into CSR order."""
@@ -157,7 +165,8 @@ class CSRAdjacency:
         """The transposed graph (messages flow target -> source)."""
         colptr, row_t, perm = self.csc()
         value = None if self.value is None else self.value[perm]
-        return CSRAdjacency(colptr, row_t, value, (self.num_src, self.num_dst), None)
+        return CSRAdjacency(colptr, row_t, value, (self.num_src, self.num_dst), None,
+                            validated=self.validated)
 
     def to(self, device: Union[str, torch.device]) -> "CSRAdjacency":
         device = torch.device(device)
@@ -166,7 +175,7 @@ class CSRAdjacency:
             return None if t is None else t.to(device)
 
         out = CSRAdjacency(mv(self.rowptr), mv(self.col), mv(self.value), self.shape,
-                           mv(self.edge_perm))
+                           mv(self.edge_perm), validated=self.validated)
         for key, val in self._shared.items():
             out._shared[key] = tuple(mv(v) for v in val) if isinstance(val, tuple) else mv(val)
         return out
@@ -228,7 +237,10 @@ def _from_edge_index(edge_index: Tensor, size, edge_weight: Optional[Tensor]) ->
     dst_sorted, perm = torch.sort(dst, stable=True)
     rowptr = _ptr_from_sorted(dst_sorted, n_dst)
     value = None if edge_weight is None else edge_weight[perm]
-    return CSRAdjacency(rowptr, src[perm], value, (n_dst, n_src), perm)
+    # The ranges were checked above (not under torch.compile, where the op checks instead),
+    # and a pointer built from in-range sorted targets is valid by construction.
+    return CSRAdjacency(rowptr, src[perm], value, (n_dst, n_src), perm,
+                        validated=not is_compiling())
 
 
 def _from_edge_index_obj(ei: EdgeIndex, size, edge_weight: Optional[Tensor]) -> CSRAdjacency:
@@ -421,11 +433,15 @@ def csr_spmm(adj: CSRAdjacency, x: Tensor, mask: Optional[Tensor] = None,
     w = adj.value if value is None else value
     if w is not None and w.dtype != x.dtype:
         w = w.to(x.dtype)
+    # A graph checked by to_csr is not checked again on every call (device syncs), as long
+    # as its sources are the rows of x.
+    trusted = adj.validated and x.size(0) == adj.num_src
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or
                                               (w is not None and w.requires_grad))
     # Under torch.compile only an already-built layout is passed (building it
     # inside the graph would redo the transpose at every call).
     if _OP_ACCEPTS_CSC and needs_grad and (adj.has_csc() or not is_compiling()):
         return masked_spmm(adj.rowptr, adj.col, x, mask=mask, value=w, reduce=reduce,
-                           csc=adj.csc())
-    return masked_spmm(adj.rowptr, adj.col, x, mask=mask, value=w, reduce=reduce)
+                           csc=adj.csc(), trusted=trusted)
+    return masked_spmm(adj.rowptr, adj.col, x, mask=mask, value=w, reduce=reduce,
+                       trusted=trusted)

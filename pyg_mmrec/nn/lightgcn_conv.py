@@ -116,6 +116,7 @@ class LightGCNConv(torch.nn.Module):
         src = torch.cat([item + U, user])
         dst = torch.cat([user, item + U])
         adj = to_csr(torch.stack([src, dst]), (U + I, U + I), torch.cat([w, w]))
+        self._adj_validated = adj.validated  # the buffers below are that checked graph
         colptr, row_t, perm = adj.csc()
         row_sum = torch.zeros(U + I, device=key.device).index_add_(0, adj.row(), adj.value)
         for name, t in (("rowptr", adj.rowptr), ("col", adj.col), ("value", adj.value),
@@ -127,7 +128,8 @@ class LightGCNConv(torch.nn.Module):
     def adj(self) -> CSRAdjacency:
         r""":math:`\hat{\mathbf{A}}` as a :class:`CSRAdjacency` over the
         :math:`U + I` nodes (transposed layout included)."""
-        adj = CSRAdjacency(self.rowptr, self.col, self.value, (self.num_nodes, self.num_nodes))
+        adj = CSRAdjacency(self.rowptr, self.col, self.value, (self.num_nodes, self.num_nodes),
+                           validated=self._adj_validated)
         adj._shared["csc"] = (self.colptr, self.row_t, self.perm)
         return adj
 

@@ -1,9 +1,11 @@
 r"""Masked sparse-dense matrix multiplication: the aggregation of all propagation layers.
 
 The compiled kernels live in ``pyg_mmrec._C`` (``torch.ops.pyg_mmrec.*``, see
-``csrc/masked_spmm.cpp``); this module registers their fake (meta) implementations for
-:func:`torch.compile` and their autograd formulas, and falls back to a pure-PyTorch reference
-when the extension is not built, so that importing it never fails.
+``csrc/masked_spmm.cpp``): public ops that validate their inputs once and dispatch to per-device
+kernel ops (``torch.ops.pyg_mmrec._<name>_kernel``, which trust their inputs). This module
+registers their fake (meta) implementations for :func:`torch.compile` and the autograd formula,
+and falls back to a pure-PyTorch reference when the extension is not built, so that importing
+it never fails.
 """
 import os
 import warnings
@@ -33,7 +35,13 @@ def _load_extension() -> bool:
             warnings.warn(f"pyg_mmrec._C failed to load ({e}); using the PyTorch fallback of "
                           f"masked_spmm", stacklevel=2)
         return False
-    return hasattr(torch.ops.pyg_mmrec, "masked_spmm")
+    if not hasattr(torch.ops.pyg_mmrec, "_masked_spmm_kernel"):
+        # A build from older sources (public ops only, another schema): do not mix the two.
+        warnings.warn("pyg_mmrec._C is out of date with the Python sources; rebuild it "
+                      "(python setup.py build_ext --inplace). Using the PyTorch fallback of "
+                      "masked_spmm", stacklevel=2)
+        return False
+    return True
 
 
 #: Whether the compiled kernels of ``pyg_mmrec._C`` are active (else the reference runs).
@@ -44,8 +52,9 @@ def _ext_devices() -> frozenset:
     if not WITH_EXT:
         return frozenset()
     has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    # The public ops run on any device; the per-device kernels decide where the op works.
     return frozenset(d for d in ("cpu", "cuda")
-                     if has_kernel("pyg_mmrec::masked_spmm", d.upper()))
+                     if has_kernel("pyg_mmrec::_masked_spmm_kernel", d.upper()))
 
 
 #: Device types with a compiled kernel (``{"cpu"}``, plus ``"cuda"`` in CUDA builds).
@@ -146,6 +155,11 @@ def masked_spmm_reference(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional
     it is the definition the compiled kernels are tested against."""
     _check_meta(rowptr, col, x, mask, value, reduce, None)
     _check_data(rowptr, col, x.size(0))
+    return _reference(rowptr, col, x, mask, value, reduce)
+
+
+def _reference(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor],
+               value: Optional[Tensor], reduce: str) -> Tuple[Tensor, Tensor]:
     n_dst = rowptr.numel() - 1
     row = torch.repeat_interleave(torch.arange(n_dst, device=x.device, dtype=rowptr.dtype),
                                   rowptr.diff(), output_size=col.numel())
@@ -201,7 +215,7 @@ def csr_transpose(rowptr: Tensor, col: Tensor, num_src: int) -> CSC:
 
 def masked_spmm(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor] = None,
                 value: Optional[Tensor] = None, reduce: str = "mean", *,
-                csc: Optional[CSC] = None) -> Tuple[Tensor, Tensor]:
+                csc: Optional[CSC] = None, trusted: bool = False) -> Tuple[Tensor, Tensor]:
     r"""Neighbourhood aggregation that skips source nodes whose modality is missing (the
     missing-aware propagation of the I3-MRec / MRdIB models and the MMRec graph backbones):
 
@@ -228,6 +242,13 @@ def masked_spmm(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor] =
         reduce (str): ``"sum"`` or ``"mean"`` (normalise by the present weight :math:`s_i`).
         csc (tuple, optional): the graph's transposed layout from :func:`csr_transpose`, reused
             by the backward pass (graphs are static while masks change per batch).
+        trusted (bool): the caller guarantees that :obj:`rowptr` / :obj:`col` (and
+            :obj:`csc`) form a valid graph whose sources are the rows of :obj:`x`, as a
+            :class:`~pyg_mmrec.nn.CSRAdjacency` built by :func:`~pyg_mmrec.nn.to_csr` does;
+            the checks that read index values (start/end/monotonicity of :obj:`rowptr`, index
+            ranges: a device synchronisation each, forward and backward) are skipped, the
+            shape, dtype and device checks still run. Invalid data then reads out of bounds.
+            (default: :obj:`False`)
 
     Returns:
         ``(out [N_dst, F], weight_sum [N_dst])``.
@@ -245,9 +266,11 @@ def masked_spmm(rowptr: Tensor, col: Tensor, x: Tensor, mask: Optional[Tensor] =
     if WITH_EXT and x.device.type in EXT_DEVICES:
         colptr, row_t, perm = csc if csc is not None else (None, None, None)
         out, weight_sum = torch.ops.pyg_mmrec.masked_spmm(rowptr, col, x, mask, value, reduce,
-                                                          colptr, row_t, perm)
+                                                          colptr, row_t, perm, bool(trusted))
         return out, weight_sum
-    return masked_spmm_reference(rowptr, col, x, mask, value, reduce)
+    if not trusted:
+        _check_data(rowptr, col, x.size(0))
+    return _reference(rowptr, col, x, mask, value, reduce)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,28 +280,38 @@ if WITH_EXT:
 
     @torch.library.register_fake("pyg_mmrec::masked_spmm")
     def _masked_spmm_fake(rowptr, col, x, mask=None, value=None, reduce="mean", colptr=None,
-                          row_t=None, perm=None):
+                          row_t=None, perm=None, trusted=False):
         n_dst = rowptr.shape[0] - 1
         return x.new_empty(n_dst, x.shape[1]), x.new_empty(n_dst)
 
-    @torch.library.register_fake("pyg_mmrec::masked_spmm_backward_x")
+    @torch.library.register_fake("pyg_mmrec::_masked_spmm_kernel")
+    def _masked_spmm_kernel_fake(rowptr, col, x, mask, value, mean):
+        n_dst = rowptr.shape[0] - 1
+        return x.new_empty(n_dst, x.shape[1]), x.new_empty(n_dst)
+
     def _backward_x_fake(colptr, row_t, perm, grad_out, mask, value, weight_sum, mean):
         return grad_out.new_empty(colptr.shape[0] - 1, grad_out.shape[1])
 
-    @torch.library.register_fake("pyg_mmrec::masked_spmm_backward_value")
     def _backward_value_fake(rowptr, col, x, grad_out, grad_weight_sum, mask, out, weight_sum,
                              mean):
         return x.new_empty(col.shape[0])
 
-    @torch.library.register_fake("pyg_mmrec::csr_transpose")
     def _csr_transpose_fake(rowptr, col, num_src):
         return (rowptr.new_empty(num_src + 1), rowptr.new_empty(col.shape[0]),
                 rowptr.new_empty(col.shape[0]))
 
+    # the public op and its kernel op have the same outputs
+    for _name, _fake in (("masked_spmm_backward_x", _backward_x_fake),
+                         ("masked_spmm_backward_value", _backward_value_fake),
+                         ("csr_transpose", _csr_transpose_fake)):
+        torch.library.register_fake(f"pyg_mmrec::{_name}")(_fake)
+        torch.library.register_fake(f"pyg_mmrec::_{_name}_kernel")(_fake)
+
     def _setup_context(ctx, inputs, output):
-        rowptr, col, x, mask, value, reduce, colptr, row_t, perm = inputs
+        rowptr, col, x, mask, value, reduce, colptr, row_t, perm, trusted = inputs
         out, weight_sum = output
         ctx.mean = reduce == "mean"
+        ctx.trusted = bool(trusted)
         # `out` is needed only for d/d value under "mean"; x only for d/d value.
         ctx.save_for_backward(rowptr, col, x, mask, value, colptr, row_t, perm, out, weight_sum)
 
@@ -286,20 +319,27 @@ if WITH_EXT:
         rowptr, col, x, mask, value, colptr, row_t, perm, out, weight_sum = ctx.saved_tensors
         # The dispatcher drops trailing arguments left at their default (None), so
         # needs_input_grad may be shorter than the schema.
-        needs = tuple(ctx.needs_input_grad) + (False,) * 9
+        needs = tuple(ctx.needs_input_grad) + (False,) * 10
+        # A trusted graph was validated when it was built: call the kernels directly,
+        # without the data checks (device syncs) of the public ops.
+        ops = torch.ops.pyg_mmrec
+        transpose = ops._csr_transpose_kernel if ctx.trusted else ops.csr_transpose
+        backward_x = ops._masked_spmm_backward_x_kernel if ctx.trusted \
+            else ops.masked_spmm_backward_x
+        backward_value = ops._masked_spmm_backward_value_kernel if ctx.trusted \
+            else ops.masked_spmm_backward_value
         grad_x = grad_value = None
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         if needs[2]:
             if colptr is None:
-                colptr, row_t, perm = torch.ops.pyg_mmrec.csr_transpose(rowptr, col, x.shape[0])
-            grad_x = torch.ops.pyg_mmrec.masked_spmm_backward_x(
-                colptr, row_t, perm, grad_out, mask, value,
-                weight_sum if ctx.mean else None, ctx.mean)
+                colptr, row_t, perm = transpose(rowptr, col, x.shape[0])
+            grad_x = backward_x(colptr, row_t, perm, grad_out, mask, value,
+                                weight_sum if ctx.mean else None, ctx.mean)
         if needs[4] and value is not None:
-            grad_value = torch.ops.pyg_mmrec.masked_spmm_backward_value(
-                rowptr, col, x, grad_out, grad_weight_sum, mask, out, weight_sum, ctx.mean)
-        grads = (None, None, grad_x, None, grad_value, None, None, None, None)
+            grad_value = backward_value(rowptr, col, x, grad_out, grad_weight_sum, mask, out,
+                                        weight_sum, ctx.mean)
+        grads = (None, None, grad_x, None, grad_value, None, None, None, None, None)
         return grads[:len(ctx.needs_input_grad)]
 
     torch.library.register_autograd("pyg_mmrec::masked_spmm", _backward,

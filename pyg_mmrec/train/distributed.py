@@ -483,7 +483,11 @@ class DistributedTrainer(Trainer):
     all-reduced loss values in the log, a stop request (``SIGINT``) honoured by
     all ranks at the same batch, a check that every rank loaded the same data
     and configuration, and a parameter consistency check after every epoch.
-    With ``world_size == 1`` it behaves exactly like :class:`Trainer`.
+    With ``world_size == 1`` it behaves exactly like :class:`Trainer`. It is
+    built from the public hooks of :class:`Trainer` alone
+    (:meth:`~Trainer.reduce_gradients`, :meth:`~Trainer.auxiliary_loss`,
+    :meth:`~Trainer.sync_batch`, :meth:`~Trainer.should_stop`,
+    :meth:`~Trainer.on_batch_end`, :meth:`~Trainer.on_epoch_end`).
 
     Args:
         bucket_cap_mb (float): all-reduce bucket size.
@@ -506,31 +510,24 @@ class DistributedTrainer(Trainer):
             raise RuntimeError(f"DistributedTrainer(rank={rank}, world_size={world_size}) needs "
                                "an initialised process group of that size (init_from_env), got "
                                f"rank {pg_rank} of {pg_world}")
-        self._stop_pending = self._stop_agreed = False
+        self._stop_agreed = False
         super().__init__(model, data, train, seed=seed, out_dir=out_dir, device=device,
                          quiet=quiet, config=config, rank=rank, world_size=world_size)
         self.global_batch_size = B
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.train_cfg["batch_size"] = B // world_size  # local share of each global batch
         self.sampler = GlobalBatchShards(self.sampler, B)
-        self._local_n = 0
         self._aux_weight = 0.0
         self._fault = _parse_fault(os.environ.get(FAULT_ENV))
         if world_size > 1:
             self._check_same_setup()
             broadcast_parameters([p for p in self.model.parameters()])
 
-    # A stop request (SIGINT handler, request_stop) only becomes effective once
-    # all ranks agree, at the next batch: every rank stops after the same step.
-    @property
-    def _stop_requested(self) -> bool:
-        return self._stop_agreed if self.world_size > 1 else self._stop_pending
-
-    @_stop_requested.setter
-    def _stop_requested(self, value: bool) -> None:
-        self._stop_pending = bool(value)
-        if not value:
-            self._stop_agreed = False
+    def should_stop(self) -> bool:
+        # A stop request (SIGINT handler, request_stop) only becomes effective once
+        # all ranks agree, at the next batch (sync_batch): every rank stops after
+        # the same step.
+        return self._stop_agreed if self.world_size > 1 else super().should_stop()
 
     def _check_same_setup(self) -> None:
         d = self.data
@@ -551,8 +548,8 @@ class DistributedTrainer(Trainer):
                                    f"{', '.join(names[i] for i in diff)}: every rank must load "
                                    "the same data and configuration")
 
-    def reduce_gradients(self, params: List[torch.nn.Parameter]) -> None:
-        weight = self._aux_weight if params is self.aux_params else self._local_n
+    def reduce_gradients(self, params: List[torch.nn.Parameter], num_triples: int) -> None:
+        weight = self._aux_weight if params is self.aux_params else num_triples
         all_reduce_gradients(params, weight=float(weight), bucket_cap_mb=self.bucket_cap_mb)
 
     def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
@@ -561,7 +558,7 @@ class DistributedTrainer(Trainer):
         # of them skip the estimator step (as one process would) or all take
         # part in its gradient all-reduce, those without a loss with weight 0.
         aux = super().auxiliary_loss(u, p, q)
-        self._aux_weight = float(self._local_n)
+        self._aux_weight = float(u.numel())
         if self.world_size == 1:
             return aux
         flag = torch.tensor([0.0 if aux is None else 1.0], dtype=torch.float64)
@@ -577,9 +574,7 @@ class DistributedTrainer(Trainer):
             return zero
         return aux
 
-    def _step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
-        self._local_n = int(u.numel())
-        out = super()._step(u, p, q, epoch, b)
+    def sync_batch(self, out: Dict[str, float], num_triples: int) -> Dict[str, float]:
         if self.world_size == 1:
             return out
         # The global-batch loss values for the log, and the stop consensus.
@@ -587,8 +582,8 @@ class DistributedTrainer(Trainer):
         # local batch): a header says whether the key sets agree; if not, the
         # dictionaries themselves are exchanged (missing term = 0).
         keys = sorted(out)
-        n = float(self._local_n)
-        header = torch.tensor([n, float(self._stop_pending),
+        n = float(num_triples)
+        header = torch.tensor([n, float(self._stop_requested),
                                float(zlib.crc32("\0".join(keys).encode()))], dtype=torch.float64)
         rows = [torch.empty_like(header) for _ in range(self.world_size)]
         _collective("loss all-gather", lambda: dist.all_gather(rows, header))
@@ -607,8 +602,8 @@ class DistributedTrainer(Trainer):
                 merged[k] = merged.get(k, 0.0) + v * n_r / total
         return merged
 
-    def _train_epoch(self, epoch: int, resume_rng: Optional[Dict[str, Any]] = None) -> None:
-        super()._train_epoch(epoch, resume_rng)
+    def on_epoch_end(self, epoch: int) -> None:
+        super().on_epoch_end(epoch)
         check_consistency(self.model.named_parameters())
 
     def on_batch_end(self, epoch: int, batch: int) -> None:
@@ -671,61 +666,51 @@ def _entry(fn: Callable, rank: int, env: Dict[str, str], err_file: str, args: tu
     sys.exit(int(rc) if isinstance(rc, int) else 0)
 
 
-def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
-           timeout: float = DEFAULT_TIMEOUT, threads: Optional[int] = None,
-           grace: float = 3.0) -> int:
-    r"""Run ``fn(*args)`` in ``nproc`` fresh processes (``spawn``) that form one
-    job on 127.0.0.1: each sees ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR=127.0.0.1`` and a free ``MASTER_PORT`` (``fn`` calls
-    :func:`init_from_env`). ``fn`` must be importable (module level).
+def _rank_env(rank: int, nproc: int, port: int, timeout: float, threads: int) -> Dict[str, str]:
+    """The environment ``torchrun`` would give local rank ``rank`` of ``nproc``."""
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+           "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYG_MMREC_DIST_TIMEOUT": str(float(timeout)), "OMP_NUM_THREADS": str(threads)}
+    if (sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ
+            and os.path.exists("/sys/class/net/lo")):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback device, whatever the hostname
+    return env
 
-    The children are watched: when one exits non-zero, the others get
-    ``grace`` seconds to stop on their own (they usually fail at their next
-    collective), then are terminated, and :class:`RankFailedError` reports the
-    root cause (the first rank whose error is not a mere consequence of a peer
-    failure). ``Ctrl-C`` reaches every rank, which checkpoint and exit; a second
-    ``Ctrl-C`` terminates them.
 
-    Args:
-        fn: the per-rank function; its integer return value is the exit code.
-        nproc: number of ranks.
-        args: positional arguments of ``fn`` (picklable).
-        timeout: exported as ``PYG_MMREC_DIST_TIMEOUT`` (seconds) for ``fn``.
-        threads: torch threads per rank (default: CPU count / ``nproc``, or
-            ``OMP_NUM_THREADS`` if set).
-        grace: seconds between the first failure and terminating the rest.
-
-    Returns:
-        0 when every rank exits with 0; 130 when they were interrupted.
-
-    Raises:
-        RankFailedError: a rank failed.
-    """
-    if int(nproc) != nproc or nproc < 1:
-        raise ValueError(f"nproc: expected a positive integer, got {nproc!r}")
-    if threads is None:
-        threads = (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS")
-                   else max(1, (os.cpu_count() or 1) // nproc))
+def _spawn_ranks(fn: Callable, nproc: int, args: tuple, timeout: float, threads: int,
+                 err_dir: str) -> List[multiprocessing.process.BaseProcess]:
+    """Start ``nproc`` fresh (``spawn``) processes running ``fn(*args)`` as the
+    ranks of one job on 127.0.0.1; a rank that raises leaves its traceback in
+    ``err_dir/rank<r>.json``."""
     ctx = multiprocessing.get_context("spawn")
     port = _free_port()
-    err_dir = tempfile.mkdtemp(prefix="pyg_mmrec_ranks_")
     procs = []
     for r in range(nproc):
-        env = {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "PYG_MMREC_DIST_TIMEOUT": str(float(timeout)), "OMP_NUM_THREADS": str(threads)}
-        if (sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ
-                and os.path.exists("/sys/class/net/lo")):
-            env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback device, whatever the hostname
         p = ctx.Process(target=_entry, name=f"pyg_mmrec-rank{r}",
-                        args=(fn, r, env, os.path.join(err_dir, f"rank{r}.json"), tuple(args),
-                              threads, os.getpid()))
+                        args=(fn, r, _rank_env(r, nproc, port, timeout, threads),
+                              os.path.join(err_dir, f"rank{r}.json"), tuple(args), threads,
+                              os.getpid()))
         p.start()
         procs.append(p)
+    return procs
 
+
+@dataclass
+class _WaitOutcome:
+    first_failed: Optional[int]  # the first rank seen exiting non-zero
+    interrupted: bool            # Ctrl-C reached the launcher (and the ranks)
+    stopped: List[int]           # ranks still running at the end, terminated by the launcher
+
+
+def _wait_for_ranks(procs: Sequence[multiprocessing.process.BaseProcess],
+                    grace: float) -> _WaitOutcome:
+    """Wait until every rank exited, or one failed (then give the others
+    ``grace`` seconds to stop on their own). Ranks still running then are
+    terminated (killed if they ignore it); on return every process is joined."""
     first_failed: Optional[int] = None
     interrupted = False
+    stopped: List[int] = []
     try:
         while True:
             try:
@@ -745,7 +730,6 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
             if all(p.exitcode is not None for p in procs):
                 break
     finally:
-        stopped = []
         for r, p in enumerate(procs):
             if p.exitcode is None:
                 stopped.append(r)
@@ -755,7 +739,11 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
             if p.exitcode is None:
                 p.kill()
                 p.join()
+    return _WaitOutcome(first_failed, interrupted, stopped)
 
+
+def _collect_error_records(err_dir: str, nproc: int) -> Dict[int, Dict[str, Any]]:
+    """The error records the ranks left in ``err_dir`` (by rank); removes the folder."""
     records = {}
     for r in range(nproc):
         path = os.path.join(err_dir, f"rank{r}.json")
@@ -763,33 +751,111 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
             try:
                 records[r] = json.loads(Path(path).read_text())
             except (OSError, ValueError):
-                pass
+                pass  # a rank killed while writing: treated as one that left no record
             os.unlink(path)
     os.rmdir(err_dir)
-    codes = [p.exitcode for p in procs]
-    if all(c == 0 for c in codes):
-        return 0
-    if interrupted or all(c in (0, 130) for c in codes):
-        return 130  # Ctrl-C: the ranks checkpointed (or were stopped by a second Ctrl-C)
-    # root cause: the earliest error that is not a consequence of a peer's failure
-    # (a Python error of its own, else a rank that died without one, else the first to fail)
+    return records
+
+
+def _root_cause(codes: Sequence[Optional[int]], records: Mapping[int, Dict[str, Any]],
+                waited: _WaitOutcome) -> RankFailedError:
+    """The error to report for a failed job: the earliest error that is not a
+    consequence of a peer's failure (a Python error of its own), else a rank
+    that died without one, else the first rank seen failing."""
     primary = sorted((rec["time"], r) for r, rec in records.items() if not rec["secondary"])
     died = [r for r, c in enumerate(codes) if c not in (0, None) and r not in records
-            and r not in stopped]
+            and r not in waited.stopped]
     if primary:
         root = primary[0][1]
     elif died:
         root = died[0]
-    elif first_failed is not None:
-        root = first_failed
+    elif waited.first_failed is not None:
+        root = waited.first_failed
     else:
         root = next(r for r, c in enumerate(codes) if c != 0)
-    others = [r for r in range(nproc) if r != root and (codes[r] != 0 or r in stopped)]
+    others = [r for r in range(len(codes))
+              if r != root and (codes[r] != 0 or r in waited.stopped)]
     error = records.get(root, {}).get("traceback", "")
-    if root in records and records[root]["secondary"] and stopped:
-        error += (f"\n(rank(s) {', '.join(map(str, stopped))} were still running when stopped: "
-                  "hung, or slower than the timeout)")
-    raise RankFailedError(root, codes[root] if codes[root] is not None else 1, error, others)
+    if root in records and records[root]["secondary"] and waited.stopped:
+        error += (f"\n(rank(s) {', '.join(map(str, waited.stopped))} were still running when "
+                  "stopped: hung, or slower than the timeout)")
+    return RankFailedError(root, codes[root] if codes[root] is not None else 1, error, others)
+
+
+def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
+           timeout: float = DEFAULT_TIMEOUT, threads: Optional[int] = None,
+           grace: float = 3.0) -> int:
+    r"""Run ``fn(*args)`` as the ``nproc`` ranks of one job on this machine,
+    like ``torchrun --standalone --nproc-per-node nproc`` for a plain Python
+    function.
+
+    Each rank is a fresh process (``spawn``) that sees ``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1`` and a free
+    ``MASTER_PORT``; ``fn`` joins the process group with
+    :func:`init_from_env` (or :func:`torch.distributed.init_process_group`
+    with ``init_method="env://"``). ``fn`` must be importable by the children:
+    a module-level function, not a lambda or a closure, and ``args`` must be
+    picklable. Under ``python script.py`` guard the call with
+    ``if __name__ == "__main__":``, as for any ``spawn``-ed process.
+
+    The ranks are watched: when one exits non-zero, the others get ``grace``
+    seconds to stop on their own (they usually fail at their next collective),
+    then are terminated, and :class:`RankFailedError` reports the root cause
+    (the first rank whose error is not a mere consequence of a peer failure)
+    with its traceback. ``Ctrl-C`` reaches every rank; a second ``Ctrl-C``
+    terminates them.
+
+    Example::
+
+        import torch
+        import torch.distributed as dist
+        from pyg_mmrec.train import distributed
+
+        def rank_sum(n):  # module level: the ranks import it
+            ctx = distributed.init_from_env("cpu")
+            t = torch.tensor([float(ctx.rank)])
+            dist.all_reduce(t)
+            assert t.item() == n * (n - 1) / 2
+            distributed.destroy()
+
+        if __name__ == "__main__":
+            distributed.launch(rank_sum, 2, (2,), timeout=60)  # returns 0
+
+    Args:
+        fn: the per-rank function; an ``int`` return value is the rank's exit
+            code (anything else counts as 0).
+        nproc (int): number of ranks.
+        args (tuple): positional arguments of ``fn`` (picklable).
+        timeout (float): seconds a rank may wait on another; exported as
+            ``PYG_MMREC_DIST_TIMEOUT`` (for :func:`init_from_env` callers that
+            pass it on, and for error messages).
+        threads (int, optional): torch threads per rank (default:
+            ``OMP_NUM_THREADS`` if set, else CPU count / ``nproc``).
+        grace (float): seconds between the first failure and terminating the rest.
+
+    Returns:
+        0 when every rank exits with 0; 130 when they were interrupted.
+
+    Raises:
+        RankFailedError: a rank failed (``rank``, ``exitcode`` and ``error``
+            name the root cause).
+    """
+    if int(nproc) != nproc or nproc < 1:
+        raise ValueError(f"nproc: expected a positive integer, got {nproc!r}")
+    nproc = int(nproc)
+    if threads is None:
+        threads = (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS")
+                   else max(1, (os.cpu_count() or 1) // nproc))
+    err_dir = tempfile.mkdtemp(prefix="pyg_mmrec_ranks_")
+    procs = _spawn_ranks(fn, nproc, tuple(args), timeout, threads, err_dir)
+    waited = _wait_for_ranks(procs, grace)
+    records = _collect_error_records(err_dir, nproc)
+    codes = [p.exitcode for p in procs]
+    if all(c == 0 for c in codes):
+        return 0
+    if waited.interrupted or all(c in (0, 130) for c in codes):
+        return 130  # Ctrl-C: the ranks checkpointed (or were stopped by a second Ctrl-C)
+    raise _root_cause(codes, records, waited)
 
 
 __all__ = ["DistributedTrainer", "DistContext", "GlobalBatchShards", "PeerFailureError",

@@ -1,11 +1,24 @@
 r"""The training loop: BPR mini-batches, validation with early stopping,
 exact resume, and a single test evaluation at the selected epoch.
 
-The loop is written for one process but keeps the two seams distributed
-data-parallel training needs (issue 7): the epoch's BPR triples come from
+The loop is written for one process. The epoch's BPR triples come from
 ``BPRSampler.sample(epoch, rank, world_size)`` (a disjoint shard per rank), and
-gradients pass through :meth:`Trainer.reduce_gradients` before every optimiser
-step (a no-op with one process). Only rank 0 writes files.
+:class:`Trainer` exposes public hooks that a subclass overrides to train one
+rank of a data-parallel job (:class:`~pyg_mmrec.train.distributed.DistributedTrainer`)
+or to observe the loop, each a no-op (or the identity) in one process:
+
+=================================  ================================================
+hook                               called
+=================================  ================================================
+:meth:`Trainer.auxiliary_loss`     for the estimator step of every batch
+:meth:`Trainer.reduce_gradients`   after every backward, before the optimiser step
+:meth:`Trainer.sync_batch`         after every optimiser step, with the loss values
+:meth:`Trainer.on_batch_end`       after every batch (its terms are logged)
+:meth:`Trainer.should_stop`        after every batch and epoch: honour a stop request?
+:meth:`Trainer.on_epoch_end`       after the last batch of every epoch
+=================================  ================================================
+
+Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -309,12 +322,49 @@ class Trainer:
         (what ``SIGINT`` does)."""
         self._stop_requested = True
 
+    # ------------------------------------------------------------------ hooks
+    # Public extension points (see the module doc); none of them changes the
+    # one-process trajectory in its default form.
     def on_batch_end(self, epoch: int, batch: int) -> None:
-        """Hook called after every optimiser step (subclasses, tests)."""
+        """Hook called after every batch, once its terms are counted (subclasses,
+        tests; e.g. fault injection in distributed training)."""
 
-    def reduce_gradients(self, params: List[torch.nn.Parameter]) -> None:
-        """Average gradients over ranks; a no-op in one process. Distributed
-        training (DDP / all-reduce) plugs in here."""
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook called when the last batch of ``epoch`` has run, before the
+        epoch is validated and logged (not called when a stop request ends
+        the epoch early). Distributed training checks here that the ranks'
+        parameters still agree."""
+
+    def reduce_gradients(self, params: List[torch.nn.Parameter], num_triples: int) -> None:
+        r"""Combine the gradients of ``params`` across processes after a backward
+        pass; a no-op in one process.
+
+        Args:
+            params: :attr:`main_params` or :attr:`aux_params`, the parameters
+                the next optimiser step updates.
+            num_triples (int): the number of BPR triples of this process's
+                batch (the weight of its gradient in an average over ranks).
+        """
+
+    def sync_batch(self, terms: Dict[str, float], num_triples: int) -> Dict[str, float]:
+        r"""Called after every optimiser step with the batch's loss values;
+        returns the values to log. The place where processes exchange
+        per-batch state: distributed training averages the values over the
+        global batch and agrees on a pending stop request (see
+        :meth:`should_stop`). The default returns ``terms`` unchanged.
+
+        Args:
+            terms: ``{"loss": ..., "loss/<term>": ...}`` of this process's batch.
+            num_triples (int): the number of BPR triples of that batch.
+        """
+        return terms
+
+    def should_stop(self) -> bool:
+        """Whether a stop request (``SIGINT``, :meth:`request_stop`) takes
+        effect now: checkpoint and raise :class:`TrainingInterrupted`. In one
+        process, as soon as it is made; with several, once every rank knows
+        of it, so that all stop after the same batch."""
+        return self._stop_requested
 
     def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
         """The model's auxiliary (estimator) loss of a batch, ``None`` to skip the
@@ -416,7 +466,7 @@ class Trainer:
                 u = users[sl].to(self.device)
                 p = pos[sl].to(self.device)
                 q = neg[sl].to(self.device)
-                terms = self._step(u, p, q, epoch, b)
+                terms = self.train_step(u, p, q, epoch, b)
                 for k, v in terms.items():
                     self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
                 self._epoch_batches += 1
@@ -425,23 +475,35 @@ class Trainer:
                 if bar.n % 10 == 0 and not bar.disable:
                     bar.set_postfix(loss=f"{terms['loss']:.4f}")
                 self.on_batch_end(epoch, b)
-                if self._stop_requested and self.batch < num_batches:
+                if self.should_stop() and self.batch < num_batches:
                     self._epoch_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self._interrupt(epoch)
         finally:
             self._epoch_seconds += time.perf_counter() - t0
             bar.close()
+        self.on_epoch_end(epoch)
 
-    def _step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+        r"""One training step on the batch of triples ``(u[k], p[k], q[k])``:
+        the estimator step (if the model has auxiliary parameters), then the
+        main step; returns the loss values to log (after :meth:`sync_batch`).
+        Subclasses may wrap it (e.g. to time it); the hooks are the place to
+        change what it does.
+
+        Args:
+            u, p, q (Tensor): users, positive and negative items :math:`[B]`.
+            epoch (int), b (int): where in the run this batch is.
+        """
         model, t = self.model, self.train_cfg
+        n = int(u.numel())
         if self.aux_optimizer is not None:
             # the estimator first (its own optimiser), then the main loss
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux = self.auxiliary_loss(u, p, q)
             if aux is not None:
                 aux.backward()
-                self.reduce_gradients(self.aux_params)
+                self.reduce_gradients(self.aux_params, n)
                 self.aux_optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         terms = self.loss_module(u, p, q)
@@ -457,7 +519,7 @@ class Trainer:
             raise RuntimeError(f"non-finite loss at epoch {epoch}, batch {b}: {vals} "
                                "(try a lower lr or grad_clip)")
         loss.backward()
-        self.reduce_gradients(self.main_params)
+        self.reduce_gradients(self.main_params, n)
         if t["grad_clip"] is not None:
             torch.nn.utils.clip_grad_norm_(self.main_params, t["grad_clip"])
         self.optimizer.step()
@@ -466,7 +528,7 @@ class Trainer:
                     for k, v in terms.items()})
         if self.aux_optimizer is not None and aux is not None:
             out["loss/aux"] = float(aux.detach())
-        return out
+        return self.sync_batch(out, n)
 
     # --------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
@@ -628,11 +690,11 @@ class Trainer:
             self.finished = stop or self.epoch >= t["epochs"]
             self.stopped_early = stop
             every = t["checkpoint_every"]
-            if self.finished or (every and self.epoch % every == 0) or self._stop_requested:
+            if self.finished or (every and self.epoch % every == 0) or self.should_stop():
                 self.save()
             if self.finished:
                 break
-            if self._stop_requested:
+            if self.should_stop():
                 self._interrupt(self.epoch)
 
     def _early_stop_step(self, valid: Dict[str, float], epoch: int) -> tuple[bool, bool]:

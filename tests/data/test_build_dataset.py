@@ -8,28 +8,7 @@ import pytest
 
 from pyg_mmrec.data import build_dataset as B
 
-
-def char_encoder(texts):
-    out = np.zeros((len(texts), 8), dtype=np.float32)
-    for r, t in enumerate(texts):
-        for ch in t:
-            out[r, ord(ch) % 8] += 1.0
-    return out
-
-
-class RawImageEncoder:
-    """PIL-free image encoder: an image file holds 12 raw bytes (3 x 2 x 2)."""
-    name = "raw"
-    dim = 3
-
-    def load(self, path):
-        data = open(path, "rb").read()
-        if len(data) != 12:
-            raise OSError("corrupt")
-        return np.frombuffer(data, dtype=np.uint8).reshape(3, 2, 2).astype(np.float32)
-
-    def __call__(self, x):
-        return x.mean((2, 3))
+from conftest import RawImageEncoder, char_encoder
 
 
 def write(path, text):

@@ -9,23 +9,14 @@ import torch
 from pyg_mmrec.data import MMRecDataset
 from pyg_mmrec.data.dataset import read_inter
 
-HEADER = "userID\titemID\trating\ttimestamp\tx_label\n"
+from conftest import write_inter
+
 # 3 users, 4 items; every user has train interactions.
 ROWS = [
     (0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2),
     (1, 1, 0), (1, 2, 0), (1, 0, 1), (1, 3, 2),
     (2, 3, 0), (2, 2, 0), (2, 1, 1), (2, 0, 2),
 ]
-
-
-def write_inter(folder, name="toy", rows=ROWS, header=HEADER, extra_lines=()):
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.inter", "w") as f:
-        f.write(header)
-        for u, i, x in rows:
-            f.write(f"{u}\t{i}\t1\t0\t{x}\n")
-        for line in extra_lines:
-            f.write(line)
 
 
 def make_toy(tmp_path, name="toy", rows=ROWS, feats=True, **kw):
@@ -91,7 +82,7 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
     assert calls == [1]
     # changing a raw file invalidates the cache: (2, 1) moves from valid to train
     time.sleep(0.01)
-    write_inter(folder, rows=[r for r in ROWS if r[:2] != (2, 1)] + [(2, 1, 0)])
+    write_inter(folder, "toy", rows=[r for r in ROWS if r[:2] != (2, 1)] + [(2, 1, 0)])
     ds2 = load(tmp_path, root)
     assert calls == [1, 1]
     assert ds2[0]["user", "rates", "item"].edge_index.size(1) == 7

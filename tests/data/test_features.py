@@ -9,29 +9,7 @@ import torch
 
 from pyg_mmrec.data import features as F
 
-
-def char_encoder(texts):
-    """Tiny deterministic text encoder: character histogram over 8 buckets."""
-    out = np.zeros((len(texts), 8), dtype=np.float32)
-    for r, t in enumerate(texts):
-        for ch in t:
-            out[r, ord(ch) % 8] += 1.0
-    return out
-
-
-class RawImageEncoder:
-    """PIL-free image encoder: files hold 12 raw uint8 values (3 x 2 x 2)."""
-    name = "raw"
-    dim = 3
-
-    def load(self, path):
-        data = open(path, "rb").read()
-        if len(data) != 12:
-            raise OSError(f"{path}: not a raw 3x2x2 image")
-        return np.frombuffer(data, dtype=np.uint8).reshape(3, 2, 2).astype(np.float32)
-
-    def __call__(self, x):
-        return x.mean((2, 3))
+from conftest import RawImageEncoder, char_encoder
 
 
 def test_encode_texts_masks_and_fill():

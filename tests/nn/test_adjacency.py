@@ -207,3 +207,35 @@ def test_cache_transform_applied_once():
     a = cache(ei, (5, 4), w, transform=double)
     assert cache(ei, (5, 4), w, transform=double) is a and len(calls) == 1
     assert torch.allclose(dense(a), 2 * ref, atol=1e-6)
+
+
+def test_checked_graphs_call_the_op_as_trusted(monkeypatch):
+    """to_csr checks an edge_index once; the op then skips its data checks (device syncs)
+    for that graph and the copies made from it, not for graphs built by hand or for
+    features whose row count is not the graph's number of sources."""
+    import pyg_mmrec.nn.adjacency as adjacency
+    ei, w, ref = graph()
+    adj = to_csr(ei, (5, 4), w)
+    assert adj.validated
+    assert adj.with_value(adj.value * 2).validated and adj.t().validated
+    assert adj.to("cpu").validated
+    by_hand = CSRAdjacency(adj.rowptr, adj.col, adj.value, adj.shape)
+    assert not by_hand.validated
+    seen = []
+    real = adjacency.masked_spmm
+
+    def spy(*args, trusted=False, **kwargs):
+        seen.append(trusted)
+        return real(*args, trusted=trusted, **kwargs)
+    monkeypatch.setattr(adjacency, "masked_spmm", spy)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = csr_spmm(adj, x)
+    assert torch.allclose(out, ref @ x)
+    csr_spmm(by_hand, x)
+    with pytest.raises(ValueError, match="`col(ptr)?`"):  # 3 rows: sources 3, 4 missing
+        csr_spmm(adj, x[:3])
+    assert seen == [True, False, False]
+    # the LightGCN graph is built by to_csr and keeps the flag
+    from pyg_mmrec.nn import LightGCNConv
+    conv = LightGCNConv(3, 4, torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    assert conv.adj.validated

@@ -351,3 +351,74 @@ def test_cpp_backward_checks():
     with pytest.raises(ValueError, match="`grad_out`"):
         torch.ops.pyg_mmrec.masked_spmm_backward_value(rowptr, col, x, g[1:], None, mask, out,
                                                        wsum, False)
+
+
+# ------------------------------------------------------------------------------------------
+# The trusted path: graphs validated once (to_csr) skip the data checks, forward and backward.
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the pyg_mmrec ops called (with their arguments)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.name())
+        if name.startswith("pyg_mmrec::"):
+            self.calls.append((name.split("::")[1], args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("with_csc", [False, True])
+def test_trusted_gives_the_same_values_and_gradients(reduce, with_csc):
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    kw = {"csc": csr_transpose(rowptr, col, x.size(0))} if with_csc else {}
+    checked = run_with_grads(masked_spmm, rowptr, col, x, mask, value, reduce, **kw)
+    trusted = run_with_grads(masked_spmm, rowptr, col, x, mask, value, reduce, trusted=True, **kw)
+    for a, b in zip(checked, trusted):
+        assert torch.equal(a, b)
+
+
+@requires_ext
+def test_trusted_calls_the_kernels_without_data_checks():
+    rowptr, col, x, mask, value = make_inputs(torch.float32)
+    names = {}
+    for trusted in (False, True):
+        xg = x.clone().requires_grad_()
+        vg = value.clone().requires_grad_()
+        with _RecordOps() as rec:
+            out, _ = masked_spmm(rowptr, col, xg, mask, vg, "mean", trusted=trusted)
+            out.sum().backward()
+        names[trusted] = [n for n, _ in rec.calls]
+    assert names[False] == ["masked_spmm", "csr_transpose", "masked_spmm_backward_x",
+                            "masked_spmm_backward_value"]
+    # the public forward (shape checks only), then the backward kernels directly
+    assert names[True] == ["masked_spmm", "_csr_transpose_kernel",
+                           "_masked_spmm_backward_x_kernel", "_masked_spmm_backward_value_kernel"]
+    # the value checks are skipped (a pointer not starting at 0 but within bounds runs) ...
+    shifted = torch.tensor([1, 2, 3]), torch.tensor([0, 1, 1])
+    x2 = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="`rowptr` must start at 0"):
+        masked_spmm(*shifted, x2, reduce="sum")
+    out, _ = masked_spmm(*shifted, x2, reduce="sum", trusted=True)
+    assert torch.equal(out, x2[[1, 1]])
+    # ... the shape, dtype and device checks are not
+    with pytest.raises(ValueError, match="`mask`"):
+        torch.ops.pyg_mmrec.masked_spmm(*shifted, x2, torch.ones(3, dtype=torch.bool), None,
+                                        "sum", None, None, None, True)
+    with pytest.raises(ValueError, match="`col`"):
+        torch.ops.pyg_mmrec.masked_spmm(shifted[0], shifted[1].int(), x2, None, None, "sum",
+                                        None, None, None, True)
+
+
+@requires_ext
+def test_opcheck_trusted():
+    rowptr, col, x, mask, value = make_inputs(n_dst=8, n_src=7, num_edges=30, feat=3)
+    csc = csr_transpose(rowptr, col, x.size(0))
+    torch.library.opcheck(torch.ops.pyg_mmrec.masked_spmm,
+                          (rowptr, col, x.requires_grad_(), mask, value.requires_grad_(), "mean",
+                           *csc, True))
+    torch.library.opcheck(torch.ops.pyg_mmrec._masked_spmm_kernel,
+                          (rowptr, col, x.detach(), mask, value.detach(), True))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_inter
 from pyg_mmrec.cli import main
 from pyg_mmrec.data import BPRSampler
 from pyg_mmrec.train import Trainer, TrainData
@@ -14,19 +15,17 @@ from pyg_mmrec.train.distributed import (FAULT_ENV, DistributedTrainer, GlobalBa
                                          RankFailedError, _parse_fault, all_reduce_gradients)
 
 
-def write_tiny_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10, seed=0):
+def write_uneven_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10, seed=0):
     """<root>/<name>/<name>.inter (451 training pairs: 451 % 64 = 3, so the last
     global batch of 64 splits unevenly over two ranks) + two modalities."""
     rng = np.random.default_rng(seed)
-    folder = root / name
-    folder.mkdir(parents=True)
-    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
+    rows = []
     for u in range(num_users):
         items = [(u + j) % num_items for j in range(3)]
         items += rng.permutation(num_items)[:per_user - 3].tolist()
         for j, i in enumerate(dict.fromkeys(items)):
-            lines.append(f"{u}\t{i}\t5\t{j}\t{1 if j == 0 else 2 if j == 1 else 0}")
-    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+            rows.append((u, i, 5, j, 1 if j == 0 else 2 if j == 1 else 0))
+    folder = write_inter(root / name, name, rows)
     np.save(folder / "image_feat.npy", rng.normal(size=(num_items, 6)).astype(np.float32))
     np.save(folder / "text_feat.npy", rng.normal(size=(num_items, 5)).astype(np.float32))
     return root
@@ -36,7 +35,7 @@ def write_tiny_mmrec(root, name="tiny", num_users=60, num_items=50, per_user=10,
 def tiny_root(tmp_path, monkeypatch):
     monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return write_tiny_mmrec(tmp_path / "data")
+    return write_uneven_mmrec(tmp_path / "data")
 
 
 def base_args(root, model="LightGCN", epochs=3):
@@ -132,6 +131,57 @@ def test_batch_size_must_split_over_ranks():
 
 
 # ------------------------------------------------------------------ multi-process
+# Plain module-level functions for `launch` (the spawned ranks import them).
+def _rank_all_reduce(out_dir, expected_world):
+    """Joins the job, all-reduces its rank and records what it saw."""
+    import torch.distributed as dist
+    from pyg_mmrec.train import distributed
+    ctx = distributed.init_from_env("cpu", timeout=60)
+    t = torch.tensor([float(ctx.rank)])
+    dist.all_reduce(t)
+    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(
+        {"rank": ctx.rank, "world": ctx.world_size, "sum": float(t),
+         "expected_world": expected_world}))
+    distributed.destroy()
+
+
+def _rank_one_raises(bad_rank):
+    import os
+    if int(os.environ["RANK"]) == bad_rank:
+        raise ValueError(f"rank {bad_rank} cannot go on")
+    return 0
+
+
+def _rank_returns_code():
+    import os
+    return 5 if os.environ["RANK"] == "1" else 0
+
+
+def test_launch_runs_a_plain_function_on_every_rank(tmp_path):
+    from pyg_mmrec.train.distributed import launch
+    assert launch(_rank_all_reduce, 3, (str(tmp_path), 3), timeout=60, threads=1) == 0
+    seen = sorted(json.loads(f.read_text())["rank"] for f in tmp_path.glob("rank*.json"))
+    assert seen == [0, 1, 2]
+    for f in tmp_path.glob("rank*.json"):
+        rec = json.loads(f.read_text())
+        assert rec["world"] == rec["expected_world"] == 3 and rec["sum"] == 0 + 1 + 2
+
+
+def test_launch_reports_the_failing_rank_of_a_plain_function():
+    from pyg_mmrec.train.distributed import launch
+    with pytest.raises(RankFailedError) as info:
+        launch(_rank_one_raises, 2, (1,), timeout=60, threads=1, grace=10.0)
+    e = info.value
+    assert (e.rank, e.exitcode) == (1, 1)
+    assert "ValueError: rank 1 cannot go on" in e.error and "ValueError" in str(e)
+    # an int return value is the rank's exit code; a rank leaving no traceback is named too
+    with pytest.raises(RankFailedError, match="rank 1 exited with code 5") as info:
+        launch(_rank_returns_code, 2, timeout=60, threads=1)
+    assert info.value.exitcode == 5 and info.value.error == ""
+    with pytest.raises(ValueError, match="nproc: expected a positive integer"):
+        launch(_rank_returns_code, 0)
+
+
 def test_two_gloo_ranks_match_one_process(tiny_root, tmp_path, capfd):
     """2 ranks x 32 = the 1-process global batch of 64 (the last batch, 3 triples,
     splits 2 + 1): same trajectory up to float summation order. Tolerance: loss

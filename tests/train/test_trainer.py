@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import stop_after, tiny_splits
 from pyg_mmrec.config import train_defaults, validate_train
 from pyg_mmrec.models.base import Recommender, RecOutput
 from pyg_mmrec.train import TrainData, Trainer, TrainingInterrupted, load_checkpoint
@@ -57,13 +58,7 @@ class TinyMF(Recommender):
 def tiny_data(num_users=30, num_items=40, per_user=7, seed=0, eval_masks_differ=True,
               modalities=("image",)):
     g = torch.Generator().manual_seed(seed)
-    rows = {"train": [], "valid": [], "test": []}
-    for u in range(num_users):
-        items = torch.randperm(num_items, generator=g)[:per_user].tolist()
-        rows["valid"].append((u, items[0]))
-        rows["test"].append((u, items[1]))
-        rows["train"] += [(u, i) for i in items[2:]]
-    ei = {k: torch.tensor(v, dtype=torch.long).t().contiguous() for k, v in rows.items()}
+    ei = tiny_splits(num_users, num_items, per_user, g)
     feat = {m: torch.randn(num_items, 6, generator=g) for m in modalities}
     masks = {m: torch.rand(num_items, generator=g) > 0.3 for m in modalities}
     eval_masks = {m: masks[m] & (torch.rand(num_items, generator=g) > 0.3) for m in modalities}
@@ -110,17 +105,6 @@ def strip_times(history):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
 
 
-class StopAt(Trainer):
-    """Requests a stop (like SIGINT) after global batch ``stop_at``."""
-
-    stop_at = None
-
-    def on_batch_end(self, epoch, batch):
-        self._global = getattr(self, "_global", 0) + 1
-        if self._global == self.stop_at:
-            self.request_stop()
-
-
 def test_fit_trains_validates_and_tests_once(tmp_path):
     data = tiny_data()
     model = make_model(data)
@@ -154,10 +138,10 @@ def test_resume_is_bit_for_bit(tmp_path, stop_at, plugin, lr_decay):
     full_model = make_model(data, plugin=plugin)
     full = Trainer(full_model, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "full").fit()
 
-    StopAt.stop_at = stop_at
     m1 = make_model(data, plugin=plugin)
     with pytest.raises(TrainingInterrupted):
-        StopAt(m1, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "cut").fit()
+        stop_after(Trainer(m1, data, cfg(lr_decay=lr_decay), out_dir=tmp_path / "cut"),
+                   stop_at).fit()
     ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (ck["epoch"], ck["batch"]) == divmod(stop_at, 5)  # 150 train pairs / 32 -> 5 batches
 

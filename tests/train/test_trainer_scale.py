@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import stop_after, tiny_splits
 from pyg_mmrec.config import ConfigError, build_config, train_defaults, validate_train
 from pyg_mmrec.models.i3mrec import I3MRec
 from pyg_mmrec.models.lightgcn import LightGCN
@@ -14,13 +15,7 @@ U, I = 30, 40
 
 def tiny_data(seed=0, per_user=7):
     g = torch.Generator().manual_seed(seed)
-    rows = {"train": [], "valid": [], "test": []}
-    for u in range(U):
-        items = torch.randperm(I, generator=g)[:per_user].tolist()
-        rows["valid"].append((u, items[0]))
-        rows["test"].append((u, items[1]))
-        rows["train"] += [(u, i) for i in items[2:]]
-    ei = {k: torch.tensor(v).t().contiguous() for k, v in rows.items()}
+    ei = tiny_splits(U, I, per_user, g)
     feats = {"image": torch.randn(I, 6, generator=g), "text": torch.randn(I, 4, generator=g)}
     masks = {m: torch.rand(I, generator=g) > 0.3 for m in feats}
     return TrainData(U, I, ei["train"], ei["valid"], ei["test"], feats, masks)
@@ -39,15 +34,6 @@ def lightgcn(data, fanout=(3, 3)):
                     fanout=list(fanout))
 
 
-class StopAt(Trainer):
-    stop_at = 4
-
-    def on_batch_end(self, epoch, batch):
-        self._n = getattr(self, "_n", 0) + 1
-        if self._n == self.stop_at:
-            self.request_stop()
-
-
 def test_sampled_lightgcn_uses_lazy_adam_and_resumes_bit_for_bit(tmp_path):
     data = tiny_data()
     full_model = lightgcn(data)
@@ -57,7 +43,7 @@ def test_sampled_lightgcn_uses_lazy_adam_and_resumes_bit_for_bit(tmp_path):
     assert full.epochs == 3 and full.valid["recall@10"] >= 0
     m1 = lightgcn(data)
     with pytest.raises(TrainingInterrupted):
-        StopAt(m1, data, cfg(), out_dir=tmp_path / "cut").fit()  # mid-epoch 0
+        stop_after(Trainer(m1, data, cfg(), out_dir=tmp_path / "cut"), 4).fit()  # mid-epoch 0
     m2 = lightgcn(data)
     with torch.no_grad():
         m2.user_embedding.weight.zero_()  # everything must come from the checkpoint
