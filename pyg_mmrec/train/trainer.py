@@ -262,6 +262,22 @@ class Trainer:
     def on_batch_end(self, epoch: int, batch: int) -> None:
         """Hook called after every optimiser step (subclasses, tests)."""
 
+    def on_validation(self, epoch: int, valid: Dict[str, float]) -> bool:
+        r"""Hook called after every validation of the training loop, once early
+        stopping and the best state have seen it.
+
+        Args:
+            epoch: the epoch just validated (from 0).
+            valid: its validation metrics ``{name: value}`` (validation only:
+                the test split is never read during training).
+
+        Returns:
+            ``True`` to end training after this epoch exactly as early stopping
+            does (best state restored, ``stopped_early`` set); hyper-parameter
+            search prunes hopeless trials here. The default never stops.
+        """
+        return False
+
     def reduce_gradients(self, params: List[torch.nn.Parameter]) -> None:
         """Average gradients over ranks; a no-op in one process. Distributed
         training (DDP / all-reduce) plugs in here."""
@@ -570,6 +586,8 @@ class Trainer:
                     self.best_state = clone_state_dict(self.model)
                     self.best_epoch, self.best_valid = epoch, dict(valid)
                 record["best_epoch"] = self.best_epoch
+                if self.on_validation(epoch, dict(valid)):
+                    stop = True
             self._log(record)
             self._say(self._format(record))
             self.epoch, self.batch = epoch + 1, 0
