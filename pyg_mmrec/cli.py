@@ -1,4 +1,5 @@
-r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | tune | build-dataset``.
+r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | tune |
+build-dataset``.
 
 The parser and the ``cmd_*`` functions live here; ``pyg_mmrec/__main__.py`` only
 calls :func:`main`, and nothing in the library imports this module.

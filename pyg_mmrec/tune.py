@@ -22,7 +22,6 @@ See ``docs/tuning.md`` for the commands and the storage story.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import socket
@@ -310,7 +309,8 @@ def parse_duration(text: str) -> float:
     if re.fullmatch(r"\d+(\.\d+)?", s):
         seconds = float(s)
     else:
-        m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?", s)
+        number = r"(\d+(?:\.\d+)?)"
+        m = re.fullmatch(rf"(?:{number}h)?(?:{number}m(?:in)?)?(?:{number}s)?", s)
         if not s or not m or not any(m.groups()):
             raise TuneError(f"--budget: expected a duration such as 2h, 45m, 1h30m, 90s or "
                             f"seconds, got {text!r}")
@@ -848,7 +848,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="K",
                    help="worker processes on this machine sharing the study (default: 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="torch threads per worker (default: torch's)")
+                   help="torch threads per worker (default: torch's with one worker, else "
+                        "cores / workers)")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the TPE sampler (default: %(default)s)")
     p.add_argument("--out", default="runs/tune",
@@ -887,8 +888,7 @@ def plan(args: argparse.Namespace) -> _Plan:
     r"""Validate everything that needs no data and no storage: model, plug-in,
     fixed settings, space, budget, workers, plots. Raises :class:`TuneError`
     (or :class:`~pyg_mmrec.config.ConfigError`) with a one-line message."""
-    from pyg_mmrec.config import (ConfigError, _model_key, build_config, config_overrides,
-                                  parse_assignments)
+    from pyg_mmrec.config import _model_key, build_config, config_overrides, parse_assignments
     from pyg_mmrec.data.missing import parse_missing_spec
 
     budget = parse_duration(args.budget)
@@ -958,7 +958,10 @@ def plan(args: argparse.Namespace) -> _Plan:
             "fixed": fixed, "metric": metric, "space": {k: vars(p) for k, p in space.items()},
             "study": study, "study_dir": str(study_dir), "storage": storage,
             "storage_timeout": float(args.storage_timeout), "budget": budget,
-            "trials": args.trials, "workers": args.workers, "threads": args.threads,
+            "trials": args.trials, "workers": args.workers,
+            # several workers: share the cores instead of each taking all of them
+            "threads": args.threads or (max(1, cores // args.workers) if args.workers > 1
+                                        else None),
             "pruner": args.pruner, "prune_warmup": args.prune_warmup,
             "sampler_seed": args.sampler_seed, "quiet": args.quiet,
             "min_epochs": min_epochs, "plots": plots, "final": not args.no_final}

@@ -359,3 +359,25 @@ def test_two_workers_share_one_sqlite_study(tiny_root, tmp_path):
     for d in dirs:  # each run trained once, every epoch once
         assert epochs_logged(d) == list(range(len(epochs_logged(d))))
         assert json.loads((Path(d) / "result.json").read_text())["test"] is None
+
+
+class PruneFromEpoch1(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return bool(trial.intermediate_values) and max(trial.intermediate_values) >= 1
+
+
+def test_a_pruned_trial_ends_its_run_cleanly_and_is_recorded(tiny_root, tmp_path):
+    spec = {"model": "LightGCN", "plugin": None, "dataset": "tiny", "root": str(tiny_root),
+            "missing": "natural", "fill": None, "device": "cpu", "search_seed": 3,
+            "fixed": {"train.epochs": 10, "train.patience": 10, "train.topk": [5, 10],
+                      "train.metric": "recall@10"},
+            "metric": "recall@10", "study_dir": str(tmp_path)}
+    space = {"train.lr": tune.Param("train.lr", "float", low=1e-3, high=1e-2, log=True)}
+    study = optuna.create_study(direction="maximize", pruner=PruneFromEpoch1())
+    study.optimize(tune.make_objective(spec, space, deadline=time.time() + 600), n_trials=1)
+    t = study.trials[0]
+    assert t.state.name == "PRUNED" and t.user_attrs["stopped"] == "pruned"
+    assert sorted(t.intermediate_values) == [0, 1]
+    result = json.loads((tmp_path / "trials" / "0000" / "result.json").read_text())
+    assert result["epochs"] == 2 and result["stopped_early"] and result["test"] is None
+    assert result["config"]["seed"] == 3
