@@ -1174,6 +1174,9 @@ def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
                + "); space: "
                + ", ".join(f"{k} {v.describe()}" for k, v in p.space.items()))
 
+    recovered = recover_trials(study)  # first: a dead trial must not count as running
+    if recovered:
+        _say(spec, f"continuing interrupted trial(s) {recovered} from their checkpoints")
     t_start = time.time()
     remaining = spec["budget"] - spent
     reached = spec["trials"] is not None and counted_trials(study) >= spec["trials"]
@@ -1196,9 +1199,6 @@ def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
                     "--epochs/--patience")
             _say(spec, "the budget left is too small for another trial")
         else:
-            recovered = recover_trials(study)
-            if recovered:
-                _say(spec, f"continuing interrupted trial(s) {recovered} from their checkpoints")
             spec["deadline"] = time.time() + remaining
             spec["min_trial_seconds"] = min_trial
             try:

@@ -381,3 +381,27 @@ def test_a_pruned_trial_ends_its_run_cleanly_and_is_recorded(tiny_root, tmp_path
     result = json.loads((tmp_path / "trials" / "0000" / "result.json").read_text())
     assert result["epochs"] == 2 and result["stopped_early"] and result["test"] is None
     assert result["config"]["seed"] == 3
+
+
+def test_a_killed_search_resumes_its_running_trial(tiny_root, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "pyg_mmrec", "tune", "--model", "LightGCN", "--root",
+            str(tiny_root), "--out", str(out), *TINY, "--epochs", "60", "--patience", "60",
+            "--budget", "5m", "--trials", "1", "--seeds", "1", "--no-final", "--pruner", "none"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = study_dir(out) / "trials" / "0000" / "metrics.jsonl"
+    t0 = time.time()
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() - t0 < 300, "the trial did not start"
+        time.sleep(0.05)
+    proc.kill()  # a crash: no checkpoint-on-exit, the trial stays RUNNING in the study
+    proc.wait()
+    assert load(out).trials[0].state.name == "RUNNING"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = load(out).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["continues"] == 0
+    assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]
+    assert epochs_logged(log.parent) == list(range(60))  # continued from its checkpoint
