@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -513,10 +514,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def recover_trials(study) -> List[int]:
-    r"""Before a search (re)starts: trials interrupted by Ctrl-C, and running
-    trials of this machine whose process is gone (killed, crashed), are failed
-    and enqueued again to continue from their checkpoints. Running trials of
-    live processes or of other machines are left to their heartbeat."""
+    r"""Before a search (re)starts: failed trials that did not fail by an error
+    of their setting (interrupted by Ctrl-C, failed by the heartbeat after
+    their worker died), and running trials of this machine whose process is
+    gone (killed, crashed), are enqueued again to continue from their
+    checkpoints. Running trials of live processes or of other machines are
+    left to their heartbeat."""
     import optuna
     from optuna.trial import TrialState
     host, out = socket.gethostname(), []
@@ -532,7 +535,7 @@ def recover_trials(study) -> List[int]:
                 t = storage.get_trial(t._trial_id)
                 if continue_trial(study, t):
                     out.append(t.number)
-        elif t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
+        elif t.state == TrialState.FAIL and "error" not in t.user_attrs:
             if continue_trial(study, t):
                 out.append(t.number)
     return out
@@ -622,6 +625,11 @@ def make_objective(spec: Mapping[str, Any], space: Mapping[str, Param], deadline
             # Optuna records a KeyboardInterrupt as a failed trial and re-raises it; the
             # next `tune` continues the run from its checkpoint (recover_trials)
             raise KeyboardInterrupt(str(e)) from e
+        except Exception as e:
+            # a failure of the setting itself (bad combination, non-finite loss): recorded,
+            # never retried; the search goes on
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+            raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs", result.epochs)
         trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)
@@ -1068,8 +1076,15 @@ def run_workers(spec: Dict[str, Any], trainer_cls=None) -> int:
         for p in procs:
             p.join()
     except KeyboardInterrupt:
-        # the workers got the same SIGINT: they checkpoint their trial and exit
+        # from a terminal the workers got the same SIGINT: they checkpoint their trial and
+        # exit; a SIGINT sent to this process alone is passed on to them
         interrupted = True
+        until = time.time() + 10
+        for p in procs:
+            p.join(timeout=max(0.0, until - time.time()))
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=120)
         for p in procs:

@@ -290,12 +290,16 @@ def test_trials_of_a_dead_process_are_continued(tmp_path):
     live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     live.set_user_attr("host", tune.socket.gethostname())
     live.set_user_attr("pid", os.getpid())
+    broken = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    broken.set_user_attr("run_dir", str(tmp_path / "trials" / "0002"))
+    broken.set_user_attr("error", "RuntimeError: non-finite loss")  # the setting's own fault
+    study.tell(broken, state=optuna.trial.TrialState.FAIL)
     assert tune.recover_trials(study) == [0]
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]
-    assert trials[2].user_attrs == {"resume_from": str(tmp_path / "trials" / "0000"),
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "FAIL", "WAITING"]
+    assert trials[3].user_attrs == {"resume_from": str(tmp_path / "trials" / "0000"),
                                     "continues": 0}
-    assert trials[2].system_attrs["fixed_params"] == trials[0].params  # Optuna's enqueued params
+    assert trials[3].system_attrs["fixed_params"] == trials[0].params  # Optuna's enqueued params
     assert tune.recover_trials(study) == []  # continued once only
 
 
@@ -405,3 +409,22 @@ def test_a_killed_search_resumes_its_running_trial(tiny_root, tmp_path):
     assert trials[1].user_attrs["continues"] == 0
     assert trials[1].user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]
     assert epochs_logged(log.parent) == list(range(60))  # continued from its checkpoint
+
+
+class BreakTrial0(Trainer):
+    def on_batch_end(self, epoch, batch):
+        super().on_batch_end(epoch, batch)
+        if self.out_dir is not None and self.out_dir.name == "0000":
+            raise RuntimeError("non-finite loss at epoch 0 (a bad setting)")
+
+
+def test_a_failing_setting_is_recorded_and_the_search_goes_on(tiny_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = tune_args(tiny_root, out, "--budget", "5m", "--trials", "2", "--seeds", "1",
+                     "--no-final", "--pruner", "none")
+    assert tune.cmd_tune(args, trainer_cls=BreakTrial0) == 0
+    trials = load(out).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert "non-finite loss" in trials[0].user_attrs["error"]
+    assert tune.recover_trials(load(out)) == []  # a failing setting is not retried
+    assert (study_dir(out) / "selected.yaml").is_file()
