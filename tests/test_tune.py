@@ -220,8 +220,12 @@ def test_two_trial_study_end_to_end(tiny_root, tmp_path, capsys):
     assert all(r["test"] for r in final["runs"])
     assert final["runs"][0]["valid"] == pytest.approx(best.user_attrs["valid"])
     assert "| trial |" in (sd / "best_trials.md").read_text() and "recall@10 (test)" in printed
-    for png in ("history.png", "importances.png", "curves.png"):
-        assert (sd / "plots" / png).stat().st_size > 1000
+    try:
+        import matplotlib  # noqa: F401
+        for png in ("history.png", "importances.png", "curves.png"):
+            assert (sd / "plots" / png).stat().st_size > 1000
+    except ImportError:  # plots are optional: none without matplotlib
+        assert not (sd / "plots").exists()
     # the same command again: nothing is trained twice, the finished study is reused
     rc = main(["tune", "--model", "LightGCN", "--root", str(tiny_root), "--out", str(out),
                *TINY, "--budget", "5m", "--trials", "2", "--seeds", "1,2", "--pruner", "none"])
