@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(other cut-offs; nothing is trained or written)")
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
-    # ---- tune (pyg_mmrec/tune.py; Optuna is imported only when the command runs)
+    # ---- tune (pyg_mmrec/tune/; Optuna is imported only when the command runs)
     from pyg_mmrec import tune
     p = sub.add_parser("tune", help="budgeted hyper-parameter search on validation (Optuna): "
                                     "resumable, parallel, then the best setting on --seeds")

@@ -2,6 +2,7 @@
 resume after an interruption, the budget, and 2 worker processes on one SQLite study."""
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -289,10 +290,10 @@ def test_trials_of_a_dead_process_are_continued(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     trial.set_user_attr("run_dir", str(tmp_path / "trials" / "0000"))
-    trial.set_user_attr("host", tune.socket.gethostname())
+    trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", dead.pid)
     live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    live.set_user_attr("host", tune.socket.gethostname())
+    live.set_user_attr("host", socket.gethostname())
     live.set_user_attr("pid", os.getpid())
     broken = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     broken.set_user_attr("run_dir", str(tmp_path / "trials" / "0002"))
