@@ -27,24 +27,26 @@ storage story.
 """
 from __future__ import annotations
 
-from .command import BUDGET_FILE, add_arguments, cmd_tune, parse_duration, plan, usable_cores
+from .command import add_arguments, cmd_tune, parse_duration, plan, usable_cores
 from .report import best_trials_table, final_runs, selected_overrides, write_plots
 from .search import (EXIT_CONFIG, EXIT_INTERRUPTED, make_objective, make_pruner, probe_cost,
                      run_workers, work)
 from .space import (SPACE_SUFFIX, Param, TuneError, canonical_key, load_space, mmrec_grid,
                     parse_space_args, read_space_file, resolve_space, space_path)
-from .storage import (GRACE_SECONDS, HEARTBEAT_SECONDS, STUDY_DB, LocalLock, check_identity,
-                      check_storage, continue_trial, counted_trials, open_or_create_study,
-                      open_storage, recover_trials, study_identity)
+from .storage import (BUDGET_FILE, GRACE_SECONDS, HEARTBEAT_SECONDS, STUDY_DB, LocalLock,
+                      check_identity, check_storage, continue_trial, counted_trials,
+                      open_or_create_study, open_storage, read_budget, recover_trials,
+                      study_identity, write_budget)
 
 __all__ = [
-    "BUDGET_FILE", "add_arguments", "cmd_tune", "parse_duration", "plan", "usable_cores",
+    "add_arguments", "cmd_tune", "parse_duration", "plan", "usable_cores",
     "best_trials_table", "final_runs", "selected_overrides", "write_plots",
     "EXIT_CONFIG", "EXIT_INTERRUPTED", "make_objective", "make_pruner", "probe_cost",
     "run_workers", "work",
     "SPACE_SUFFIX", "Param", "TuneError", "canonical_key", "load_space", "mmrec_grid",
     "parse_space_args", "read_space_file", "resolve_space", "space_path",
-    "GRACE_SECONDS", "HEARTBEAT_SECONDS", "STUDY_DB", "LocalLock", "check_identity",
+    "BUDGET_FILE", "read_budget", "write_budget", "GRACE_SECONDS", "HEARTBEAT_SECONDS",
+    "STUDY_DB", "LocalLock", "check_identity",
     "check_storage", "continue_trial", "counted_trials", "open_or_create_study",
     "open_storage", "recover_trials", "study_identity",
 ]

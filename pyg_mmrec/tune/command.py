@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,11 +15,9 @@ from .report import final_runs, report
 from .search import EXIT_INTERRUPTED, _say, _trial_line, probe_cost, run_workers
 from .space import (Param, TuneError, _known_keys, canonical_key, load_space, parse_space_args,
                     read_space_file, resolve_space)
-from .storage import (STUDY_DB, check_storage, counted_trials, open_or_create_study,
-                      recover_trials, study_identity)
-
-BUDGET_FILE = "budget.json"
-
+from .storage import (STUDY_DB, check_storage, counted_trials,
+                      open_or_create_study, read_budget, recover_trials, study_identity,
+                      write_budget)
 
 def parse_duration(text: str) -> float:
     """``"2h"``, ``"45m"``, ``"1h30m"``, ``"90s"`` or plain seconds -> seconds."""
@@ -227,25 +224,6 @@ def plan(args: argparse.Namespace) -> _Plan:
     return _Plan(spec, space, fixed, notes)
 
 
-def _read_budget(study_dir: Path) -> float:
-    import json
-    path = study_dir / BUDGET_FILE
-    if not path.is_file():
-        return 0.0
-    try:
-        return float(json.loads(path.read_text())["spent_seconds"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise TuneError(f"{path}: unreadable budget record ({e}); delete it to start the "
-                        "budget again") from e
-
-
-def _write_budget(study_dir: Path, spent: float, budget: float) -> None:
-    from pyg_mmrec.train.checkpoint import atomic_write_json
-    atomic_write_json(study_dir / BUDGET_FILE, {"spent_seconds": round(spent, 3),
-                                                "budget_seconds": budget,
-                                                "host": socket.gethostname()})
-
-
 def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
     r"""``python -m pyg_mmrec tune``: validate, open the study, search within the
     budget, report, then train the selected setting on ``--seeds``.
@@ -264,7 +242,7 @@ def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
         identity = study_identity(args, p.space, p.fixed, spec["metric"], spec["search_seed"])
         study, created = open_or_create_study(spec, identity, p.space)
         study_dir.mkdir(parents=True, exist_ok=True)
-        spent = _read_budget(study_dir)
+        spent = read_budget(study_dir)
     except TuneError as e:
         raise ConfigError(str(e)) from e
     for note in p.notes:
@@ -300,11 +278,12 @@ def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
             _say(spec, "the budget left is too small for another trial")
         else:
             spec["deadline"] = time.time() + remaining
+            spec["spent_before"], spec["started"] = spent, t_start  # budget.json per trial
             spec["min_trial_seconds"] = min_trial
             try:
                 status = run_workers(spec, trainer_cls)
             finally:
-                _write_budget(study_dir, spent + time.time() - t_start, spec["budget"])
+                write_budget(study_dir, spent + time.time() - t_start, spec["budget"])
     else:
         _say(spec, "budget spent" if remaining <= 0 else f"--trials {spec['trials']} reached")
     if status == EXIT_INTERRUPTED:

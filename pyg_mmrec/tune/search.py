@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .space import Param
-from .storage import LOCK_NAME, LocalLock, _on_stale_trial, counted_trials, open_storage
+from .storage import (LOCK_NAME, LocalLock, _on_stale_trial, counted_trials, open_storage,
+                      write_budget)
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
@@ -162,6 +163,9 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
             ran += 1
         finally:
             lock.release()
+        if worker == 0 and "started" in spec:  # a crash loses at most one trial's time
+            write_budget(Path(spec["study_dir"]),
+                         spec["spent_before"] + time.time() - spec["started"], spec["budget"])
         if not spec["quiet"]:
             print(f"[tune w{worker}] {_trial_line(study, spec['metric'])}", file=sys.stderr,
                   flush=True)

@@ -4,6 +4,7 @@ of one machine, and the recovery of interrupted trials."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -13,6 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from .space import Param, TuneError, _is_number
 
 STUDY_DB = "study.db"
+BUDGET_FILE = "budget.json"
 LOCK_NAME = ".tune.lock"
 # Heartbeat of RDB storages: a trial whose process stopped beating for GRACE seconds
 # (killed, machine lost) is marked failed and continued from its checkpoint by another.
@@ -246,3 +248,23 @@ def open_or_create_study(spec: Mapping[str, Any], identity: Mapping[str, Any],
     if defaults:
         study.enqueue_trial(defaults, user_attrs={"defaults": True})
     return study, True
+
+
+def read_budget(study_dir: Path) -> float:
+    """Seconds of search already spent on this study from this output folder."""
+    path = study_dir / BUDGET_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        return float(json.loads(path.read_text())["spent_seconds"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise TuneError(f"{path}: unreadable budget record ({e}); delete it to start the "
+                        "budget again") from e
+
+
+def write_budget(study_dir: Path, spent: float, budget: float) -> None:
+    """Record the seconds spent (atomically: a crash leaves the previous record)."""
+    from pyg_mmrec.train.checkpoint import atomic_write_json
+    atomic_write_json(study_dir / BUDGET_FILE, {"spent_seconds": round(spent, 3),
+                                                "budget_seconds": budget,
+                                                "host": socket.gethostname()})
