@@ -28,7 +28,10 @@ def _suggest(trial, p: Param) -> Any:
 def make_pruner(name: str, warmup: int):
     import optuna
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup)
+        # judge an epoch only against >= 3 trials that reached it: with fewer, the "median"
+        # is the best trial's curve and any trial below it would be pruned
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup,
+                                           n_min_trials=3)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup),
                                                       reduction_factor=3)
