@@ -433,3 +433,15 @@ def test_a_failing_setting_is_recorded_and_the_search_goes_on(tiny_root, tmp_pat
     assert "non-finite loss" in trials[0].user_attrs["error"]
     assert tune.recover_trials(load(out)) == []  # a failing setting is not retried
     assert (study_dir(out) / "selected.yaml").is_file()
+
+
+def test_a_trial_ending_anyway_is_complete_not_pruned(tiny_root, tmp_path):
+    spec = {"model": "LightGCN", "plugin": None, "dataset": "tiny", "root": str(tiny_root),
+            "missing": "natural", "fill": None, "device": "cpu", "search_seed": 3,
+            "fixed": {"train.epochs": 2, "train.patience": 10, "train.topk": [5, 10],
+                      "train.metric": "recall@10"},
+            "metric": "recall@10", "study_dir": str(tmp_path)}
+    space = {"train.lr": tune.Param("train.lr", "float", low=1e-3, high=1e-2, log=True)}
+    study = optuna.create_study(direction="maximize", pruner=PruneFromEpoch1())
+    study.optimize(tune.make_objective(spec, space, deadline=time.time() + 600), n_trials=1)
+    assert study.trials[0].state.name == "COMPLETE"  # epoch 1 is its last: nothing to prune

@@ -56,6 +56,11 @@ def _trial_trainer(trainer_cls, trial, metric: str, deadline: float, state: Dict
             state["last_validation"] = now
             state["epoch_cost"] = max(state.get("epoch_cost", 0.0), epoch_cost)
             trial.report(float(valid[metric]), int(epoch))
+            # training ends after this epoch anyway (early stopping, last epoch): complete
+            finishing = (getattr(getattr(self, "early_stopping", None), "should_stop", False)
+                         or epoch + 1 >= int(getattr(self, "train_cfg", {}).get("epochs", 0)))
+            if finishing:
+                return super().on_validation(epoch, valid)
             if trial.should_prune():
                 state["stopped"] = "pruned"
                 return True
