@@ -230,6 +230,15 @@ def cmd_tune(args: argparse.Namespace, trainer_cls=None) -> int:
 
     ``trainer_cls`` (tests) replaces the :class:`~pyg_mmrec.train.Trainer` of
     the trials run in this process."""
+    from pyg_mmrec.train import TrainingInterrupted
+    try:
+        return _tune(args, trainer_cls)
+    except TrainingInterrupted as e:  # Ctrl-C in the cost probe or a final run
+        print(f"interrupted: {e}. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _tune(args: argparse.Namespace, trainer_cls) -> int:
     from pyg_mmrec.config import ConfigError
     from pyg_mmrec.results import aggregate, markdown_table
     try:
