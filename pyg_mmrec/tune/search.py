@@ -96,6 +96,8 @@ def make_objective(spec: Mapping[str, Any], space: Mapping[str, Param], deadline
             lock.release()  # the trial exists: other workers may count it now
         params = {name: _suggest(trial, p) for name, p in space.items()}
         resume_from = trial.user_attrs.get("resume_from")
+        if resume_from and not Path(resume_from).is_dir():
+            resume_from = None  # the run of a worker on another machine: start it here
         run_dir = Path(resume_from) if resume_from else (
             Path(spec["study_dir"]) / "trials" / f"{trial.number:04d}")
         trial.set_user_attr("run_dir", str(run_dir))
