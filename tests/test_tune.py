@@ -347,6 +347,7 @@ def test_on_validation_hook_stops_like_early_stopping(tiny_root, tmp_path):
     assert r.epochs == 3 and r.stopped_early and r.test is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(tune.usable_cores() < 2, reason="needs 2 cores")
 def test_two_workers_share_one_sqlite_study(tiny_root, tmp_path):
     out = tmp_path / "out"
@@ -392,6 +393,7 @@ def test_a_pruned_trial_ends_its_run_cleanly_and_is_recorded(tiny_root, tmp_path
     assert result["config"]["seed"] == 3
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_its_running_trial(tiny_root, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
