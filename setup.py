@@ -87,7 +87,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "pillow"],
+        # optuna: `make test` runs the tests of `tune` too
+        "test": ["pytest", "hypothesis", "pillow", "optuna>=4.0"],
+        "tune": ["optuna>=4.0"],
         "pyg-ext": ["torch-scatter", "torch-sparse"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],

@@ -51,19 +51,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ("BPR", "LightGCN", "VBPR", "MMGCN", "LATTICE", "FREEDOM", "MGCN", "LGMRec")
 STRICTLY_ABOVE = ("LATTICE", "FREEDOM", "MGCN")
-# The searched hyper-parameters of MMRec's configs/model/<Model>.yaml; LGMRec's
-# lists hold one value each (its Baby setting), which is our YAML default.
-MMREC_GRIDS = {
-    "BPR": {"reg_weight": "2.0,1.0,1e-1,1e-2,1e-3,1e-4,1e-5"},
-    "LightGCN": {"n_layers": "1,2,3,4", "reg_weight": "1e-2,1e-3,1e-4,1e-5,1e-6"},
-    "VBPR": {"reg_weight": "2.0,1.0,1e-1,1e-2,1e-3,1e-4,1e-5"},
-    # MMRec's MMGCN.yaml lists "0.001.0.005" (a typo for 1e-3, 5e-3) among its rates
-    "MMGCN": {"reg_weight": "0.0,1e-5,1e-4,1e-3,1e-2,1e-1", "lr": "1e-4,5e-4,1e-3,5e-3,1e-2"},
-    "LATTICE": {"reg_weight": "0.0,1e-5,1e-4,1e-3", "lr": "1e-4,5e-4,1e-3,5e-3"},
-    "FREEDOM": {"dropout": "0.8,0.9", "reg_weight": "0.0,1e-5,1e-4,1e-3"},
-    "MGCN": {"cl_loss": "1e-3,1e-2,1e-1"},
-    "LGMRec": {},
-}
+
+
+def _grid_text(values) -> str:
+    """``[0.01, 0.0005, 0.8]`` -> ``"1e-2,5e-4,0.8"`` (a --grid value list)."""
+    out = []
+    for v in values:
+        if isinstance(v, float) and 0 < abs(v) < 0.1:
+            mantissa, exponent = f"{v:.0e}".split("e")
+            out.append(f"{mantissa}e{int(exponent)}")
+        else:
+            out.append(str(v))
+    return ",".join(out)
+
+
+def mmrec_grids() -> dict:
+    """The searched hyper-parameters of MMRec's configs/model/<Model>.yaml, as
+    ``{model: {key: "v1,v2,..."}}``: the entries marked ``mmrec: true`` in
+    ``pyg_mmrec/configs/<model>.space.yaml`` (also the space of ``tune``); LGMRec's
+    lists hold one value each (its Baby setting, our YAML default), so it has none."""
+    sys.path.insert(0, str(REPO))
+    from pyg_mmrec.tune import mmrec_grid
+    return {m: {k.split(".")[-1]: _grid_text(v) for k, v in mmrec_grid(m).items()}
+            for m in BACKBONES}
+
+
+MMREC_GRIDS = mmrec_grids()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | build-dataset``.
+r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | tune |
+build-dataset``.
 
 The parser and the ``cmd_*`` functions live here; ``pyg_mmrec/__main__.py`` only
 calls :func:`main`, and nothing in the library imports this module.
@@ -12,6 +13,7 @@ Examples::
     python -m pyg_mmrec results runs/ --plot recall_vs_missing.png
     python -m pyg_mmrec compare runs/i3mrec runs/lightgcn --metrics recall@20,ndcg@20
     python -m pyg_mmrec evaluate runs/freedom --root ../shared/data --topk 5,10,20
+    python -m pyg_mmrec tune --model LightGCN --dataset ml100k_mm --budget 45m --seeds 1,2,3
 
 Grid search trains every setting (for every seed, or for the ``--grid-seeds``
 only) without looking at the test split, selects the setting with the best
@@ -479,6 +481,12 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                                         "(other cut-offs; nothing is trained or written)")
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+    # ---- tune (pyg_mmrec/tune/; Optuna is imported only when the command runs)
+    from pyg_mmrec import tune
+    p = sub.add_parser("tune", help="budgeted hyper-parameter search on validation (Optuna): "
+                                    "resumable, parallel, then the best setting on --seeds")
+    tune.add_arguments(p)
+    p.set_defaults(func=tune.cmd_tune)
     p = sub.add_parser("build-dataset", help="build an MMRec-format dataset with modality features",
                        add_help=True)
     if argv is None or "build-dataset" in argv:

@@ -16,6 +16,7 @@ hook                               called
 :meth:`Trainer.on_batch_end`       after every batch (its terms are logged)
 :meth:`Trainer.should_stop`        after every batch and epoch: honour a stop request?
 :meth:`Trainer.on_epoch_end`       after the last batch of every epoch
+:meth:`Trainer.on_validation`      after every validation: end training now?
 =================================  ================================================
 
 Only rank 0 writes files.
@@ -366,6 +367,22 @@ class Trainer:
         of it, so that all stop after the same batch."""
         return self._stop_requested
 
+    def on_validation(self, epoch: int, valid: Dict[str, float]) -> bool:
+        r"""Hook called after every validation of the training loop, once early
+        stopping and the best state have seen it.
+
+        Args:
+            epoch: the epoch just validated (from 0).
+            valid: its validation metrics ``{name: value}`` (validation only:
+                the test split is never read during training).
+
+        Returns:
+            ``True`` to end training after this epoch exactly as early stopping
+            does (best state restored, ``stopped_early`` set); hyper-parameter
+            search prunes hopeless trials here. The default never stops.
+        """
+        return False
+
     def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
         """The model's auxiliary (estimator) loss of a batch, ``None`` to skip the
         estimator step (distributed training makes all ranks agree on that)."""
@@ -683,6 +700,8 @@ class Trainer:
                     self.best_state = clone_state_dict(self.model)
                     self.best_epoch, self.best_valid = epoch, dict(valid)
                 record["best_epoch"] = self.best_epoch
+                if self.on_validation(epoch, dict(valid)):
+                    stop = True
             self._log(record)
             self._say(self._format(record))
             self.epoch, self.batch = epoch + 1, 0
