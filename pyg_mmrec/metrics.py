@@ -365,11 +365,18 @@ def chunked_topk(
 def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
                   chunk_size, scorer, num_items):
     with torch.no_grad():
+        buffer = None
+        if scorer is None and users.numel() > 0:
+            # one [chunk, I] score buffer for every chunk: a fresh allocation per chunk costs
+            # page faults on every chunk (about a third of the time at 1M items)
+            buffer = torch.empty(min(chunk_size, users.numel()), item_matrix.size(0),
+                                 dtype=torch.result_type(user_emb, item_matrix),
+                                 device=item_matrix.device)
         for start in range(0, users.numel(), chunk_size):
             u = users[start:start + chunk_size]
             owned = True  # may we write into `scores`?
             if scorer is None:
-                scores = user_emb[u] @ item_matrix.t()
+                scores = torch.matmul(user_emb[u], item_matrix.t(), out=buffer[:u.numel()])
             else:
                 scores = scorer(u)
                 if scores.shape != (u.numel(), num_items):
