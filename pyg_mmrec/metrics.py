@@ -341,20 +341,23 @@ def chunked_topk(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
 
-    # exclusions as a CSR over user ids (only up to the largest id involved)
-    if exclude:
-        excl = torch.cat([e.to(device=device, dtype=torch.long) for e in exclude], 1)
-    else:
-        excl = torch.empty(2, 0, dtype=torch.long, device=device)
-    if candidates is not None and excl.size(1) > 0:
-        # item id -> position among the candidates (-1: not ranked)
-        position = torch.full((num_items,), -1, dtype=torch.long, device=device)
-        position[candidates] = torch.arange(num_ranked, device=device)
-        col = position[excl[1]]
-        excl = torch.stack([excl[0], col])[:, col >= 0]
-    span = max(int(users.max()) + 1 if users.numel() else 0,
-               int(excl[0].max()) + 1 if excl.size(1) else 0)
-    x_rowptr, x_col = _csr_by_user(excl, span)
+    # exclusions of the requested users only, as a CSR over user ids: a recommendation for a
+    # few users then costs one pass over the excluded pairs, not a sort of all of them
+    x_rowptr = x_col = None
+    excl = [e for e in exclude if e.numel() > 0]
+    if excl and users.numel() > 0:
+        excl = torch.cat([e.to(device=device, dtype=torch.long) for e in excl], 1)
+        wanted = torch.zeros(max(int(users.max()), int(excl[0].max())) + 1,
+                             dtype=torch.bool, device=device)
+        wanted[users] = True
+        excl = excl[:, wanted[excl[0]]]
+        if candidates is not None:
+            # item id -> position among the candidates (-1: not ranked)
+            position = torch.full((num_items,), -1, dtype=torch.long, device=device)
+            position[candidates] = torch.arange(num_ranked, device=device)
+            col = position[excl[1]]
+            excl = torch.stack([excl[0], col])[:, col >= 0]
+        x_rowptr, x_col = _csr_by_user(excl, int(users.max()) + 1)
     item_matrix = None
     if scorer is None:
         item_matrix = item_emb if candidates is None else item_emb[candidates]
@@ -387,11 +390,12 @@ def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
                     scores, owned = scores[:, candidates], True  # advanced indexing copies
             if scores.dtype in (torch.float16, torch.bfloat16):
                 scores, owned = scores.float(), True
-            row, col = _gather_rows(x_rowptr, x_col, u)
-            if owned:
-                scores[row, col] = -math.inf  # our own buffer: in place
-            else:  # the scorer's tensor may be shared: do not write into it
-                scores = scores.index_put((row, col), scores.new_tensor(-math.inf))
+            if x_rowptr is not None:
+                row, col = _gather_rows(x_rowptr, x_col, u)
+                if owned:
+                    scores[row, col] = -math.inf  # our own buffer: in place
+                else:  # the scorer's tensor may be shared: do not write into it
+                    scores = scores.index_put((row, col), scores.new_tensor(-math.inf))
             top = scores.topk(k, dim=1)
             items = top.indices if candidates is None else candidates[top.indices]
             yield u, items, top.values
