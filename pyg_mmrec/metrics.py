@@ -237,13 +237,71 @@ def _check_ids(name: str, ids: Tensor, upper: Optional[int], what: str) -> None:
             raise ValueError(f"{name}: {what} ids must be in {bound}, got [{lo}, {hi}]")
 
 
+class ExclusionIndex:
+    r"""(user, item) pairs never to recommend, grouped by user once (a CSR over user ids).
+
+    :func:`chunked_topk` accepts it as ``exclude``: each call then reads only the requested
+    users' rows, instead of passing over every pair (e.g. all training interactions) on every
+    call, which is what a service answering one user at a time needs.
+
+    Args:
+        edge_indices (LongTensor or list): ``[2, E]`` (user, item) pairs, or a list of them.
+        num_items (int): :math:`I`; item ids must be in ``[0, num_items)``.
+        num_users (int, optional): :math:`U`; user ids must be in ``[0, num_users)``
+            (default: the largest user id + 1; users beyond it have no excluded items).
+
+    Attributes:
+        rowptr (LongTensor): ``[num_users + 1]``; user :math:`u`'s excluded items are
+            ``col[rowptr[u]:rowptr[u + 1]]``.
+        col (LongTensor): ``[E]`` item ids.
+    """
+
+    def __init__(self, edge_indices: Union[Tensor, Sequence[Tensor]], num_items: int,
+                 num_users: Optional[int] = None) -> None:
+        edge_indices = _as_edge_list("edge_indices", edge_indices)
+        for j, ei in enumerate(edge_indices):
+            _check_edge_index(f"edge_indices[{j}]", ei, num_users, num_items)
+        if edge_indices:
+            pairs = torch.cat([e.to(edge_indices[0].device, torch.long) for e in edge_indices], 1)
+        else:
+            pairs = torch.empty(2, 0, dtype=torch.long)
+        if num_users is None:
+            num_users = int(pairs[0].max()) + 1 if pairs.size(1) else 0
+        self.num_users, self.num_items = int(num_users), int(num_items)
+        self.rowptr, self.col = _csr_by_user(pairs, self.num_users)
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    @property
+    def num_pairs(self) -> int:
+        return self.col.numel()
+
+    def to(self, device) -> "ExclusionIndex":
+        out = ExclusionIndex.__new__(ExclusionIndex)
+        out.num_users, out.num_items = self.num_users, self.num_items
+        out.rowptr, out.col = self.rowptr.to(device), self.col.to(device)
+        return out
+
+    def items_of(self, user: int) -> Tensor:
+        r"""The excluded item ids of one user."""
+        if not 0 <= user < self.num_users:
+            return self.col.new_empty(0)
+        return self.col[int(self.rowptr[user]):int(self.rowptr[user + 1])]
+
+    def __repr__(self) -> str:
+        return (f"ExclusionIndex(num_users={self.num_users}, num_items={self.num_items}, "
+                f"num_pairs={self.num_pairs})")
+
+
 def chunked_topk(
     user_emb: Optional[Tensor],
     item_emb: Optional[Tensor],
     users: Tensor,
     k: int,
     *,
-    exclude: Union[None, Tensor, Sequence[Tensor]] = None,
+    exclude: Union[None, Tensor, Sequence[Tensor], ExclusionIndex] = None,
     candidates: Optional[Tensor] = None,
     chunk_size: Optional[int] = None,
     scorer: Optional[Scorer] = None,
@@ -279,6 +337,8 @@ def chunked_topk(
             :math:`-\infty`. If fewer than :math:`k` items remain for a user,
             the trailing slots have score :math:`-\infty` and their item ids
             are excluded items: drop them with ``torch.isinf(top_scores)``.
+            An :class:`ExclusionIndex` built once from the pairs gives the same
+            result and avoids a pass over all pairs at every call.
         candidates (LongTensor, optional): ``[C]`` distinct item ids; only
             these items are ranked. Returned ids are still real item ids.
         chunk_size (int, optional): users per chunk (default: about 16M
@@ -319,9 +379,17 @@ def chunked_topk(
                   else item_emb.device if item_emb is not None else users.device)
     _check_ids("users", users, num_users, "user")
     users = users.to(device=device, dtype=torch.long)
-    exclude = _as_edge_list("exclude", exclude)
-    for j, ei in enumerate(exclude):
-        _check_edge_index(f"exclude[{j}]", ei, num_users, num_items)
+    if isinstance(exclude, ExclusionIndex):
+        if exclude.num_items != num_items:
+            raise ValueError(f"exclude: an ExclusionIndex over {exclude.num_items} items, "
+                             f"expected {num_items}")
+        if num_users is not None and exclude.num_users > num_users:
+            raise ValueError(f"exclude: an ExclusionIndex over {exclude.num_users} users, "
+                             f"expected at most {num_users}")
+    else:
+        exclude = _as_edge_list("exclude", exclude)
+        for j, ei in enumerate(exclude):
+            _check_edge_index(f"exclude[{j}]", ei, num_users, num_items)
     if candidates is not None:
         _check_ids("candidates", candidates, num_items, "item")
         candidates = candidates.to(device=device, dtype=torch.long)
@@ -341,31 +409,36 @@ def chunked_topk(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
 
-    # exclusions of the requested users only, as a CSR over user ids: a recommendation for a
-    # few users then costs one pass over the excluded pairs, not a sort of all of them
-    x_rowptr = x_col = None
-    excl = [e for e in exclude if e.numel() > 0]
-    if excl and users.numel() > 0:
-        excl = torch.cat([e.to(device=device, dtype=torch.long) for e in excl], 1)
-        wanted = torch.zeros(max(int(users.max()), int(excl[0].max())) + 1,
-                             dtype=torch.bool, device=device)
-        wanted[users] = True
-        excl = excl[:, wanted[excl[0]]]
-        if candidates is not None:
-            # item id -> position among the candidates (-1: not ranked)
-            position = torch.full((num_items,), -1, dtype=torch.long, device=device)
-            position[candidates] = torch.arange(num_ranked, device=device)
-            col = position[excl[1]]
-            excl = torch.stack([excl[0], col])[:, col >= 0]
-        x_rowptr, x_col = _csr_by_user(excl, int(users.max()) + 1)
+    x_rowptr = x_col = position = None
+    if isinstance(exclude, ExclusionIndex):
+        if exclude.num_pairs > 0 and users.numel() > 0:
+            x_rowptr, x_col = exclude.rowptr.to(device), exclude.col.to(device)
+            extra = int(users.max()) + 1 - exclude.num_users
+            if extra > 0:  # users beyond the index exclude nothing
+                x_rowptr = torch.cat([x_rowptr, x_rowptr[-1:].expand(extra)])
+    else:
+        # the requested users' pairs only, as a CSR over user ids: a recommendation for a
+        # few users then costs one pass over the pairs, not a sort of all of them
+        excl = [e for e in exclude if e.numel() > 0]
+        if excl and users.numel() > 0:
+            excl = torch.cat([e.to(device=device, dtype=torch.long) for e in excl], 1)
+            wanted = torch.zeros(max(int(users.max()), int(excl[0].max())) + 1,
+                                 dtype=torch.bool, device=device)
+            wanted[users] = True
+            excl = excl[:, wanted[excl[0]]]
+            x_rowptr, x_col = _csr_by_user(excl, int(users.max()) + 1)
+    if x_rowptr is not None and candidates is not None:
+        # item id -> position among the candidates (-1: not ranked)
+        position = torch.full((num_items,), -1, dtype=torch.long, device=device)
+        position[candidates] = torch.arange(num_ranked, device=device)
     item_matrix = None
     if scorer is None:
         item_matrix = item_emb if candidates is None else item_emb[candidates]
-    return _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
-                         chunk_size, scorer, num_items)
+    return _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, position,
+                         candidates, chunk_size, scorer, num_items)
 
 
-def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
+def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, position, candidates,
                   chunk_size, scorer, num_items):
     with torch.no_grad():
         buffer = None
@@ -392,6 +465,9 @@ def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
                 scores, owned = scores.float(), True
             if x_rowptr is not None:
                 row, col = _gather_rows(x_rowptr, x_col, u)
+                if position is not None:  # item ids -> columns among the candidates
+                    col = position[col]
+                    row, col = row[col >= 0], col[col >= 0]
                 if owned:
                     scores[row, col] = -math.inf  # our own buffer: in place
                 else:  # the scorer's tensor may be shared: do not write into it
@@ -508,5 +584,5 @@ def evaluate_full_ranking(
     return Metrics(sums, users.numel(), split)
 
 
-__all__ = ["Metrics", "evaluate_full_ranking", "chunked_topk", "metric_sums_from_hits",
+__all__ = ["Metrics", "evaluate_full_ranking", "chunked_topk", "ExclusionIndex", "metric_sums_from_hits",
            "topk_hits", "hits_of_top", "METRIC_NAMES", "DEFAULT_KS"]

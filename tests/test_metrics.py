@@ -5,7 +5,7 @@ import torch
 from torch_geometric.metrics import (LinkPredHitRatio, LinkPredMAP, LinkPredNDCG,
                                      LinkPredPrecision, LinkPredRecall)
 
-from pyg_mmrec.metrics import Metrics, evaluate_full_ranking
+from pyg_mmrec.metrics import ExclusionIndex, Metrics, evaluate_full_ranking
 
 L2 = math.log2
 
@@ -186,8 +186,13 @@ def test_chunked_topk_matches_brute_force(chunk_size, use_candidates, use_scorer
     exclude = [train, valid]
     emb = (None, None) if use_scorer else (user_emb, item_emb)
     scorer = (lambda u: S[u]) if use_scorer else None
+    index = ExclusionIndex(exclude, num_items=15)
     for k in (1, 4, num_ranked):  # k = every ranked item: -inf slots after the exclusions
         chunks = chunked_topk(*emb, users, k, exclude=exclude, candidates=candidates,
+                              chunk_size=chunk_size, scorer=scorer, num_items=15)
+        check_against_brute_force(chunks, S, users, k, exclude, candidates)
+        # the same pairs grouped by user once: the same ranking
+        chunks = chunked_topk(*emb, users, k, exclude=index, candidates=candidates,
                               chunk_size=chunk_size, scorer=scorer, num_items=15)
         check_against_brute_force(chunks, S, users, k, exclude, candidates)
     # a single [2, E] exclusion and no exclusion at all
@@ -312,3 +317,33 @@ def test_chunked_topk_bad_arguments():
         chunked_topk(user_emb, item_emb[:, :2], users, 1)
     with pytest.raises(ValueError, match=r"scorer: expected scores of shape \[4, 15\]"):
         next(chunked_topk(None, None, users, 1, scorer=lambda u: torch.zeros(4, 3), num_items=15))
+
+
+def test_exclusion_index():
+    from pyg_mmrec.metrics import chunked_topk
+    user_emb, item_emb, train, valid = integer_problem(10)
+    index = ExclusionIndex([train, valid], num_items=15)
+    assert index.num_pairs == train.size(1) + valid.size(1)
+    for u in range(12):
+        expected = sorted(train[1, train[0] == u].tolist() + valid[1, valid[0] == u].tolist())
+        assert sorted(index.items_of(u).tolist()) == expected
+    assert index.items_of(99).numel() == 0
+    # pairs of low user ids only: higher users exclude nothing
+    low = train[:, train[0] < 4]
+    small = ExclusionIndex(low, num_items=15)
+    assert small.num_users == int(low[0].max()) + 1 < 12
+    users = torch.arange(12)
+    a = list(chunked_topk(user_emb, item_emb, users, 15, exclude=small, chunk_size=5))
+    b = list(chunked_topk(user_emb, item_emb, users, 15, exclude=low, chunk_size=5))
+    for (ua, ia, sa), (ub, ib, sb) in zip(a, b):
+        assert ua.equal(ub) and ia.equal(ib) and sa.equal(sb)
+    assert "num_pairs" in repr(index) and index.to("cpu").col.equal(index.col)
+    with pytest.raises(ValueError, match=r"edge_indices\[1\]: item ids must be in \[0, 15\)"):
+        ExclusionIndex([train, torch.tensor([[0], [15]])], num_items=15)
+    with pytest.raises(ValueError, match=r"edge_indices\[0\]: user ids must be in \[0, 3\)"):
+        ExclusionIndex(train, num_items=15, num_users=3)
+    with pytest.raises(ValueError, match="exclude: an ExclusionIndex over 15 items, expected 20"):
+        chunked_topk(user_emb, torch.zeros(20, 3), users, 1, exclude=index)
+    with pytest.raises(ValueError, match="exclude: an ExclusionIndex over 12 users, expected "
+                                         "at most 5"):
+        chunked_topk(user_emb[:5], item_emb, torch.arange(5), 1, exclude=index)
