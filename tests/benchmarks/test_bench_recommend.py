@@ -58,7 +58,7 @@ def test_workers_write_what_the_driver_checks(bench, tmp_path):
     try:
         rows = [bench.worker("synthetic", m, 1, [3, 7], n_users=25, items=300, loop_users=6,
                              latency_queries=4, dense_gib=0.01, check_users=10, clock_name="cpu",
-                             data_root="unused", out_dir=str(tmp_path))
+                             data_root="unused", out_dir=str(tmp_path), min_time=0.01)
                 for m in _methods(bench)]
     finally:
         torch.set_num_threads(threads)
@@ -75,9 +75,22 @@ def test_workers_write_what_the_driver_checks(bench, tmp_path):
         assert equivalent == n == 6 or equivalent == n == 10
 
 
-def test_ml100k_shape(bench, data_root):
+def test_ml100k_rows_with_seen_items_excluded(bench, data_root, tmp_path):
     num_users, num_items, train = bench.ml100k_interactions(data_root)
     assert (num_users, num_items) == (943, 1682) and train.shape == (2, 80000)
+    seen = set(map(tuple, train.t().tolist()))
+    threads = torch.get_num_threads()
+    try:
+        for method in bench.EXCLUDING:
+            bench.worker("ml100k", method, 1, [20], n_users=0, items=0, loop_users=1,
+                         latency_queries=2, dense_gib=1, check_users=50, clock_name="cpu",
+                         data_root=str(data_root), out_dir=str(tmp_path), min_time=0.0)
+    finally:
+        torch.set_num_threads(threads)
+    edge_list = torch.load(tmp_path / f"ml100k_{bench.EXCLUDED}_1_20.pt")["ids"]
+    index = torch.load(tmp_path / f"ml100k_{bench.EXCLUDED_INDEX}_1_20.pt")["ids"]
+    assert edge_list.equal(index) and edge_list.shape == (50, 20)
+    assert not any((u, i) in seen for u, row in enumerate(edge_list.tolist()) for i in row)
 
 
 def test_bad_arguments(bench):
