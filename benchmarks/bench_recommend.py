@@ -50,8 +50,8 @@ Usage::
         [--users 500] [--ks 10,100] [--threads 1,2] [--methods chunked,dense,loop,faiss]
         [--loop-users 100] [--min-time 1] [--latency-queries 100] [--dense-gib 2] [--quick]
 
-``--quick``: 100k synthetic items, 500 users, 1 thread. The full figures in the docs come
-from ``--users 10000``.
+``--quick``: 100k synthetic items, 500 users, 1 thread. ``--users 10000`` for a longer,
+steadier throughput figure on the synthetic catalog.
 """
 from __future__ import annotations
 
@@ -123,8 +123,9 @@ def embeddings(num_users: int, num_items: int, dim: int = DIM, seed: int = 0):
     import torch
     g = torch.Generator().manual_seed(seed)
     scale = 1.0 / math.sqrt(dim)
-    return (torch.randn(num_users, dim, generator=g) * scale,
-            torch.randn(num_items, dim, generator=g) * scale)
+    # scaled in place: a temporary copy of the catalog would set the worker's peak RSS
+    return (torch.randn(num_users, dim, generator=g).mul_(scale),
+            torch.randn(num_items, dim, generator=g).mul_(scale))
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -397,7 +398,8 @@ def main(argv=None) -> int:
         methods.remove("faiss")
     print(f"# bench_recommend: datasets {datasets}, synthetic {args.items:,} items x "
           f"{args.users:,} users, d = {DIM}, ks {args.ks}, threads {args.threads}, "
-          f"methods {methods}", flush=True)
+          f"methods {methods}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          f"CPUs", flush=True)
     rows, exactness = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_recommend_") as tmp:
         for dataset in datasets:
@@ -436,6 +438,8 @@ def main(argv=None) -> int:
                              "(same ids, or the same float64 scores within "
                              f"{SCORE_TOL:g} where near-ties are ordered differently)"
                              if not bad else f"MISMATCH {bad}"))
+    print(f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          f"(wall-clock rows are only meaningful on an otherwise idle machine).")
     print(f"Throughput clock: CPU seconds of the worker at 1 thread, wall seconds at more "
           f"(unless --clock); latency over {args.latency_queries} single-user queries.")
     if args.json:
