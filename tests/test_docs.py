@@ -241,6 +241,26 @@ def check_cli(args: List[str], full: bool = True) -> None:
     if full:
         code, text = _parse_quietly(cli_parser(), args)
         assert code == 0, f"the parser rejects the documented line:\n{text}"
+        if sub == "train":
+            check_train_config(cli_parser().parse_args(args))
+
+
+def check_train_config(ns: argparse.Namespace) -> None:
+    r"""The model, plug-in, ``--config``/``--set``/``--grid`` keys and ``--missing`` specs of a
+    documented ``train`` line are valid: the checks ``train`` runs before any training."""
+    from pyg_mmrec.config import (build_config, config_overrides, grid_settings,
+                                  parse_assignments, parse_grid)
+    from pyg_mmrec.data.missing import parse_missing_spec
+    overrides = config_overrides(REPO / ns.config) if ns.config else {}
+    overrides.update(parse_assignments(ns.set))
+    for flag in ("epochs", "lr", "batch_size", "patience", "eval_every", "weight_decay",
+                 "metric", "topk"):
+        if getattr(ns, flag, None) is not None:
+            overrides[f"train.{flag}"] = getattr(ns, flag)
+    for setting in grid_settings(parse_grid(ns.grid)):
+        build_config(ns.model, {**overrides, **setting}, ns.plugin)
+    for spec in ns.missing or ["natural"]:
+        parse_missing_spec(spec)
 
 
 @lru_cache(maxsize=None)
