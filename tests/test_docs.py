@@ -223,7 +223,9 @@ def _flags(args: List[str]) -> List[str]:
 def check_cli(args: List[str], full: bool = True) -> None:
     r"""``full``: the line is a whole command (a code block), so it must also parse as
     one; an inline reference such as `python -m pyg_mmrec train` only names things."""
-    assert args, "`python -m pyg_mmrec` without a subcommand"
+    if not args:  # inline, the program's name alone is a mention, not a command
+        assert not full, "`python -m pyg_mmrec` without a subcommand"
+        return
     if args[0].startswith("-"):  # options of the program itself, e.g. --help
         code, text = _parse_quietly(cli_parser(), args)
         assert code == 0, f"`python -m pyg_mmrec {' '.join(args)}` failed:\n{text}"
