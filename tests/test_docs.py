@@ -46,6 +46,8 @@ PENDING_MERGE: Dict[str, str] = {
     "subcommand:export": "wt-infer",
     "flag:train:--cold-items": "wt-infer",
     "attr:pyg_mmrec.load": "wt-infer",
+    "file:docs/inference.md": "wt-infer",
+    "file:examples/recommend.py": "wt-infer",
     "subcommand:tune": "wt-tune",
     "file:docs/tuning.md": "wt-tune",
     "file:docs/errors.md": "wt-cli",
