@@ -50,11 +50,6 @@ PENDING_MERGE: Dict[str, str] = {
     "attr:pyg_mmrec.load": "wt-infer",
     "file:docs/inference.md": "wt-infer",
     "file:examples/recommend.py": "wt-infer",
-    "subcommand:tune": "wt-tune",
-    "file:docs/tuning.md": "wt-tune",
-    "file:docs/errors.md": "wt-cli",
-    "file:benchmarks/bench_startup.py": "wt-cli",
-    "file:benchmarks/bench_recommend.py": "wt-recbench",
 }
 
 #: documents whose commands are bad on purpose (the table of bad inputs and their errors);
