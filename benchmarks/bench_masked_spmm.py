@@ -23,7 +23,8 @@ checks that read rowptr/col values, a device sync each on CUDA, are skipped). Th
 memcpy line is the machine's measured copy bandwidth (read + write).
 
 Run: ``python benchmarks/bench_masked_spmm.py`` (``--quick`` for a small run; on a shared,
-oversubscribed machine add ``--threads 1 --clock cpu`` to time CPU work instead of waiting).
+oversubscribed machine add ``--threads 1 --clock cpu`` to time CPU work instead of waiting;
+``--device cuda`` times the CUDA kernels, torch.sparse then being cuSPARSE).
 """
 import argparse
 import statistics
@@ -101,13 +102,14 @@ class MaskedMeanConv(MessagePassing):
 
 def renormalised_values(rowptr, row, col, value, mask):
     w = value * mask[col].to(value.dtype)
-    wsum = torch.zeros(rowptr.numel() - 1, dtype=value.dtype).index_add_(0, row, w)
+    wsum = torch.zeros(rowptr.numel() - 1, dtype=value.dtype,
+                       device=value.device).index_add_(0, row, w)
     return w / torch.where(wsum != 0, wsum, torch.ones_like(wsum))[row]
 
 
 def make_impls(rowptr, col, value):
     n = rowptr.numel() - 1
-    row = torch.repeat_interleave(torch.arange(n), rowptr.diff())
+    row = torch.repeat_interleave(torch.arange(n, device=rowptr.device), rowptr.diff())
     edge_index = torch.stack([row, col])
     csc = csr_transpose(rowptr, col, n)
     conv = MaskedMeanConv()
@@ -136,13 +138,21 @@ def make_impls(rowptr, col, value):
     return impls
 
 
+def synchronize(device):
+    # CUDA kernels run asynchronously: time them to completion.
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_fwd_bwd(fn, x, mask, reps, clock=time.perf_counter):
     times = []
     for it in range(reps + 1):  # the first run warms up allocator and caches
         x.grad = None
+        synchronize(x.device)
         t0 = clock()
         out = fn(x, mask)
         out.backward(torch.ones_like(out))
+        synchronize(x.device)
         dt = clock() - t0
         if it > 0:
             times.append(dt)
@@ -162,7 +172,9 @@ def ideal_bytes(rowptr, col, mask, feat, elem=4):
     return fwd + bwd
 
 
-def available_memory():
+def available_memory(device="cpu"):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -172,30 +184,34 @@ def available_memory():
     return float("inf")
 
 
-def memcpy_bandwidth(num_bytes=512 << 20, reps=10, clock=time.perf_counter):
-    src = torch.empty(num_bytes // 4)
+def memcpy_bandwidth(num_bytes=512 << 20, reps=10, clock=time.perf_counter, device="cpu"):
+    src = torch.empty(num_bytes // 4, device=device)
     src.fill_(1.0)
     dst = torch.empty_like(src)
     times = []
     for _ in range(reps):
+        synchronize(device)
         t0 = clock()
         dst.copy_(src)
+        synchronize(device)
         times.append(clock() - t0)
     return 2 * num_bytes / statistics.median(times)  # read + write
 
 
-def run_graph(name, rowptr, col, value, feat, reps, max_gather_edges, clock):
+def run_graph(name, rowptr, col, value, feat, reps, max_gather_edges, clock, device="cpu"):
     n = rowptr.numel() - 1
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, feat, generator=gen).requires_grad_()
-    mask = torch.rand(n, generator=gen) < 0.5
+    x = torch.randn(n, feat, generator=gen).to(device).requires_grad_()
+    mask = (torch.rand(n, generator=gen) < 0.5).to(device)
+    rowptr, col, value = rowptr.to(device), col.to(device), value.to(device)
     impls = make_impls(rowptr, col, value)
     # gather/scatter materialises about four [E, F] tensors (messages and their gradients).
     need = 4 * col.numel() * feat * x.element_size()
-    if col.numel() > max_gather_edges or need > 0.8 * available_memory():
+    free = available_memory(device)
+    if col.numel() > max_gather_edges or need > 0.8 * free:
         impls.pop("PyG gather/scatter")
         print(f"  [{name}] PyG gather/scatter skipped: needs ~{need / 2**30:.1f} GiB, "
-              f"{available_memory() / 2**30:.1f} GiB available", flush=True)
+              f"{free / 2**30:.1f} GiB available", flush=True)
     # Same output everywhere (before timing).
     ref = impls["masked_spmm (ours)"](x, mask).detach()
     for key, fn in impls.items():
@@ -227,7 +243,14 @@ def main():
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (robust on a shared, oversubscribed machine; "
                         "use with --threads 1, as it also counts idle spinning of extra threads)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (on CUDA torch.sparse.mm is cuSPARSE; wall clock)")
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA GPU is visible to torch")
+        if args.clock == "cpu":
+            parser.error("--clock cpu does not time GPU kernels; use the wall clock on CUDA")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else max(args.reps, 10)
@@ -243,15 +266,16 @@ def main():
         if key in wanted:
             graphs.append((f"random {key}", *random_graph(num_edges)))
 
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, F={args.feat}, "
+    print(f"torch {torch.__version__}, device={args.device}, threads={torch.get_num_threads()}, "
+          f"F={args.feat}, "
           f"50% nodes masked, reduce=mean, fwd+bwd(x), median of {reps} runs "
           f"({args.clock} clock), "
           f"WITH_EXT={WITH_EXT}, torch_sparse={'yes' if torch_sparse else 'not installed'}")
-    bw = memcpy_bandwidth(clock=clock)
+    bw = memcpy_bandwidth(clock=clock, device=args.device)
     rows = []
     for name, rowptr, col, value in graphs:
         rows += run_graph(name, rowptr, col, value, args.feat, reps, args.max_gather_edges,
-                          clock)
+                          clock, args.device)
 
     head = f"{'graph':<18} {'nodes':>9} {'edges':>10} {'method':<26} {'ms':>10} " \
            f"{'x ours':>8} {'GB/s':>7}"
@@ -259,7 +283,9 @@ def main():
     print("-" * len(head))
     for name, n, e, key, ms, ratio, gbs in rows:
         print(f"{name:<18} {n:>9,} {e:>10,} {key:<26} {ms:>10.2f} {ratio:>8.2f} {gbs:>7.2f}")
-    print(f"memcpy bandwidth (read+write, {torch.get_num_threads()} threads): {bw / 1e9:.2f} GB/s")
+    where = args.device if torch.device(args.device).type == "cuda" \
+        else f"{torch.get_num_threads()} threads"
+    print(f"memcpy bandwidth (read+write, {where}): {bw / 1e9:.2f} GB/s")
     if torch_sparse is None:
         print("torch_sparse.matmul: not installed (pip install torch-sparse), not measured")
 

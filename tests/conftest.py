@@ -26,6 +26,20 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
+def cuda_usable() -> bool:
+    """Whether CUDA test cases can run here (a GPU visible to a CUDA build of torch)."""
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    """The device of an op/layer/model test: every such test runs on the CPU and, on a machine
+    with a GPU, on CUDA (the CUDA cases skip here otherwise)."""
+    if request.param == "cuda" and not cuda_usable():
+        pytest.skip("CUDA is not available")
+    return torch.device(request.param)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

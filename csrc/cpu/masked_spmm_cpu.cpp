@@ -115,9 +115,15 @@ PYG_MMREC_INLINE void forward_block(const ForwardArgs<scalar_t, index_t>& a, int
         for (int f = 0; f < BF; ++f) acc[f] += w * static_cast<acc_t>(xr[f]);
       }
     }
-    const acc_t scale = !a.mean ? acc_t(1) : (ws != acc_t(0) ? acc_t(1) / ws : acc_t(0));
     scalar_t* __restrict o = a.out + i * F + f0;
-    for (int64_t f = 0; f < (TAIL ? len : BF); ++f) o[f] = static_cast<scalar_t>(acc[f] * scale);
+    if (a.mean && ws == acc_t(0)) {
+      // Exactly 0 as in the definition: `acc * 0` would be NaN when a present row holds inf.
+      for (int64_t f = 0; f < (TAIL ? len : BF); ++f) o[f] = scalar_t(0);
+    } else {
+      const acc_t scale = a.mean ? acc_t(1) / ws : acc_t(1);
+      for (int64_t f = 0; f < (TAIL ? len : BF); ++f)
+        o[f] = static_cast<scalar_t>(acc[f] * scale);
+    }
     if (f0 == 0) a.wsum[i] = static_cast<scalar_t>(ws);
   }
 }
@@ -165,6 +171,9 @@ PYG_MMREC_INLINE void backward_x_block(const BackwardXArgs<scalar_t, index_t>& a
       for (int64_t k = a.colptr[j]; k < k1; ++k) {
         prefetch_next();
         const int64_t i = a.row_t[k];
+        // A "mean" row with weight sum 0 outputs exactly 0, so it passes no gradient (not
+        // `0 * grad_out`, NaN where grad_out holds inf).
+        if (a.inv_wsum != nullptr && a.inv_wsum[i] == acc_t(0)) continue;
         acc_t c = a.value != nullptr ? static_cast<acc_t>(a.value[a.perm[k]]) : acc_t(1);
         if (a.inv_wsum != nullptr) c *= a.inv_wsum[i];
         const scalar_t* __restrict gr = a.grad_out + i * F + f0;

@@ -61,6 +61,23 @@ def _ext_devices() -> frozenset:
 EXT_DEVICES = _ext_devices()
 
 
+def _cuda_fallback_message(cuda_available: bool, with_ext: bool, ext_devices) -> Optional[str]:
+    """Why CUDA tensors would run the reference instead of a kernel (None when they do not)."""
+    if not cuda_available or "cuda" in ext_devices:
+        return None
+    why = ("pyg_mmrec._C is not loaded" if not with_ext
+           else "pyg_mmrec._C was built without its CUDA kernels")
+    return (f"masked_spmm: a GPU is available but {why}, so CUDA tensors run the slow "
+            f"pure-PyTorch reference; rebuild with a CUDA build of torch and CUDA_HOME set "
+            f"(FORCE_CUDA=1 python setup.py build_ext --inplace)")
+
+
+# Said once, at import, where the user can still act on it (not in every training step).
+_CUDA_FALLBACK = _cuda_fallback_message(torch.cuda.is_available(), WITH_EXT, EXT_DEVICES)
+if _CUDA_FALLBACK is not None and os.environ.get("PYG_MMREC_DISABLE_EXT", "0") != "1":
+    warnings.warn(_CUDA_FALLBACK, RuntimeWarning, stacklevel=2)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation (the C++ ops run the same checks; this covers the fallback and gives ValueErrors
 # before anything is dispatched).

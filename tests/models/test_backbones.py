@@ -37,7 +37,8 @@ def build(name, num_modalities=2, masked=False, **kw):
 def batch(edge_index, seed=1):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, edge_index.size(1), (32,), generator=g)
-    return edge_index[0, idx], edge_index[1, idx], torch.randint(0, I, (32,), generator=g)
+    neg = torch.randint(0, I, (32,), generator=g).to(edge_index.device)
+    return edge_index[0, idx.to(edge_index.device)], edge_index[1, idx.to(edge_index.device)], neg
 
 
 @pytest.mark.parametrize("name", ID_ONLY + MULTIMODAL)
@@ -51,8 +52,9 @@ def test_yaml_keys_are_constructor_hparams(name):
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("num_modalities", [1, 2, 3])
 @pytest.mark.parametrize("name", ID_ONLY + MULTIMODAL)
-def test_forward_backward(name, num_modalities, masked):
+def test_forward_backward(device, name, num_modalities, masked):
     model, ei = build(name, num_modalities, masked)
+    model, ei = model.to(device), ei.to(device)
     model.train()
     model.on_epoch_start(0)
     out = model()
@@ -78,8 +80,9 @@ def test_forward_backward(name, num_modalities, masked):
 
 
 @pytest.mark.parametrize("name", ID_ONLY + MULTIMODAL)
-def test_loss_decreases(name):
+def test_loss_decreases(device, name):
     model, ei = build(name, 2, masked=True)
+    model, ei = model.to(device), ei.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     model.on_epoch_start(0)

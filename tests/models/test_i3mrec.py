@@ -56,12 +56,13 @@ def test_registry_and_yaml_match_constructor():
     assert model.penalty_coeff == 300.0 and model.embedding_size == 64
 
 
-def test_forward_shapes_and_loss_terms_with_random_masks():
-    model = build()
+def test_forward_shapes_and_loss_terms_with_random_masks(device):
+    model = build().to(device)
+    b = tuple(t.to(device) for t in batch())
     out = model()
     assert out.user.shape == (U, 16) and out.item.shape == (I, 16)
     assert set(out.item_modal) == set(out.user_modal) == {"image", "text"}
-    terms = model.loss(*batch())
+    terms = model.loss(*b)
     assert set(terms) == {"bpr_fused", "bpr_modal", "vrex", "infonce", "club", "reg"}
     loss = sum(terms.values())
     assert torch.isfinite(loss)
@@ -73,7 +74,7 @@ def test_forward_shapes_and_loss_terms_with_random_masks():
         else:
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
     model.zero_grad()
-    model.auxiliary_loss(*batch()).backward()
+    model.auxiliary_loss(*b).backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == (id(p) in aux_ids), name
 
@@ -191,10 +192,10 @@ def test_determinism_per_seed():
     assert not torch.allclose(a, c)
 
 
-def test_training_reduces_loss():
-    model = build(fusion_dropout=0.0)
+def test_training_reduces_loss(device):
+    model = build(fusion_dropout=0.0).to(device)
     opt, aux_opt = optimisers(model, lr=5e-2)
-    b = batch(n=128)
+    b = tuple(t.to(device) for t in batch(n=128))
     first = sum(v.item() for k, v in step(model, opt, aux_opt, b).items())
     for _ in range(30):
         last = sum(v.item() for k, v in step(model, opt, aux_opt, b).items())

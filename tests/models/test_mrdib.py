@@ -119,9 +119,9 @@ def test_enabled_does_not_touch_backbone_init_or_rng():
     assert not torch.equal(MRdIB(toy(), seed=4).encoder.weight, model.encoder.weight)
 
 
-def test_enabled_adds_terms_gradients_and_changes_scores():
-    model = MRdIB(toy(), latent_dim=6).train()
-    u, p, n = batch(0)
+def test_enabled_adds_terms_gradients_and_changes_scores(device):
+    model = MRdIB(toy(), latent_dim=6).to(device).train()
+    u, p, n = (t.to(device) for t in batch(0))
     terms = model.loss(u, p, n)
     assert {"mrdib_kl", "mrdib_unique", "mrdib_redundant", "mrdib_synergy"} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())

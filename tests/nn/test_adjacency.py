@@ -113,11 +113,11 @@ def test_empty_graph():
     assert torch.equal(out, torch.zeros(2, 4)) and torch.equal(ws, torch.zeros(2))
 
 
-def test_csr_spmm_matches_dense_and_passes_csc():
-    ei, w, ref = graph()
+def test_csr_spmm_matches_dense_and_passes_csc(device):
+    ei, w, ref = (t.to(device) for t in graph())
     adj = to_csr(ei, (5, 4), w)
-    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    mask = torch.tensor([True, False, True, True, False])
+    x = torch.randn(5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, False], device=device)
     out, ws = csr_spmm(adj, x, mask, reduce="sum")  # float32 weights follow x (float64)
     ref_m = ref * mask.double()
     assert torch.allclose(out, ref_m @ x) and torch.allclose(ws, ref_m.sum(1))

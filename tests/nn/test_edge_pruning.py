@@ -53,3 +53,14 @@ def test_bad_arguments():
         degree_sensitive_prune(star_graph(), 5, 6, 1.0)
     with pytest.raises(ValueError, match="edge_index"):
         degree_sensitive_prune(torch.zeros(2, 0, dtype=torch.long), 5, 6, 0.5)
+
+
+def test_draw_stays_on_the_device_of_its_graph(device):
+    ei = star_graph().to(device)
+    torch.manual_seed(0)
+    kept = degree_sensitive_prune(ei, 5, 6, 0.5)
+    assert kept.device == ei.device and kept.shape == (2, 4)
+    # every kept edge is a distinct edge of the graph
+    uniq = torch.unique(ei, dim=1)
+    assert torch.unique(kept, dim=1).size(1) == 4
+    assert (kept.t().unsqueeze(1) == uniq.t().unsqueeze(0)).all(-1).any(1).all()

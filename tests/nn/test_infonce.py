@@ -23,12 +23,12 @@ B = [[1.0, 1.0], [0.0, 1.0], [-1.0, 2.0]]
 C = [[3.0, -1.0], [1.0, 0.5], [0.2, 1.0]]
 
 
-def test_matches_hand_computation():
+def test_matches_hand_computation(device):
     tau = 0.5
-    got = InfoNCE(temperature=tau)(torch.tensor(A), torch.tensor(B))
+    got = InfoNCE(temperature=tau)(torch.tensor(A, device=device), torch.tensor(B, device=device))
     assert got.item() == pytest.approx(hand_loss(A, B, tau), rel=1e-5)
     # identity views, tau = 1: every row gives log(1 + e^-1)
-    eye = torch.eye(2)
+    eye = torch.eye(2, device=device)
     assert InfoNCE(temperature=1.0)(eye, eye).item() == pytest.approx(math.log(1 + math.exp(-1)))
 
 

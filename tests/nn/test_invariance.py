@@ -5,17 +5,17 @@ import torch.nn.functional as F
 from pyg_mmrec.nn.invariance import IRMPenalty, VRExPenalty
 
 
-def test_irm_zero_for_invariant_predictor():
+def test_irm_zero_for_invariant_predictor(device):
     # the predictor is exact (hence optimal under any rescaling) in every environment
-    y = [torch.randn(50), torch.randn(30) * 3, torch.randn(20) + 1]
+    y = [t.to(device) for t in (torch.randn(50), torch.randn(30) * 3, torch.randn(20) + 1)]
     logits = [t.clone().requires_grad_() for t in y]
     for unbiased in (False, True):
         pen = IRMPenalty(risk="mse", unbiased=unbiased)(logits, y)
         assert pen.abs().item() < 1e-10
 
 
-def test_irm_positive_for_non_invariant_predictor():
-    y = [torch.randn(50), torch.randn(50)]
+def test_irm_positive_for_non_invariant_predictor(device):
+    y = [torch.randn(50, device=device), torch.randn(50, device=device)]
     logits = [y[0] * 2.0, y[1] * 0.5]  # over-confident in one env, under in the other
     assert IRMPenalty(risk="mse")(logits, y).item() > 0.1
 

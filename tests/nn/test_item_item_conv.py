@@ -40,7 +40,7 @@ def mask_(seed=2):
 @pytest.mark.parametrize("norm", ["sym", "row", "none"])
 @pytest.mark.parametrize("renormalize", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_matches_dense_fused_and_unfused(norm, renormalize, weighted):
+def test_matches_dense_fused_and_unfused(device, norm, renormalize, weighted):
     ei, w = knn_like()
     w = w if weighted else None
     m = mask_()
@@ -51,7 +51,9 @@ def test_matches_dense_fused_and_unfused(norm, renormalize, weighted):
     if renormalize:
         p, f = Sm.sum(1), S.sum(1)
         ref = torch.where(p > 0, f / p.clamp_min(1e-30), torch.zeros_like(p))[:, None] * ref
-    conv = ItemItemConv(normalize=norm, renormalize=renormalize)
+    ei, w, m, x, S, ref = (t.to(device) if t is not None else None
+                           for t in (ei, w, m, x, S, ref))
+    conv = ItemItemConv(normalize=norm, renormalize=renormalize).to(device)
     fused = conv(x, ei, m, w)
     conv.fuse = False
     unfused = conv(x, ei, m, w)
@@ -89,11 +91,9 @@ def test_adjacency_formats(fmt, fuse):
     assert torch.allclose(conv(x, adj, m, ew), ref, atol=1e-5)
 
 
-def test_masked_items_never_sources():
-    ei, w = knn_like()
-    m = mask_()
-    x = torch.randn(I, 4)
-    conv = ItemItemConv()
+def test_masked_items_never_sources(device):
+    ei, w, m, x = (t.to(device) for t in (*knn_like(), mask_(), torch.randn(I, 4)))
+    conv = ItemItemConv().to(device)
     out = conv(x, ei, m, w)
     x2 = x.clone()
     x2[~m] = float("nan")

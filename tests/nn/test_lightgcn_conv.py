@@ -28,11 +28,11 @@ def item_mask(seed=1):
     return m
 
 
-def test_one_layer_matches_dense():
+def test_one_layer_matches_dense(device):
     ei = interactions()
-    conv = LightGCNConv(U, I, ei)
+    conv = LightGCNConv(U, I, ei).to(device)
     x = torch.randn(U + I, 4, dtype=torch.float64)
-    assert torch.allclose(conv(x), dense_norm_adj(ei) @ x)
+    assert torch.allclose(conv(x.to(device)).cpu(), dense_norm_adj(ei) @ x)
     assert conv.col.numel() == 2 * torch.unique(ei[0] * I + ei[1]).numel()
 
 
@@ -45,32 +45,35 @@ def test_masked_without_renormalisation_drops_terms():
     assert torch.allclose(conv(x, m), (A * node_mask.double()) @ x)
 
 
-def test_masked_with_renormalisation():
+def test_masked_with_renormalisation(device):
     ei, m = interactions(), item_mask()
-    conv = LightGCNConv(U, I, ei, renormalize=True)
+    conv = LightGCNConv(U, I, ei, renormalize=True).to(device)
     x = torch.randn(U + I, 4, dtype=torch.float64)
     A = dense_norm_adj(ei)
+    # Computed on `device`, compared on the CPU.
+    def run(x, m):
+        return conv(x.to(device), m.to(device)).cpu()
     Am = A * torch.cat([torch.ones(U), m.double()])
     present, full = Am.sum(1), A.sum(1)
     scale = torch.where(present > 0, full / present.clamp_min(1e-30), torch.zeros_like(full))
-    assert torch.allclose(conv(x, m), scale[:, None] * (Am @ x))
+    assert torch.allclose(run(x, m), scale[:, None] * (Am @ x))
     # nothing missing -> exactly plain LightGCN
-    assert torch.allclose(conv(x, torch.ones(I, dtype=torch.bool)), A @ x)
+    assert torch.allclose(run(x, torch.ones(I, dtype=torch.bool)), A @ x)
     # a user whose items are all missing receives nothing
     only = torch.zeros(I, dtype=torch.bool)
-    out = conv(x, only)
+    out = run(x, only)
     assert torch.equal(out[:U], torch.zeros(U, 4, dtype=torch.float64))
     assert torch.allclose(out[U:], (A @ x)[U:])  # items still hear their users
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
-def test_missing_items_send_nothing(renormalize):
-    ei, m = interactions(), item_mask()
-    conv = LightGCNConv(U, I, ei, num_layers=3, renormalize=renormalize)
-    x = torch.randn(U + I, 4)
+def test_missing_items_send_nothing(device, renormalize):
+    ei, m = interactions(), item_mask().to(device)
+    conv = LightGCNConv(U, I, ei, num_layers=3, renormalize=renormalize).to(device)
+    x = torch.randn(U + I, 4, device=device)
     out = conv.propagate_layers(x, item_mask=m, combine="last")
     x2 = x.clone()
-    x2[U:][~m] = 1e3 * torch.randn(int((~m).sum()), 4)
+    x2[U:][~m] = 1e3 * torch.randn(int((~m).sum()), 4, device=device)
     assert torch.equal(conv.propagate_layers(x2, item_mask=m, combine="last"), out)
 
 

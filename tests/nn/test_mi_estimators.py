@@ -44,9 +44,9 @@ def test_club_near_zero_for_independent_variables():
     assert abs(club.mi_upper_bound(x, y).item()) < 0.05
 
 
-def test_club_closed_form_matches_all_pairs():
-    club = CLUB(4, 3, hidden_dim=8)
-    x, y = torch.randn(17, 4), torch.randn(17, 3)
+def test_club_closed_form_matches_all_pairs(device):
+    club = CLUB(4, 3, hidden_dim=8).to(device)
+    x, y = torch.randn(17, 4, device=device), torch.randn(17, 3, device=device)
     mu, log_var = club._moments(x, frozen=False)
     # log q(y_j | x_i) for all (i, j), without constants
     logq = -0.5 * ((y.unsqueeze(0) - mu.unsqueeze(1)).pow(2) / log_var.exp().unsqueeze(1)

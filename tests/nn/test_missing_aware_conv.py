@@ -49,16 +49,17 @@ def test_hand_computed_mean_and_sum():
 @pytest.mark.parametrize("aggr", ["mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_matches_dense_and_fused_equals_unfused(aggr, weighted, masked):
+def test_matches_dense_and_fused_equals_unfused(device, aggr, weighted, masked):
     ei, w, mask = make_graph()
     w = w if weighted else None
     mask = mask if masked else None
     x = torch.randn(8, 5)
-    conv = MissingAwareConv(aggr=aggr)
+    ref, s_ref = (t.to(device) for t in dense_reference(x, ei, mask, w, 8, aggr))
+    ei, w, mask, x = (t.to(device) if t is not None else None for t in (ei, w, mask, x))
+    conv = MissingAwareConv(aggr=aggr).to(device)
     fused, s1 = conv(x, ei, mask, w, return_weight_sum=True)
     conv.fuse = False
     unfused, s2 = conv(x, ei, mask, w, return_weight_sum=True)
-    ref, s_ref = dense_reference(x, ei, mask, w, 8, aggr)
     assert torch.allclose(fused, ref, atol=1e-5) and torch.allclose(s1, s_ref, atol=1e-5)
     assert torch.allclose(unfused, ref, atol=1e-5) and torch.allclose(s2, s_ref, atol=1e-5)
 
@@ -151,14 +152,13 @@ def test_bipartite_items_to_users_without_target_features():
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_masked_neighbours_truly_ignored(fuse):
-    ei, w, mask = make_graph()
-    x = torch.randn(8, 4)
-    conv = MissingAwareConv(4, 4, aggr="mean")
+def test_masked_neighbours_truly_ignored(device, fuse):
+    ei, w, mask, x = (t.to(device) for t in (*make_graph(), torch.randn(8, 4)))
+    conv = MissingAwareConv(4, 4, aggr="mean").to(device)
     conv.fuse = fuse
     out = conv(x, ei, mask, w)
     x2 = x.clone()
-    x2[~mask] = torch.randn(int((~mask).sum()), 4) * 1e4  # change what is missing
+    x2[~mask] = torch.randn(int((~mask).sum()), 4, device=device) * 1e4  # change what is missing
     assert torch.equal(conv(x2, ei, mask, w), out)
     x2[~mask] = float("nan")  # even non-finite fillers cannot leak
     assert torch.equal(conv(x2, ei, mask, w), out)
@@ -170,11 +170,11 @@ def test_masked_neighbours_truly_ignored(fuse):
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_gradients(fuse):
-    ei, w, mask = make_graph()
-    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+def test_gradients(device, fuse):
+    ei, w, mask = (t.to(device) for t in make_graph())
+    x = torch.randn(8, 4, dtype=torch.float64, device=device, requires_grad=True)
     w = w.double().requires_grad_()
-    conv = MissingAwareConv(4, 2, bias=True).double()
+    conv = MissingAwareConv(4, 2, bias=True).double().to(device)
     conv.fuse = fuse
     conv(x, ei, mask, w).pow(2).sum().backward()
     assert torch.equal(x.grad[~mask], torch.zeros_like(x.grad[~mask]))

@@ -4,30 +4,30 @@ import torch
 from pyg_mmrec.nn.missing_aware_fusion import MissingAwareFusion
 
 
-def test_mean_of_present_modalities():
-    h = torch.randn(3, 5, 4)
+def test_mean_of_present_modalities(device):
+    h = torch.randn(3, 5, 4, device=device)
     mask = torch.tensor([[1, 1, 0, 1, 0],
                          [1, 0, 0, 1, 1],
-                         [0, 1, 0, 1, 0]], dtype=torch.bool)
-    fb = torch.randn(5, 4)
-    out = MissingAwareFusion(4, transform="none")(h, mask, fallback=fb)
+                         [0, 1, 0, 1, 0]], dtype=torch.bool, device=device)
+    fb = torch.randn(5, 4, device=device)
+    out = MissingAwareFusion(4, transform="none").to(device)(h, mask, fallback=fb)
     assert torch.allclose(out[0], h[:2, 0].mean(0))
     assert torch.allclose(out[1], (h[0, 1] + h[2, 1]) / 2)
     assert torch.allclose(out[2], fb[2])  # nothing present -> fallback
     assert torch.allclose(out[3], h[:, 3].mean(0))
     assert torch.allclose(out[4], h[1, 4])
     # without a fallback an all-missing item is zero
-    assert torch.all(MissingAwareFusion(4, transform="none")(h, mask)[2] == 0)
+    assert torch.all(MissingAwareFusion(4, transform="none").to(device)(h, mask)[2] == 0)
 
 
-def test_missing_rows_are_ignored_not_zero_filled():
-    fusion = MissingAwareFusion(4, mode="attention", transform="tanh")
-    h = torch.randn(2, 6, 4, requires_grad=True)
-    mask = torch.ones(2, 6, dtype=torch.bool)
+def test_missing_rows_are_ignored_not_zero_filled(device):
+    fusion = MissingAwareFusion(4, mode="attention", transform="tanh").to(device)
+    h = torch.randn(2, 6, 4, device=device, requires_grad=True)
+    mask = torch.ones(2, 6, dtype=torch.bool, device=device)
     mask[1, :3] = False
     out = fusion(h, mask)
     h2 = h.detach().clone()
-    h2[1, :3] = 1e3 * torch.randn(3, 4)  # garbage in missing rows changes nothing
+    h2[1, :3] = 1e3 * torch.randn(3, 4, device=device)  # garbage in missing rows changes nothing
     assert torch.allclose(out, fusion(h2, mask))
     out.sum().backward()
     assert torch.all(h.grad[1, :3] == 0) and h.grad[0].abs().sum() > 0

@@ -29,27 +29,31 @@ def max_degree(conv):
 
 
 @pytest.mark.parametrize("combine", ["mean", "sum", "last"])
-def test_large_fanout_equals_full_graph(combine):
+def test_large_fanout_equals_full_graph(device, combine):
     conv, x = graph()
+    conv, x = conv.to(device), x.to(device)
     full = conv.propagate_layers(x, combine=combine)
-    sub = LayerwiseSampler([max_degree(conv)] * 2).sample(conv.adj, SEEDS)
+    seeds = SEEDS.to(device)
+    sub = LayerwiseSampler([max_degree(conv)] * 2).sample(conv.adj, seeds)
     out = sub.propagate(x[sub.n_id], combine=combine)
-    assert torch.allclose(out[sub.seed_index], full[SEEDS], atol=1e-6)
+    assert torch.allclose(out[sub.seed_index], full[seeds], atol=1e-6)
     # nested node sets, seeds first
     assert sub.sizes == sorted(sub.sizes) and len(sub.sizes) == 3
-    assert torch.equal(sub.seeds, torch.unique(SEEDS))
+    assert torch.equal(sub.seeds, torch.unique(seeds))
     assert sub.n_id.unique().numel() == sub.n_id.numel()
 
 
-def test_masked_large_fanout_equals_masked_conv():
+def test_masked_large_fanout_equals_masked_conv(device):
     conv, x = graph()
-    m, node_mask = item_mask()
+    conv, x = conv.to(device), x.to(device)
+    m, node_mask = (t.to(device) for t in item_mask())
     full = conv.propagate_layers(x, item_mask=m)
-    sub = LayerwiseSampler([max_degree(conv)] * 2).sample(conv.adj, SEEDS)
+    SEEDS_ = SEEDS.to(device)
+    sub = LayerwiseSampler([max_degree(conv)] * 2).sample(conv.adj, SEEDS_)
     ps = present_weight_sum(conv.adj, node_mask)
     out = sub.propagate(x[sub.n_id], node_mask=node_mask[sub.n_id], row_sum=conv.row_sum,
                         present_sum=ps)
-    assert torch.allclose(out[sub.seed_index], full[SEEDS], atol=1e-6)
+    assert torch.allclose(out[sub.seed_index], full[SEEDS_], atol=1e-6)
 
 
 def test_masked_items_are_never_read():

@@ -15,9 +15,9 @@ def test_kl_matches_closed_form_of_torch_distributions():
     assert VariationalBottleneck.kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
 
 
-def test_kl_mask_ignores_missing_rows():
-    mu, logvar = torch.randn(6, 3), torch.randn(6, 3)
-    mask = torch.tensor([True, False, True, False, False, True])
+def test_kl_mask_ignores_missing_rows(device):
+    mu, logvar = torch.randn(6, 3, device=device), torch.randn(6, 3, device=device)
+    mask = torch.tensor([True, False, True, False, False, True], device=device)
     out = VariationalBottleneck.kl_divergence(mu, logvar, mask)
     ref = VariationalBottleneck.kl_divergence(mu[mask], logvar[mask])
     assert torch.allclose(out, ref)
@@ -25,7 +25,7 @@ def test_kl_mask_ignores_missing_rows():
     mu2 = mu.clone()
     mu2[1] += 100.0
     assert torch.equal(VariationalBottleneck.kl_divergence(mu2, logvar, mask), out)
-    none = torch.zeros(6, dtype=torch.bool)
+    none = torch.zeros(6, dtype=torch.bool, device=device)
     assert VariationalBottleneck.kl_divergence(mu, logvar, none).item() == 0.0
 
 
