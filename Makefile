@@ -42,6 +42,7 @@ bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 lint: install
+	$(PIP) install -q ruff
 	$(PY) -m ruff check pyg_mmrec tests examples benchmarks
 
 clean:
