@@ -69,6 +69,16 @@ def _parse_topk(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"--topk: expected comma-separated integers, got {text!r}")
 
 
+def _parse_share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"--cold-items: expected a share in (0, 1), got {text!r}")
+    return v
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model name (e.g. LightGCN, FREEDOM)")
     p.add_argument("--dataset", required=True, help="dataset folder name under --root")
@@ -79,6 +89,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_parse_seeds, default=[0],
                    help="comma-separated seeds (default: 0)")
     p.add_argument("--plugin", default=None, help="plug-in wrapping the backbone (mrdib)")
+    p.add_argument("--cold-items", type=_parse_share, default=None, metavar="SHARE",
+                   help="new-item protocol: this share of the items (drawn with each seed) "
+                        "loses every training interaction and is placed from its content at "
+                        "evaluation; adds cold/<metric> columns (e.g. --metric cold/recall@20 "
+                        "selects on them)")
     p.add_argument("--fill", default=None, choices=["zero", "mean", "propagate"],
                    help="how missing feature rows are filled (default: zero)")
     p.add_argument("--out", default="runs", help="output directory (default: %(default)s)")
@@ -115,6 +130,8 @@ def _experiment_name(args, missing: str) -> str:
     name += f"-{args.dataset}-{missing}"
     if args.fill:
         name += f"-fill_{args.fill}"
+    if getattr(args, "cold_items", None) is not None:
+        name += f"-cold{args.cold_items:g}"
     return _safe(name)
 
 
@@ -165,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out_root = Path(args.out)
     common = dict(root=args.root, plugin=args.plugin, fill=args.fill, device=args.device,
-                  quiet=args.quiet, resume=args.resume)
+                  quiet=args.quiet, resume=args.resume,
+                  cold_items=getattr(args, "cold_items", None))
     selected_results: List[Dict[str, Any]] = []
     try:
         for spec in missing_specs:
