@@ -92,20 +92,33 @@ def supports_new_items(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def embeddings_with_new_items(model: torch.nn.Module, cold: ColdEval) -> Tuple[Tensor, Tensor]:
-    r"""``(user [U, d], item [I, d])`` of ``model`` (trained on the warm items,
-    with its current modality inputs) after placing the new items: a copy of
-    the model is grown with ``add_items``; an ID-only model's new items get
-    zero rows. ``model`` itself is not changed."""
+def grow_with_new_items(model: torch.nn.Module, cold: ColdEval) -> Optional[torch.nn.Module]:
+    r"""A copy of ``model`` (trained on the warm items, with its current
+    modality inputs) grown by the new items through ``add_items``, in eval
+    mode; ``None`` for an ID-only model (its new items get zero rows, see
+    :func:`embeddings_with_new_items`). ``model`` itself is not changed."""
     if not supports_new_items(model):
-        user, item = model.embeddings_for_eval()
-        zeros = item.new_zeros(cold.num_cold, item.size(1))
-        return user, torch.cat([item, zeros], 0)
+        return None
     grown = copy.deepcopy(model)
     dev = next((b.device for b in grown.buffers()), torch.device("cpu"))
     grown.add_items({m: x.to(dev) for m, x in cold.features.items()},
                     {m: x.to(dev) for m, x in cold.masks.items()})
     grown.eval()
+    return grown
+
+
+@torch.no_grad()
+def embeddings_with_new_items(model: torch.nn.Module, cold: ColdEval,
+                              grown: Optional[torch.nn.Module] = None) -> Tuple[Tensor, Tensor]:
+    r"""``(user [U, d], item [I, d])`` of ``model`` after placing the new items
+    (:func:`grow_with_new_items`, or the already ``grown`` copy); an ID-only
+    model's new items get zero rows. ``model`` itself is not changed."""
+    if grown is None:
+        grown = grow_with_new_items(model, cold)
+    if grown is None:
+        user, item = model.embeddings_for_eval()
+        zeros = item.new_zeros(cold.num_cold, item.size(1))
+        return user, torch.cat([item, zeros], 0)
     user, item = grown.embeddings_for_eval()
     if item.size(0) != cold.num_items:
         raise RuntimeError(f"{type(model).__name__}.add_items: expected embeddings for "
@@ -179,5 +192,5 @@ def fill_new_item_features(features: Mapping[str, Tensor], masks: Mapping[str, T
 
 
 __all__ = ["ColdEval", "GroupedMetrics", "COLD_PREFIX", "embeddings_with_new_items",
-           "evaluate_with_new_items", "fill_new_item_features", "new_item_candidates",
+           "evaluate_with_new_items", "fill_new_item_features", "grow_with_new_items", "new_item_candidates",
            "supports_new_items"]
