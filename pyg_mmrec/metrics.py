@@ -147,19 +147,35 @@ def _gather_rows(rowptr: Tensor, col: Tensor, users: Tensor) -> Tuple[Tensor, Te
     return row, col[torch.repeat_interleave(start, cnt) + offset]
 
 
-def _check_edge_index(name: str, ei: Tensor, num_users: int, num_items: int) -> None:
+def _check_edge_index(name: str, ei: Tensor, num_users: Optional[int], num_items: int
+                      ) -> None:
     if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
         raise ValueError(f"{name}: expected a LongTensor [2, E] of (user, item) pairs, got "
                          f"{type(ei).__name__} {list(getattr(ei, 'shape', []))}")
     if ei.dtype not in (torch.long, torch.int):
         raise ValueError(f"{name}: expected an integer tensor, got {ei.dtype}")
     if ei.numel() > 0:
-        if int(ei[0].min()) < 0 or int(ei[0].max()) >= num_users:
-            raise ValueError(f"{name}: user ids must be in [0, {num_users}), got "
+        if int(ei[0].min()) < 0 or (num_users is not None and int(ei[0].max()) >= num_users):
+            bound = f"[0, {num_users})" if num_users is not None else "[0, inf)"
+            raise ValueError(f"{name}: user ids must be in {bound}, got "
                              f"[{int(ei[0].min())}, {int(ei[0].max())}]")
         if int(ei[1].min()) < 0 or int(ei[1].max()) >= num_items:
             raise ValueError(f"{name}: item ids must be in [0, {num_items}), got "
                              f"[{int(ei[1].min())}, {int(ei[1].max())}]")
+
+
+def hits_of_top(top_items: Tensor, num_items: int, target_row: Tensor,
+                target_col: Tensor) -> Tensor:
+    r"""``bool [B, k]``: whether ``top_items[b, j]`` (an item id) is one of
+    row :math:`b`'s targets (``target_row``/``target_col``, item ids in
+    ``[0, num_items)``)."""
+    if target_row.numel() == 0:
+        return torch.zeros_like(top_items, dtype=torch.bool)
+    keys = (target_row * num_items + target_col).sort().values
+    flat = top_items + torch.arange(top_items.size(0),
+                                    device=top_items.device).unsqueeze(1) * num_items
+    pos = torch.searchsorted(keys, flat).clamp(max=keys.numel() - 1)
+    return keys[pos] == flat
 
 
 def topk_hits(scores: Tensor, k: int, target_row: Tensor, target_col: Tensor
@@ -167,13 +183,7 @@ def topk_hits(scores: Tensor, k: int, target_row: Tensor, target_col: Tensor
     r"""``bool [B, k]``: whether the :math:`j`-th best item of each row of
     ``scores [B, I]`` is one of that row's targets (``target_row``/``target_col``)."""
     top = scores.topk(k, dim=1).indices
-    if target_row.numel() == 0:
-        return torch.zeros_like(top, dtype=torch.bool)
-    num_items = scores.size(1)
-    keys = (target_row * num_items + target_col).sort().values
-    flat = top + torch.arange(top.size(0), device=top.device).unsqueeze(1) * num_items
-    pos = torch.searchsorted(keys, flat).clamp(max=keys.numel() - 1)
-    return keys[pos] == flat
+    return hits_of_top(top, scores.size(1), target_row, target_col)
 
 
 def metric_sums_from_hits(hits: Tensor, num_targets: Tensor, ks: Sequence[int]
@@ -202,6 +212,184 @@ def metric_sums_from_hits(hits: Tensor, num_targets: Tensor, ks: Sequence[int]
     return out
 
 
+def _as_edge_list(name: str, edge_indices: Union[None, Tensor, Sequence[Tensor]]
+                  ) -> Sequence[Tensor]:
+    if edge_indices is None:
+        return []
+    if isinstance(edge_indices, Tensor):
+        return [edge_indices]
+    if not isinstance(edge_indices, (list, tuple)):
+        raise ValueError(f"{name}: expected a LongTensor [2, E] or a list of them, got "
+                         f"{type(edge_indices).__name__}")
+    return list(edge_indices)
+
+
+def _check_ids(name: str, ids: Tensor, upper: Optional[int], what: str) -> None:
+    if not isinstance(ids, Tensor) or ids.dim() != 1:
+        raise ValueError(f"{name}: expected a 1-D LongTensor of {what} ids, got "
+                         f"{type(ids).__name__} {list(getattr(ids, 'shape', []))}")
+    if ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"{name}: expected an integer tensor of {what} ids, got {ids.dtype}")
+    if ids.numel() > 0:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or (upper is not None and hi >= upper):
+            bound = f"[0, {upper})" if upper is not None else "[0, inf)"
+            raise ValueError(f"{name}: {what} ids must be in {bound}, got [{lo}, {hi}]")
+
+
+def chunked_topk(
+    user_emb: Optional[Tensor],
+    item_emb: Optional[Tensor],
+    users: Tensor,
+    k: int,
+    *,
+    exclude: Union[None, Tensor, Sequence[Tensor]] = None,
+    candidates: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    scorer: Optional[Scorer] = None,
+    num_items: Optional[int] = None,
+    num_users: Optional[int] = None,
+) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+    r"""Top-:math:`k` items of every user in ``users``, computed over chunks of
+    users so that at most ``chunk_size`` rows of scores exist at once. This is
+    the one ranking routine of the library: :func:`evaluate_full_ranking` and
+    recommendation both use it.
+
+    For each chunk of :math:`B` users the scores
+    :math:`S = E_U[\text{users}]\,E_I^\top` (or ``scorer(users)``) are computed,
+    the excluded (user, item) pairs are set to :math:`-\infty`, and a single
+    ``torch.topk`` picks the :math:`k` best items per row, sorted by
+    decreasing score. Ties are broken as ``torch.topk`` breaks them on that
+    row (deterministic for a given input, not by item id).
+
+    All arguments are checked before the first chunk is computed; the
+    returned object is an iterator.
+
+    Args:
+        user_emb (Tensor): :math:`E_U` ``[U, d]``; scores are
+            ``user_emb @ item_emb.T``. May be ``None`` with a ``scorer``.
+        item_emb (Tensor): :math:`E_I` ``[I, d]``. May be ``None`` with a
+            ``scorer``.
+        users (LongTensor): ``[N]`` user ids to rank for (duplicates allowed,
+            order kept).
+        k (int): number of items returned per user, :math:`1 \le k \le` the
+            number of ranked items (``len(candidates)`` or :math:`I`).
+        exclude (LongTensor or list, optional): ``[2, E]`` (user, item) pairs
+            (or a list of them) never recommended: they are scored
+            :math:`-\infty`. If fewer than :math:`k` items remain for a user,
+            the trailing slots have score :math:`-\infty` and their item ids
+            are excluded items: drop them with ``torch.isinf(top_scores)``.
+        candidates (LongTensor, optional): ``[C]`` distinct item ids; only
+            these items are ranked. Returned ids are still real item ids.
+        chunk_size (int, optional): users per chunk (default: about 16M
+            scores per chunk).
+        scorer (callable, optional): ``scorer(users [B]) -> scores [B, I]``
+            for models whose scores are not dot products; ``num_items`` is then
+            required. The scorer's tensor is never written into.
+        num_items (int, optional): :math:`I` (default: ``item_emb.size(0)``).
+        num_users (int, optional): :math:`U`, to check user ids (default:
+            ``user_emb.size(0)``; unchecked upper bound with a scorer and
+            without ``num_users``).
+
+    Returns:
+        An iterator over the chunks, in the order of ``users``, yielding
+        ``(users_chunk, top_items, top_scores)``.
+
+    Shapes:
+        - **users_chunk**: :math:`[B]`
+        - **top_items**: :math:`[B, k]` (long, real item ids)
+        - **top_scores**: :math:`[B, k]` (float32 for half-precision scores,
+          else the scores' dtype)
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k: expected a positive int, got {k!r}")
+    if scorer is None:
+        if user_emb is None or item_emb is None:
+            raise ValueError("user_emb and item_emb are required unless a scorer is given")
+        if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
+            raise ValueError(f"user_emb [U, d] and item_emb [I, d] must share d, got "
+                             f"{list(user_emb.shape)} and {list(item_emb.shape)}")
+        num_users = user_emb.size(0) if num_users is None else num_users
+        num_items = item_emb.size(0) if num_items is None else num_items
+        device = user_emb.device
+    else:
+        if num_items is None:
+            raise ValueError("num_items is required with a scorer")
+        device = (user_emb.device if user_emb is not None
+                  else item_emb.device if item_emb is not None else users.device)
+    _check_ids("users", users, num_users, "user")
+    users = users.to(device=device, dtype=torch.long)
+    exclude = _as_edge_list("exclude", exclude)
+    for j, ei in enumerate(exclude):
+        _check_edge_index(f"exclude[{j}]", ei, num_users, num_items)
+    if candidates is not None:
+        _check_ids("candidates", candidates, num_items, "item")
+        candidates = candidates.to(device=device, dtype=torch.long)
+        if candidates.numel() == 0:
+            raise ValueError("candidates: expected at least one item id, got none")
+        if candidates.unique().numel() != candidates.numel():
+            raise ValueError("candidates: expected distinct item ids, got duplicates")
+        num_ranked = candidates.numel()
+        if k > num_ranked:
+            raise ValueError(f"k: expected at most the {num_ranked} candidates, got {k}")
+    else:
+        num_ranked = num_items
+        if k > num_ranked:
+            raise ValueError(f"k: expected at most the number of items {num_ranked}, got {k}")
+    if chunk_size is None:
+        chunk_size = max(1, (1 << 24) // max(num_ranked, 1))
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+
+    # exclusions as a CSR over user ids (only up to the largest id involved)
+    if exclude:
+        excl = torch.cat([e.to(device=device, dtype=torch.long) for e in exclude], 1)
+    else:
+        excl = torch.empty(2, 0, dtype=torch.long, device=device)
+    if candidates is not None and excl.size(1) > 0:
+        # item id -> position among the candidates (-1: not ranked)
+        position = torch.full((num_items,), -1, dtype=torch.long, device=device)
+        position[candidates] = torch.arange(num_ranked, device=device)
+        col = position[excl[1]]
+        excl = torch.stack([excl[0], col])[:, col >= 0]
+    span = max(int(users.max()) + 1 if users.numel() else 0,
+               int(excl[0].max()) + 1 if excl.size(1) else 0)
+    x_rowptr, x_col = _csr_by_user(excl, span)
+    item_matrix = None
+    if scorer is None:
+        item_matrix = item_emb if candidates is None else item_emb[candidates]
+    return _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
+                         chunk_size, scorer, num_items)
+
+
+def _iterate_topk(user_emb, item_matrix, users, k, x_rowptr, x_col, candidates,
+                  chunk_size, scorer, num_items):
+    with torch.no_grad():
+        for start in range(0, users.numel(), chunk_size):
+            u = users[start:start + chunk_size]
+            owned = True  # may we write into `scores`?
+            if scorer is None:
+                scores = user_emb[u] @ item_matrix.t()
+            else:
+                scores = scorer(u)
+                if scores.shape != (u.numel(), num_items):
+                    raise ValueError(f"scorer: expected scores of shape [{u.numel()}, "
+                                     f"{num_items}], got {list(scores.shape)}")
+                owned = False
+                if candidates is not None:
+                    scores, owned = scores[:, candidates], True  # advanced indexing copies
+            if scores.dtype in (torch.float16, torch.bfloat16):
+                scores, owned = scores.float(), True
+            row, col = _gather_rows(x_rowptr, x_col, u)
+            if owned:
+                scores[row, col] = -math.inf  # our own buffer: in place
+            else:  # the scorer's tensor may be shared: do not write into it
+                scores = scores.index_put((row, col), scores.new_tensor(-math.inf))
+            top = scores.topk(k, dim=1)
+            items = top.indices if candidates is None else candidates[top.indices]
+            yield u, items, top.values
+
+
 @torch.no_grad()
 def evaluate_full_ranking(
     user_emb: Optional[Tensor],
@@ -216,14 +404,15 @@ def evaluate_full_ranking(
     num_items: Optional[int] = None,
     rank: int = 0,
     world_size: int = 1,
+    candidates: Optional[Tensor] = None,
 ) -> Metrics:
     r"""Full-ranking evaluation: every item is ranked for every user that has
     targets, with the user's excluded items (training interactions, and
     validation ones when testing) pushed to :math:`-\infty`.
 
-    Users are processed in chunks of ``chunk_size`` (memory
-    :math:`O(\text{chunk\_size}\cdot I)`), and ``topk`` runs once per chunk at
-    :math:`\max K`; all cut-offs are read from that single ranking.
+    The ranking is :func:`chunked_topk` at :math:`\max K` (users in chunks of
+    ``chunk_size``, memory :math:`O(\text{chunk\_size}\cdot I)`); all
+    cut-offs are read from that single ranking.
 
     Args:
         user_emb (Tensor): :math:`E_U` ``[U, d]``; scores are ``user_emb @ item_emb.T``.
@@ -243,6 +432,10 @@ def evaluate_full_ranking(
             ``item_emb`` may be ``None`` and ``num_users``/``num_items`` are needed.
         rank, world_size (int): evaluate only the ``rank``-th of ``world_size``
             disjoint user shards; combine with :meth:`Metrics.all_reduce`.
+        candidates (LongTensor, optional): ``[C]`` distinct item ids: only
+            these items are ranked and only the targets among them count (a
+            user with none is not evaluated), e.g. to evaluate on new items
+            only. :math:`\max K` must not exceed :math:`C`.
 
     Returns:
         :class:`Metrics` with keys ``recall@K``, ``ndcg@K``, ``precision@K``,
@@ -266,55 +459,43 @@ def evaluate_full_ranking(
         if num_users is None or num_items is None:
             raise ValueError("num_users and num_items are required with a scorer")
         device = (user_emb.device if user_emb is not None else target_edge_index.device)
-    if max(ks) > num_items:
+    if candidates is not None:
+        _check_ids("candidates", candidates, num_items, "item")
+        if max(ks) > candidates.numel():
+            raise ValueError(f"ks: max K={max(ks)} exceeds the number of candidate items "
+                             f"{candidates.numel()}")
+    elif max(ks) > num_items:
         raise ValueError(f"ks: max K={max(ks)} exceeds the number of items {num_items}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
 
     _check_edge_index("target_edge_index", target_edge_index, num_users, num_items)
-    if exclude_edge_indices is None:
-        exclude_edge_indices = []
-    elif isinstance(exclude_edge_indices, Tensor):
-        exclude_edge_indices = [exclude_edge_indices]
+    exclude_edge_indices = _as_edge_list("exclude_edge_indices", exclude_edge_indices)
     for j, ei in enumerate(exclude_edge_indices):
         _check_edge_index(f"exclude_edge_indices[{j}]", ei, num_users, num_items)
 
     target = target_edge_index.to(device=device, dtype=torch.long)
+    if candidates is not None:  # only the targets that can be ranked count
+        is_candidate = torch.zeros(num_items, dtype=torch.bool, device=device)
+        is_candidate[candidates.to(device=device, dtype=torch.long)] = True
+        target = target[:, is_candidate[target[1]]]
     t_rowptr, t_col = _csr_by_user(target, num_users)
-    if exclude_edge_indices:
-        excl = torch.cat([e.to(device=device, dtype=torch.long) for e in exclude_edge_indices], 1)
-    else:
-        excl = torch.empty(2, 0, dtype=torch.long, device=device)
-    x_rowptr, x_col = _csr_by_user(excl, num_users)
 
     users = (t_rowptr.diff() > 0).nonzero().view(-1)
     users = users[rank::world_size]  # disjoint shards; union = all users
     max_k = max(ks)
-    if chunk_size is None:
-        chunk_size = max(1, (1 << 24) // max(num_items, 1))
     sums: Dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in METRIC_NAMES}
-    for start in range(0, users.numel(), chunk_size):
-        u = users[start:start + chunk_size]
-        if scorer is None:
-            scores = user_emb[u] @ item_emb.t()
-        else:
-            scores = scorer(u)
-            if scores.shape != (u.numel(), num_items):
-                raise ValueError(f"scorer: expected scores of shape [{u.numel()}, {num_items}], "
-                                 f"got {list(scores.shape)}")
-        scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-        row, col = _gather_rows(x_rowptr, x_col, u)
-        if scorer is None:
-            scores[row, col] = -math.inf  # our own buffer: in place
-        else:  # the scorer's tensor may be shared: do not write into it
-            scores = scores.index_put((row, col), scores.new_tensor(-math.inf))
+    for u, top_items, _ in chunked_topk(
+            user_emb, item_emb, users, max_k, exclude=exclude_edge_indices,
+            candidates=candidates, chunk_size=chunk_size, scorer=scorer,
+            num_items=num_items, num_users=num_users):
         t_row, t_item = _gather_rows(t_rowptr, t_col, u)
-        hits = topk_hits(scores, max_k, t_row, t_item)
+        hits = hits_of_top(top_items, num_items, t_row, t_item)
         n = t_rowptr[u + 1] - t_rowptr[u]
         for key, v in metric_sums_from_hits(hits, n, ks).items():
             sums[key] += v
     return Metrics(sums, users.numel(), split)
 
 
-__all__ = ["Metrics", "evaluate_full_ranking", "metric_sums_from_hits", "topk_hits",
-           "METRIC_NAMES", "DEFAULT_KS"]
+__all__ = ["Metrics", "evaluate_full_ranking", "chunked_topk", "metric_sums_from_hits",
+           "topk_hits", "hits_of_top", "METRIC_NAMES", "DEFAULT_KS"]

@@ -134,3 +134,181 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="scorer: expected scores of shape"):
         evaluate_full_ranking(None, None, target, exclude, ks=(1,), scorer=lambda u: S[u, :3],
                               num_users=2, num_items=6)
+
+
+# ----------------------------------------------------------------------------- chunked_topk
+def integer_problem(seed, U=12, I=15, d=3):
+    # small integer embeddings: every score is exact in float32 and ties abound
+    g = torch.Generator().manual_seed(seed)
+    user_emb = torch.randint(-2, 3, (U, d), generator=g).float()
+    item_emb = torch.randint(-2, 3, (I, d), generator=g).float()
+    key = torch.randperm(U * I, generator=g)[: U * I // 3]
+    pairs = torch.stack([key // I, key % I])
+    return user_emb, item_emb, pairs[:, ::2], pairs[:, 1::2]
+
+
+def brute_force_topk_scores(S, user, k, excluded, candidates):
+    """The k best scores of one user, one item at a time (-inf pads)."""
+    items = range(S.size(1)) if candidates is None else candidates.tolist()
+    kept = sorted((float(S[user, i]) for i in items if (user, i) not in excluded),
+                  reverse=True)[:k]
+    return kept + [-math.inf] * (k - len(kept))
+
+
+def check_against_brute_force(chunks, S, users, k, exclude, candidates):
+    excluded = {(a, b) for e in exclude for a, b in e.t().tolist()}
+    allowed = set(range(S.size(1)) if candidates is None else candidates.tolist())
+    seen_users = []
+    for u, items, scores in chunks:
+        assert items.shape == scores.shape == (u.numel(), k) and items.dtype == torch.long
+        seen_users += u.tolist()
+        for user, row_items, row_scores in zip(u.tolist(), items, scores):
+            assert row_scores.tolist() == brute_force_topk_scores(S, user, k, excluded,
+                                                                  candidates)
+            finite = torch.isfinite(row_scores)
+            kept = row_items[finite].tolist()
+            assert len(set(kept)) == len(kept)  # no item twice
+            for i, s in zip(kept, row_scores[finite].tolist()):
+                assert i in allowed and (user, i) not in excluded and float(S[user, i]) == s
+    assert seen_users == users.tolist()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, None])
+@pytest.mark.parametrize("use_candidates", [False, True])
+@pytest.mark.parametrize("use_scorer", [False, True])
+def test_chunked_topk_matches_brute_force(chunk_size, use_candidates, use_scorer):
+    from pyg_mmrec.metrics import chunked_topk
+    user_emb, item_emb, train, valid = integer_problem(5)
+    S = user_emb @ item_emb.t()
+    users = torch.tensor([3, 0, 11, 3, 7, 5, 1])  # unsorted, with a repeat
+    candidates = torch.tensor([14, 2, 9, 0, 5, 6, 11, 3]) if use_candidates else None
+    num_ranked = 8 if use_candidates else 15
+    exclude = [train, valid]
+    emb = (None, None) if use_scorer else (user_emb, item_emb)
+    scorer = (lambda u: S[u]) if use_scorer else None
+    for k in (1, 4, num_ranked):  # k = every ranked item: -inf slots after the exclusions
+        chunks = chunked_topk(*emb, users, k, exclude=exclude, candidates=candidates,
+                              chunk_size=chunk_size, scorer=scorer, num_items=15)
+        check_against_brute_force(chunks, S, users, k, exclude, candidates)
+    # a single [2, E] exclusion and no exclusion at all
+    check_against_brute_force(chunked_topk(*emb, users, 5, exclude=train, candidates=candidates,
+                                           chunk_size=chunk_size, scorer=scorer, num_items=15),
+                              S, users, 5, [train], candidates)
+    check_against_brute_force(chunked_topk(*emb, users, 5, candidates=candidates,
+                                           chunk_size=chunk_size, scorer=scorer, num_items=15),
+                              S, users, 5, [], candidates)
+    assert S.equal(user_emb @ item_emb.t())  # the scorer's tensor is never written into
+
+
+def test_chunked_topk_chunking_does_not_change_results_with_ties():
+    from pyg_mmrec.metrics import chunked_topk
+    user_emb, item_emb, train, _ = integer_problem(6, U=30, I=40)
+    users = torch.arange(30)
+    ref = list(chunked_topk(user_emb, item_emb, users, 10, exclude=train, chunk_size=30))
+    assert len(ref) == 1
+    for chunk_size in (1, 3, 7):
+        parts = list(chunked_topk(user_emb, item_emb, users, 10, exclude=train,
+                                  chunk_size=chunk_size))
+        assert torch.cat([p[1] for p in parts]).equal(ref[0][1])
+        assert torch.cat([p[2] for p in parts]).equal(ref[0][2])
+
+
+def test_chunked_topk_scorer_dtypes_and_empty_users():
+    from pyg_mmrec.metrics import chunked_topk
+    user_emb, item_emb, train, _ = integer_problem(7)
+    S64 = (user_emb @ item_emb.t()).double()
+    before = S64.clone()
+    (u, items, scores), = chunked_topk(None, None, torch.arange(12), 3, exclude=train,
+                                       scorer=lambda u: S64[u], num_items=15)
+    assert scores.dtype == torch.float64 and S64.equal(before)  # not written into
+    (_, items16, scores16), = chunked_topk(None, None, torch.arange(12), 3, exclude=train,
+                                           scorer=lambda u: S64[u].half(), num_items=15)
+    assert scores16.dtype == torch.float32 and scores16.equal(scores.float())
+    assert list(chunked_topk(user_emb, item_emb, torch.empty(0, dtype=torch.long), 3)) == []
+
+
+def test_evaluate_full_ranking_ties_match_a_single_topk():
+    # tie-heavy integer scores: the chunked evaluation must pick exactly the items a single
+    # torch.topk over all users' rows picks (the behaviour before chunked_topk existed)
+    for seed in range(3):
+        user_emb, item_emb, target, train = integer_problem(seed, U=30, I=40)
+        ks = (1, 3, 10)
+        ref = _pyg_reference(user_emb, item_emb, target, train, ks)
+        for chunk_size in (1, 4, None):
+            ours = evaluate_full_ranking(user_emb, item_emb, target, [train], ks=ks,
+                                         chunk_size=chunk_size)
+            for k, v in ref.items():
+                assert ours[k] == pytest.approx(v, abs=1e-6), (seed, chunk_size, k)
+
+
+def test_evaluate_full_ranking_with_candidates():
+    user_emb, item_emb, target, train = random_problem(8)
+    candidates = torch.tensor([5, 17, 3, 40, 22, 59, 8, 31, 12, 0, 44, 27])
+    ks = (1, 5, 10)
+    ours = evaluate_full_ranking(user_emb, item_emb, target, [train], ks=ks,
+                                 candidates=candidates, chunk_size=6)
+    # the same problem with the candidates as the whole catalog
+    position = torch.full((60,), -1)
+    position[candidates] = torch.arange(candidates.numel())
+
+    def restrict(ei):
+        col = position[ei[1]]
+        return torch.stack([ei[0], col])[:, col >= 0]
+
+    sub_target = restrict(target)
+    ref = evaluate_full_ranking(user_emb, item_emb[candidates], sub_target, [restrict(train)],
+                                ks=ks)
+    assert ours.count == ref.count == int(sub_target[0].unique().numel()) > 0
+    assert ours.to_dict() == pytest.approx(ref.to_dict(), abs=1e-12)
+    # scorer path, and every item as candidates = no candidates
+    S = user_emb @ item_emb.t()
+    via_scorer = evaluate_full_ranking(None, None, target, [train], ks=ks, candidates=candidates,
+                                       scorer=lambda u: S[u], num_users=40, num_items=60)
+    assert via_scorer.to_dict() == pytest.approx(ref.to_dict(), abs=1e-6)
+    everything = evaluate_full_ranking(user_emb, item_emb, target, [train], ks=ks,
+                                       candidates=torch.arange(60))
+    assert everything.to_dict() == evaluate_full_ranking(user_emb, item_emb, target, [train],
+                                                         ks=ks).to_dict()
+    with pytest.raises(ValueError, match="max K=20 exceeds the number of candidate items 12"):
+        evaluate_full_ranking(user_emb, item_emb, target, [train], ks=(20,),
+                              candidates=candidates)
+
+
+def test_chunked_topk_bad_arguments():
+    from pyg_mmrec.metrics import chunked_topk
+    user_emb, item_emb, train, _ = integer_problem(9)
+    users = torch.arange(4)
+    cases = [
+        (dict(k=0), r"k: expected a positive int, got 0"),
+        (dict(k=-3), r"k: expected a positive int"),
+        (dict(k=True), r"k: expected a positive int"),
+        (dict(k=16), r"k: expected at most the number of items 15, got 16"),
+        (dict(k=4, candidates=torch.tensor([1, 2, 3])), r"k: expected at most the 3 candidates"),
+        (dict(k=1, candidates=torch.tensor([1, 2, 2])), r"candidates: expected distinct"),
+        (dict(k=1, candidates=torch.tensor([1, 15])), r"candidates: item ids must be in \[0, 15\)"),
+        (dict(k=1, candidates=torch.tensor([-1, 2])), r"candidates: item ids must be in"),
+        (dict(k=1, candidates=torch.empty(0, dtype=torch.long)), r"candidates: expected at least"),
+        (dict(k=1, candidates=torch.tensor([1.0])), r"candidates: expected an integer tensor"),
+        (dict(k=1, users=torch.tensor([0, 12])), r"users: user ids must be in \[0, 12\), got"),
+        (dict(k=1, users=torch.tensor([-1])), r"users: user ids must be in"),
+        (dict(k=1, users=torch.tensor([[0]])), r"users: expected a 1-D LongTensor"),
+        (dict(k=1, users=torch.tensor([0.0])), r"users: expected an integer tensor"),
+        (dict(k=1, exclude=[torch.tensor([[0], [15]])]),
+         r"exclude\[0\]: item ids must be in \[0, 15\)"),
+        (dict(k=1, exclude=[train, torch.tensor([[12], [0]])]),
+         r"exclude\[1\]: user ids must be in \[0, 12\)"),
+        (dict(k=1, exclude="train"), r"exclude: expected a LongTensor \[2, E\] or a list"),
+        (dict(k=1, chunk_size=0), r"chunk_size: expected a positive int"),
+    ]
+    for kwargs, message in cases:
+        kwargs.setdefault("users", users)
+        with pytest.raises(ValueError, match=message):
+            chunked_topk(user_emb, item_emb, **kwargs)  # raised at the call, not on iteration
+    with pytest.raises(ValueError, match="num_items is required with a scorer"):
+        chunked_topk(None, None, users, 1, scorer=lambda u: u)
+    with pytest.raises(ValueError, match="user_emb and item_emb are required"):
+        chunked_topk(user_emb, None, users, 1)
+    with pytest.raises(ValueError, match="must share d"):
+        chunked_topk(user_emb, item_emb[:, :2], users, 1)
+    with pytest.raises(ValueError, match=r"scorer: expected scores of shape \[4, 15\]"):
+        next(chunked_topk(None, None, users, 1, scorer=lambda u: torch.zeros(4, 3), num_items=15))
