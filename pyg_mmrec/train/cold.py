@@ -134,11 +134,6 @@ def new_item_candidates(cold: ColdEval) -> Tensor:
     return cold.num_warm + torch.randperm(cold.num_cold, generator=g)
 
 
-def _restrict(ei: Tensor, position: Tensor, num_warm: int) -> Tensor:
-    e = ei[:, ei[1] >= num_warm]
-    return torch.stack([e[0], position[e[1]]])
-
-
 def evaluate_with_new_items(user: Tensor, item: Tensor, target: Tensor,
                             exclude: Sequence[Tensor], ks: Sequence[int], split: str,
                             cold: ColdEval, rank: int = 0, world_size: int = 1
@@ -155,12 +150,9 @@ def evaluate_with_new_items(user: Tensor, item: Tensor, target: Tensor,
     """
     overall = evaluate_full_ranking(user, item, target, list(exclude), ks=ks, split=split,
                                     rank=rank, world_size=world_size)
-    cand = new_item_candidates(cold).to(item.device)
-    position = torch.full((cold.num_items,), -1, dtype=torch.long, device=item.device)
-    position[cand] = torch.arange(cand.numel(), device=item.device)
-    new = evaluate_full_ranking(user, item[cand], _restrict(target, position, cold.num_warm),
-                                [_restrict(e, position, cold.num_warm) for e in exclude],
-                                ks=ks, split=split, rank=rank, world_size=world_size)
+    new = evaluate_full_ranking(user, item, target, list(exclude), ks=ks, split=split,
+                                rank=rank, world_size=world_size,
+                                candidates=new_item_candidates(cold).to(item.device))
     return GroupedMetrics(overall, {COLD_PREFIX: new})
 
 
