@@ -85,9 +85,7 @@ class TrainedRecommender:
         self.dataset = rebuilt.config["dataset"]
         model = rebuilt.model
         model.eval()
-        if td.train_features and td.eval_inputs_differ():  # the inputs evaluation ranks with
-            model.set_modality_inputs(td.eval_features or td.train_features,
-                                      td.eval_masks or td.train_masks)
+        self._set_eval_inputs()
         self._zero_rows = 0
         if td.cold is not None:
             grown = grow_with_new_items(model, td.cold)
@@ -109,6 +107,15 @@ class TrainedRecommender:
         self.modalities = list(self._widths)
         self._cache: Optional[Tuple[Tensor, Tensor]] = None
         self._maps: Dict[str, Optional[List[str]]] = {}
+
+    def _set_eval_inputs(self) -> None:
+        """Give the run's model the inputs its evaluation ranks with."""
+        td = self._rb.built.data
+        if td.train_features and td.eval_inputs_differ():
+            dev = next((p.device for p in self._rb.model.parameters()), torch.device("cpu"))
+            self._rb.model.set_modality_inputs(
+                {m: x.to(dev) for m, x in (td.eval_features or td.train_features).items()},
+                {m: x.to(dev) for m, x in (td.eval_masks or td.train_masks).items()})
 
     # ------------------------------------------------------------ properties
     @property
@@ -228,7 +235,8 @@ class TrainedRecommender:
             exclude_seen (bool): never recommend a user's training items.
             exclude_valid (bool): nor their validation items (as the test
                 evaluation does).
-            candidates: restrict the ranking to these item ids.
+            candidates: restrict the ranking to these item ids (repeats dropped;
+                equal scores are ordered as the candidates are given).
             ids (str): ``"internal"`` (dataset ids) or ``"original"`` (raw ids
                 of the id mapping files, for ``users``, ``candidates`` and the result).
 
@@ -242,7 +250,12 @@ class TrainedRecommender:
         u = self._to_ids(users, "user", ids, "users")
         cand = None
         if candidates is not None:
-            cand = torch.unique(self._to_ids(candidates, "item", ids, "candidates"))
+            cand = self._to_ids(candidates, "item", ids, "candidates")
+            # distinct, in the given order (ties are broken by candidate position)
+            first = {}
+            for j, c in enumerate(cand.tolist()):
+                first.setdefault(c, j)
+            cand = cand[sorted(first.values())]
         n_cand = self.num_items if cand is None else int(cand.numel())
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_cand:
             raise ValueError(f"k: expected an integer in 1..{n_cand} (the number of "
@@ -283,7 +296,10 @@ class TrainedRecommender:
         r"""The run's evaluation of ``split`` (``"valid"``/``"test"``), recomputed
         by the trainer's own code on the run's selected state; equals the logged
         metrics of ``result.json``. Items added with :meth:`add_items` take no part."""
-        return self._rb.trainer.evaluate(split)
+        try:
+            return self._rb.trainer.evaluate(split)
+        finally:  # the trainer leaves the training inputs in place
+            self._set_eval_inputs()
 
     # ------------------------------------------------------------- new items
     def add_items(self, features: Dict[str, Any], masks: Optional[Dict[str, Any]] = None
