@@ -441,12 +441,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from pyg_mmrec.inference import load
     try:
         rec = load(args.run_dir, root=args.root, device=args.device)
-        items, scores = rec.recommend(users, k=args.k, exclude_valid=args.exclude_valid)
+        # dataset ids inside (titles are keyed by them); raw ids only in and out
+        internal_users = rec.user_ids(users, ids=args.ids)
+        items, scores = rec.recommend(internal_users, k=args.k,
+                                      exclude_valid=args.exclude_valid)
+        shown = rec.original_item_ids(items) if args.ids == "original" else items.numpy()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     titles = _item_titles(rec.data_root / rec.dataset)
-    shown = rec.original_item_ids(items) if args.ids == "original" else items.numpy()
     records = []
     for row, user in enumerate(users):
         for rank in range(items.size(1)):

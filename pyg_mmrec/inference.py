@@ -208,6 +208,15 @@ class TrainedRecommender:
             out.append(int(v))
         return torch.tensor(out, dtype=torch.long)
 
+    def user_ids(self, users: IdLike, ids: str = "original") -> Tensor:
+        r"""User ids (raw ids of ``u_id_mapping.csv`` with ``ids="original"``) ->
+        validated dataset user ids."""
+        return self._to_ids(users, "user", ids, "users")
+
+    def item_ids(self, items: IdLike, ids: str = "original") -> Tensor:
+        r"""Item ids (raw ids with ``ids="original"``) -> validated dataset item ids."""
+        return self._to_ids(items, "item", ids, "items")
+
     def original_item_ids(self, items: Tensor) -> np.ndarray:
         r"""Dataset item ids -> raw ids of ``i_id_mapping.csv`` (strings; added items
         ``"new:<id>"``, empty slots ``""``)."""
