@@ -111,3 +111,21 @@ def test_train_rejects_a_bad_share(tiny_root, tmp_path, capsys):
         main(TRAIN + ["--model", "VBPR", "--root", str(tiny_root), "--cold-items", "1.5"])
     assert e.value.code == 2
     assert "--cold-items: expected a share in (0, 1)" in capsys.readouterr().err
+
+
+def test_recommend_with_original_ids(trained, capsys):
+    root, _, run_dir = trained
+    folder = root / "tiny"
+    (folder / "u_id_mapping.csv").write_text(
+        "raw_id\tuserID\n" + "".join(f"alice{j}\t{j}\n" for j in range(20)))
+    (folder / "i_id_mapping.csv").write_text(
+        "raw_id\titemID\n" + "".join(f"sku{j}\t{j}\n" for j in range(30)))
+    assert main(["recommend", str(run_dir), "--root", str(root), "--users", "alice3",
+                 "--ids", "original", "--k", "4", "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert main(["recommend", str(run_dir), "--root", str(root), "--users", "3", "--k", "4",
+                 "--format", "json"]) == 0
+    internal = json.loads(capsys.readouterr().out)
+    assert [r["item"] for r in records] == [f"sku{r['item']}" for r in internal]
+    assert [r["title"] for r in records] == [r["title"] for r in internal]
+    assert {r["user"] for r in records} == {"alice3"}
