@@ -75,20 +75,9 @@ class GroupedMetrics(Metrics):
 
 
 def supports_new_items(model: torch.nn.Module) -> bool:
-    r"""Whether ``model`` can place new items from their content.
-
-    Raises:
-        NotImplementedError: a content model without ``supports_new_items``
-            (it would silently rank new items as if it had no content).
-    """
-    flag = getattr(model, "supports_new_items", None)
-    if flag is None:
-        if getattr(model, "uses_features", True) is False:
-            return False
-        raise NotImplementedError(
-            f"{type(model).__name__}: the model does not declare supports_new_items / "
-            "add_items, so new items cannot be placed from their content")
-    return bool(flag)
+    r"""Whether ``model`` can place new items from their content
+    (:attr:`pyg_mmrec.models.Recommender.supports_new_items`)."""
+    return bool(getattr(model, "supports_new_items", False))
 
 
 @torch.no_grad()
