@@ -191,7 +191,8 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
             if not r.get(split):
                 continue
             cfg = r["config"]
-            cell = (str(cfg.get("dataset")), str(cfg.get("missing")))
+            cell = (str(cfg.get("dataset")), str(cfg.get("missing")) + (  # new-item runs apart
+                f" cold_items={cfg['cold_items']:g}" if cfg.get("cold_items") else ""))
             key = _setting_key(r)
             first_key, first_path = first_setting.setdefault(cell, (key, r.get("_path", "?")))
             if key != first_key:
