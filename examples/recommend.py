@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--movie", default="Toy Story (1995)",
                    help="title (as in items.tsv) of the movie to hold out (default: %(default)s)")
     p.add_argument("--model", default="VBPR", help="a content model (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs "
+    p.add_argument("--epochs", type=int, default=15, help="at most this many epochs "
                    "(default: %(default)s)")
     p.add_argument("--users", default="0,1,2", help="users whose top-10 is shown")
     p.add_argument("--seed", type=int, default=1)
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
               f"(at most {args.epochs} epochs) ...")
         res = run(args.model, "ml100k_holdout", data_root, seed=args.seed, out_dir=run_dir,
                   resume=(run_dir / "checkpoint.pt").exists(),
-                  overrides={"epochs": args.epochs, "lr": 5e-3, "patience": 10,
-                             "eval_every": 2, "topk": [10, 20]})
+                  overrides={"epochs": args.epochs, "lr": 5e-3, "patience": 5,
+                             "eval_every": 3, "topk": [10, 20]})
         print(f"selected epoch {res.best_epoch}: test recall@20 {res.test['recall@20']:.4f}")
 
     rec = pyg_mmrec.load(run_dir, root=data_root)
