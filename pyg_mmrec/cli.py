@@ -1,5 +1,5 @@
-r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | tune |
-build-dataset``.
+r"""Command line: ``python -m pyg_mmrec train | results | compare | evaluate | recommend |
+export | tune | build-dataset``.
 
 The parser and the ``cmd_*`` functions live here; ``pyg_mmrec/__main__.py`` only
 calls :func:`main`, and nothing in the library imports this module.
@@ -14,6 +14,9 @@ Examples::
     python -m pyg_mmrec compare runs/i3mrec runs/lightgcn --metrics recall@20,ndcg@20
     python -m pyg_mmrec evaluate runs/freedom --root ../shared/data --topk 5,10,20
     python -m pyg_mmrec tune --model LightGCN --dataset ml100k_mm --budget 45m --seeds 1,2,3
+    python -m pyg_mmrec train --model VBPR --dataset ml100k_mm --cold-items 0.2 --seeds 1,2,3
+    python -m pyg_mmrec recommend runs/vbpr-ml100k_mm-natural/default/seed1 --users 0,5,7 --k 10
+    python -m pyg_mmrec export runs/vbpr-ml100k_mm-natural/default/seed1 --out emb/
 
 Grid search trains every setting (for every seed, or for the ``--grid-seeds``
 only) without looking at the test split, selects the setting with the best
@@ -71,6 +74,16 @@ def _parse_topk(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"--topk: expected comma-separated integers, got {text!r}")
 
 
+def _parse_share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"--cold-items: expected a share in (0, 1), got {text!r}")
+    return v
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model name (e.g. LightGCN, FREEDOM)")
     p.add_argument("--dataset", required=True, help="dataset folder name under --root")
@@ -81,6 +94,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_parse_seeds, default=[0],
                    help="comma-separated seeds (default: 0)")
     p.add_argument("--plugin", default=None, help="plug-in wrapping the backbone (mrdib)")
+    p.add_argument("--cold-items", type=_parse_share, default=None, metavar="SHARE",
+                   help="new-item protocol: this share of the items (drawn with each seed) "
+                        "loses every training interaction and is placed from its content at "
+                        "evaluation; adds cold/<metric> columns (e.g. --metric cold/recall@20 "
+                        "selects on them)")
     p.add_argument("--fill", default=None, choices=["zero", "mean", "propagate"],
                    help="how missing feature rows are filled (default: zero)")
     p.add_argument("--out", default="runs", help="output directory (default: %(default)s)")
@@ -117,6 +135,8 @@ def _experiment_name(args, missing: str) -> str:
     name += f"-{args.dataset}-{missing}"
     if args.fill:
         name += f"-fill_{args.fill}"
+    if getattr(args, "cold_items", None) is not None:
+        name += f"-cold{args.cold_items:g}"
     return _safe(name)
 
 
@@ -174,7 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pyg_mmrec.train import TrainingInterrupted, run
     out_root = Path(args.out)
     common = dict(root=args.root, plugin=args.plugin, fill=args.fill, device=args.device,
-                  quiet=args.quiet, resume=args.resume)
+                  quiet=args.quiet, resume=args.resume,
+                  cold_items=getattr(args, "cold_items", None))
     selected_results: List[Dict[str, Any]] = []
     try:
         for spec in missing_specs:
@@ -385,6 +406,172 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- inference
+def add_recommend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (checkpoint.pt and result.json)")
+    p.add_argument("--users", required=True,
+                   help="comma-separated user ids (dataset ids, or raw ids with --ids original)")
+    p.add_argument("--k", type=int, default=10, help="items per user (default: %(default)s)")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--root", default=None,
+                   help="data directory holding the run's dataset (default: the one the run "
+                        "recorded, else ../shared/data)")
+    p.add_argument("--ids", default="internal", choices=["internal", "original"],
+                   help="dataset ids, or the raw ids of u_id_mapping.csv / i_id_mapping.csv")
+    p.add_argument("--exclude-valid", action="store_true",
+                   help="also exclude the users' validation items (seen items always are)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def _item_titles(folder: Path) -> Dict[int, str]:
+    """``itemID -> title`` from the dataset's ``items.tsv`` (a ``title`` column, else
+    the head of ``text`` up to the year or the first sentence); empty when absent."""
+    path = folder / "items.tsv"
+    if not path.is_file():
+        return {}
+    import csv
+    csv.field_size_limit(1 << 24)
+    titles: Dict[int, str] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        fields = reader.fieldnames or []
+        if "itemID" not in fields or not ({"title", "text"} & set(fields)):
+            return {}
+        for row in reader:
+            try:
+                item = int(row["itemID"])
+            except (TypeError, ValueError):
+                continue
+            text = (row.get("title") or row.get("text") or "").strip()
+            if "title" not in fields:
+                m = re.match(r"(.*?\(\d{4}\))", text) or re.match(r"(.*?)\. ", text)
+                text = m.group(1) if m else text[:60]
+            titles[item] = text
+    return titles
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Top-k items of some users from a finished run (reads the run only)."""
+    users = [u.strip() for u in args.users.split(",") if u.strip()]
+    if not users:
+        print(f"error: --users: expected comma-separated user ids, got {args.users!r}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if args.ids == "internal":
+        try:
+            users = [int(u) for u in users]
+        except ValueError:
+            print(f"error: --users: expected integer user ids, got {args.users!r} (raw ids "
+                  "need --ids original)", file=sys.stderr)
+            return EXIT_CONFIG
+    from pyg_mmrec.inference import load
+    try:
+        rec = load(args.run_dir, root=args.root, device=args.device)
+        # dataset ids inside (titles are keyed by them); raw ids only in and out
+        internal_users = rec.user_ids(users, ids=args.ids)
+        items, scores = rec.recommend(internal_users, k=args.k,
+                                      exclude_valid=args.exclude_valid)
+        shown = rec.original_item_ids(items) if args.ids == "original" else items.numpy()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    titles = _item_titles(rec.data_root / rec.dataset)
+    records = []
+    for row, user in enumerate(users):
+        for rank in range(items.size(1)):
+            item = int(items[row, rank])
+            if item < 0:  # fewer than k unseen items
+                continue
+            records.append({"user": user, "rank": rank + 1,
+                            "item": (str(shown[row, rank]) if args.ids == "original"
+                                     else int(shown[row, rank])),
+                            "score": float(scores[row, rank]),
+                            "title": titles.get(item, "")})
+    if args.format == "json":
+        print(json.dumps(records, indent=1))
+    elif args.format == "csv":
+        import csv
+        w = csv.DictWriter(sys.stdout, fieldnames=["user", "rank", "item", "score", "title"],
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(records)
+    else:
+        print("| user | rank | item | score | title |\n|---|---|---|---|---|")
+        for r in records:
+            title = r["title"].replace("|", "\\|")
+            print(f"| {r['user']} | {r['rank']} | {r['item']} | {r['score']:.4f} | {title} |")
+    return 0
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (checkpoint.pt and result.json)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing non-empty --out (its files are replaced)")
+    p.add_argument("--root", default=None,
+                   help="data directory holding the run's dataset (default: the one the run "
+                        "recorded, else ../shared/data)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    r"""Writes ``user_embeddings.npy`` ``[U, d]``, ``item_embeddings.npy`` ``[I, d]``
+    (row = dataset id; scores are their dot products), ``users.tsv`` /
+    ``items.tsv`` (dataset id, raw id when the dataset has the mapping files)
+    and ``export.json`` (run, model, sizes), each atomically."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out: {out} exists and is not a directory", file=sys.stderr)
+        return EXIT_CONFIG
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        print(f"error: --out: {out} is not empty; choose another directory or pass --force "
+              "to replace its files", file=sys.stderr)
+        return EXIT_CONFIG
+    import io
+
+    import numpy as np
+
+    from pyg_mmrec.inference import load
+    from pyg_mmrec.train.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+    try:
+        rec = load(args.run_dir, root=args.root, device=args.device)
+        user, item = rec.user_embeddings().numpy(), rec.item_embeddings().numpy()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def npy(arr):
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        data = buf.getvalue()
+        return lambda f: f.write(data)
+
+    def id_table(kind: str, n: int) -> str:
+        import torch
+        try:
+            raw = (rec.original_user_ids if kind == "user" else rec.original_item_ids)(
+                torch.arange(n))
+        except ValueError:  # no mapping file: dataset ids only
+            return f"{kind}ID\n" + "".join(f"{j}\n" for j in range(n))
+        return f"{kind}ID\traw_id\n" + "".join(f"{j}\t{r}\n" for j, r in enumerate(raw))
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "user_embeddings.npy", npy(user))
+    atomic_write(out / "item_embeddings.npy", npy(item))
+    atomic_write_text(out / "users.tsv", id_table("user", user.shape[0]))
+    atomic_write_text(out / "items.tsv", id_table("item", item.shape[0]))
+    atomic_write_json(out / "export.json", {
+        "run_dir": str(Path(args.run_dir).resolve()), "model": rec.config["model"],
+        "plugin": rec.config.get("plugin"), "dataset": rec.dataset,
+        "missing": rec.config["missing"], "cold_items": rec.config.get("cold_items"),
+        "num_users": int(user.shape[0]), "num_items": int(item.shape[0]),
+        "dim": int(user.shape[1]),
+        "score": "user_embeddings[u] @ item_embeddings[i] (row = dataset id)"})
+    print(f"exported {user.shape[0]} users and {item.shape[0]} items (d={user.shape[1]}) "
+          f"to {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- distributed
 def _rank_main(namespace: Dict[str, Any]) -> int:
     """What each local rank runs under ``--nproc N``: ``train`` with the same arguments."""
@@ -487,6 +674,12 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                                     "resumable, parallel, then the best setting on --seeds")
     tune.add_arguments(p)
     p.set_defaults(func=tune.cmd_tune)
+    p = sub.add_parser("recommend", help="top-k items of some users from a finished run")
+    add_recommend_arguments(p)
+    p.set_defaults(func=cmd_recommend)
+    p = sub.add_parser("export", help="user/item embeddings (.npy) and id maps of a finished run")
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("build-dataset", help="build an MMRec-format dataset with modality features",
                        add_help=True)
     if argv is None or "build-dataset" in argv:

@@ -376,12 +376,20 @@ def _bool(key, v):
 
 
 def parse_metric(metric: str) -> Tuple[str, int]:
-    """``"recall@20"`` -> ``("recall", 20)``."""
-    m = re.fullmatch(r"([a-z]+)@(\d+)", str(metric).strip().lower())
+    """``"recall@20"`` -> ``("recall", 20)``; a ``cold/`` prefix (the new-item
+    metrics of the cold-items protocol) is accepted and dropped here."""
+    m = re.fullmatch(r"(?:cold/)?([a-z]+)@(\d+)", str(metric).strip().lower())
     if not m or m.group(1) not in METRIC_NAMES or int(m.group(2)) < 1:
-        raise ConfigError(f"train.metric: expected <name>@<K> with name in {list(METRIC_NAMES)} "
-                          f"and K >= 1, got {metric!r}")
+        raise ConfigError(f"train.metric: expected [cold/]<name>@<K> with name in "
+                          f"{list(METRIC_NAMES)} and K >= 1, got {metric!r}")
     return m.group(1), int(m.group(2))
+
+
+def metric_key(metric: str) -> str:
+    """The normalised key of a selection metric: ``"recall@20"`` or, selecting
+    on the new items of the cold-items protocol, ``"cold/recall@20"``."""
+    prefix = "cold/" if str(metric).strip().lower().startswith("cold/") else ""
+    return prefix + "{}@{}".format(*parse_metric(metric))
 
 
 _TRAIN_CHECKS = {
@@ -394,7 +402,7 @@ _TRAIN_CHECKS = {
     "grad_clip": lambda k, v: _number(k, v, positive=True, allow_none=True),
     "eval_every": lambda k, v: _positive_int(k, v),
     "patience": lambda k, v: _positive_int(k, v),
-    "metric": lambda k, v: "{}@{}".format(*parse_metric(v)),
+    "metric": lambda k, v: metric_key(v),
     "min_delta": lambda k, v: _number(k, v),
     "topk": lambda k, v: _check_topk(v),
     "deterministic": _bool,
@@ -619,7 +627,7 @@ def _plain(obj):
 
 __all__ = [
     "ConfigError", "CONFIG_DIR", "config_overrides", "PLUGINS", "load_yaml", "parse_value", "parse_assignments",
-    "parse_grid", "grid_settings", "train_defaults", "model_defaults", "validate_train", "parse_metric", "eval_ks",
+    "parse_grid", "grid_settings", "train_defaults", "model_defaults", "validate_train", "parse_metric", "metric_key", "eval_ks",
     "check_against_data", "resolve_model", "resolve_plugin", "build_config", "config_to_yaml",
     "model_params", "plugin_params",
 ]

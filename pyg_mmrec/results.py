@@ -126,12 +126,14 @@ def aggregate(results: Sequence[Dict[str, Any]], split: str = "test") -> List[Di
         rows.append({
             "model": cfg.get("model"), "plugin": cfg.get("plugin"), "dataset": cfg.get("dataset"),
             "missing": cfg.get("missing"), "fill": cfg.get("fill"),
+            "cold_items": cfg.get("cold_items"),
             "setting": setting_label(cfg.get("overrides")),
             "seeds": sorted(r["config"].get("seed") for r in runs),
             "metrics": stats, "seconds_per_epoch": spe,
             "best_epoch": _mean_std([float(r.get("best_epoch", -1)) for r in runs]),
         })
-    rows.sort(key=lambda r: (str(r["dataset"]), protocol_family(r["missing"]),
+    rows.sort(key=lambda r: (str(r["dataset"]), float(r["cold_items"] or 0.0),
+                             protocol_family(r["missing"]),
                              missing_rate(r["missing"]), str(r["model"]), str(r["plugin"]),
                              str(r["fill"]), r["setting"]))
     return rows
@@ -206,7 +208,8 @@ def paired_comparison(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]],
             if not r.get(split):
                 continue
             cfg = r["config"]
-            cell = (str(cfg.get("dataset")), str(cfg.get("missing")))
+            cell = (str(cfg.get("dataset")), str(cfg.get("missing")) + (  # new-item runs apart
+                f" cold_items={cfg['cold_items']:g}" if cfg.get("cold_items") else ""))
             key = _setting_key(r)
             first_key, first_path = first_setting.setdefault(cell, (key, r.get("_path", "?")))
             if key != first_key:
@@ -280,14 +283,28 @@ def _fmt(ms: tuple[float, float], digits: int = 4) -> str:
 
 def markdown_table(rows: Sequence[Dict[str, Any]], metrics: Sequence[str] = DEFAULT_METRICS,
                    split: str = "test") -> str:
-    """Markdown table, one line per group: mean ± std over seeds."""
+    """Markdown table, one line per group: mean ± std over seeds.
+
+    When some rows come from the new-item protocol (``cold_items``), a
+    ``new items`` column gives their share and every metric gains a
+    ``new-item <metric>`` column (``cold/<metric>``: users ranked against the
+    new items only) placed before the overall ones."""
+    cold = any(r.get("cold_items") for r in rows)
+    if cold:
+        metrics = [f"cold/{m}" for m in metrics if not m.startswith("cold/")] + [
+            m for m in metrics]
     head = ["dataset", "model", "missing", "fill", "setting", "seeds"]
-    head += [f"{m} ({split})" for m in metrics] + ["s/epoch"]
+    if cold:
+        head.insert(3, "new items")
+    head += [(f"new-item {m[5:]} ({split})" if m.startswith("cold/") else f"{m} ({split})")
+             for m in metrics] + ["s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         name = _model_name(r["model"], r["plugin"])
         cells = [str(r["dataset"]), name, str(r["missing"]), str(r["fill"]), r["setting"],
                  str(len(r["seeds"]))]
+        if cold:
+            cells.insert(3, f"{r['cold_items']:g}" if r.get("cold_items") else "–")
         cells += [_fmt(r["metrics"][m]) if m in r["metrics"] else "–" for m in metrics]
         cells.append(_fmt(r["seconds_per_epoch"], 2))
         lines.append("| " + " | ".join(cells) + " |")

@@ -44,12 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: feature key -> branch that adds it (see the module docstring)
 PENDING_MERGE: Dict[str, str] = {
-    "subcommand:recommend": "wt-infer",
-    "subcommand:export": "wt-infer",
-    "flag:train:--cold-items": "wt-infer",
-    "attr:pyg_mmrec.load": "wt-infer",
-    "file:docs/inference.md": "wt-infer",
-    "file:examples/recommend.py": "wt-infer",
 }
 
 #: documents whose commands are bad on purpose (the table of bad inputs and their errors);

@@ -60,6 +60,8 @@ class TrainData:
     ``train_*`` are the (filled) inputs seen during training, ``eval_*`` the
     ones seen at validation/test time (they differ under the ``fm`` protocols,
     where the test-time masks hide more modalities than the training ones).
+    Under the new-item protocol ``num_items`` counts the training (warm) items
+    and ``valid``/``test`` pairs use internal ids up to ``cold.num_items``.
     """
 
     num_users: int
@@ -71,6 +73,9 @@ class TrainData:
     train_masks: Dict[str, Tensor] = field(default_factory=dict)
     eval_features: Optional[Dict[str, Tensor]] = None
     eval_masks: Optional[Dict[str, Tensor]] = None
+    #: new-item protocol: the model trains on ``num_items`` warm items and is evaluated
+    #: after the new ones are added (:class:`pyg_mmrec.train.cold.ColdEval`)
+    cold: Optional[Any] = None
 
     def eval_inputs_differ(self) -> bool:
         """Whether validation needs :meth:`Recommender.set_modality_inputs`."""
@@ -218,7 +223,7 @@ class Trainer:
                  device: str | torch.device = "cpu", quiet: bool = True,
                  config: Optional[Mapping[str, Any]] = None, rank: int = 0,
                  world_size: int = 1) -> None:
-        from pyg_mmrec.config import eval_ks, parse_metric  # lazy: config imports models
+        from pyg_mmrec.config import eval_ks, metric_key  # lazy: config imports models
         from pyg_mmrec.data import BPRSampler
 
         self.device = torch.device(device)
@@ -231,7 +236,13 @@ class Trainer:
         self.config = dict(config) if config is not None else {"train": self.train_cfg}
         self.rank, self.world_size = int(rank), int(world_size)
         self.ks = eval_ks(self.train_cfg)
-        self.metric = "{}@{}".format(*parse_metric(self.train_cfg["metric"]))
+        self.metric = metric_key(self.train_cfg["metric"])
+        if data.cold is None and self.metric.startswith("cold/"):
+            raise ValueError(f"train.metric {self.metric!r}: new-item metrics exist only "
+                             "under the new-item protocol (cold_items)")
+        if data.cold is not None and self.world_size > 1:
+            raise RuntimeError("the new-item protocol (cold_items) is not supported with "
+                               "several processes yet")
         self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
                                   num_neg=self.train_cfg["num_neg"], seed=self.seed)
         self._switch_inputs = data.eval_inputs_differ()
@@ -404,16 +415,23 @@ class Trainer:
             self.model.set_modality_inputs(self._to_dev(d.eval_features or d.train_features),
                                            self._to_dev(d.eval_masks or d.train_masks))
         try:
-            user, item = self.model.embeddings_for_eval()
             if split == "valid":
                 target, exclude = d.valid_edge_index, [d.train_edge_index]
             else:
                 target, exclude = d.test_edge_index, [d.train_edge_index, d.valid_edge_index]
             target = self._eval_target(split, target)
-            metrics = evaluate_full_ranking(user, item, target.to(user.device),
-                                            [e.to(user.device) for e in exclude],
-                                            ks=tuple(self.ks), split=split,
-                                            rank=self.rank, world_size=self.world_size)
+            if d.cold is None:
+                user, item = self.model.embeddings_for_eval()
+                metrics = evaluate_full_ranking(user, item, target.to(user.device),
+                                                [e.to(user.device) for e in exclude],
+                                                ks=tuple(self.ks), split=split,
+                                                rank=self.rank, world_size=self.world_size)
+            else:  # new items are placed on a copy of the model, then ranked
+                from .cold import embeddings_with_new_items, evaluate_with_new_items
+                user, item = embeddings_with_new_items(self.model, d.cold)
+                metrics = evaluate_with_new_items(user, item, target.to(user.device),
+                                                  [e.to(user.device) for e in exclude],
+                                                  tuple(self.ks), split, d.cold)
             if self.world_size > 1:  # per-rank metric sums -> global means
                 metrics = metrics.all_reduce()
         finally:
