@@ -123,7 +123,7 @@ CASES = [
      "error: 'model.n_layers': expected a value of type int (like the default 2), got 'two' "
      "(str)"),
     ("bad-metric", None, lambda c: train_args(c)[:-2] + ["recall@x", "--quiet"],
-     "error: train.metric: expected <name>@<K> with name in ['recall', 'ndcg', 'precision', "
+     "error: train.metric: expected [cold/]<name>@<K> with name in ['recall', 'ndcg', 'precision', "
      "'map', 'hit'] and K >= 1, got 'recall@x'"),
     ("bad-missing", None, lambda c: train_args(c, "--missing", "i3mrec:xx:0.3"),
      "error: --missing: missing spec 'i3mrec:xx:0.3': unknown i3mrec mode 'xx'; expected one "
