@@ -459,11 +459,12 @@ class MRdIB(Recommender):
     def forward(self) -> MRdIBOutput:
         out = self.backbone()
         if not self.uses_joint:
-            return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras, out)
+            return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras,
+                               backbone=out)
         Z, MU, _, P = self._codes(out, None, sample=self.training and self.stochastic)
         user = torch.cat([out.user, self.gate * self._unit(self._joint_user(out.user))], -1)
         item = torch.cat([out.item, self._unit(self._joint(Z, P))], -1)
-        return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, out)
+        return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, backbone=out)
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:

@@ -1,0 +1,154 @@
+"""Sampled (``fanout``) training of every model: at a fan-out of at least the
+maximum degree, the sampled forward rows, loss terms and gradients equal the
+full-graph ones; at small fan-outs the step is random, trains and keeps
+missing features out."""
+import pytest
+import torch
+
+from conftest import random_batch, random_modal_data
+from pyg_mmrec.config import build_config
+from pyg_mmrec.models.bpr import BPR
+from pyg_mmrec.models.freedom import FREEDOM
+from pyg_mmrec.models.lattice import LATTICE
+from pyg_mmrec.models.lgmrec import LGMRec
+from pyg_mmrec.models.mgcn import MGCN
+from pyg_mmrec.models.mmgcn import MMGCN
+from pyg_mmrec.models.mrdib import MRdIB
+from pyg_mmrec.models.vbpr import VBPR
+
+U, I = 40, 60
+BIG = 500  # above every degree of the test graphs
+ACTIVE = {"FREEDOM", "FREEDOM_pruned"}  # grows as models gain sampled training
+
+# model -> (hyper-parameters, number of user-item layers = len(fanout))
+CASES = {
+    "FREEDOM": (FREEDOM, dict(embedding_size=16, feat_embed_dim=16, knn_k=3, n_mm_layers=2,
+                              dropout=0.0), 2),
+    "FREEDOM_pruned": (FREEDOM, dict(embedding_size=16, feat_embed_dim=16, knn_k=3,
+                                     dropout=0.5), 2),
+    "LATTICE": (LATTICE, dict(embedding_size=16, feat_embed_dim=16, knn_k=3, n_layers=2), 2),
+    "MGCN": (MGCN, dict(embedding_size=16, knn_k=3, n_layers=2, cl_loss=0.1), 2),
+    "LGMRec": (LGMRec, dict(embedding_size=16, feat_embed_dim=16, keep_rate=1.0,
+                            cl_weight=0.1, reg_weight=1e-3), 2),
+    "MMGCN": (MMGCN, dict(embedding_size=16, dim_latent=24), 2),
+    "VBPR": (VBPR, dict(embedding_size=16, drop_missing=True), 1),
+    "BPR": (BPR, dict(embedding_size=16), 1),
+}
+
+
+def make_data(seed=0, miss=0.3):
+    return random_modal_data(U, I, seed, miss=miss)
+
+
+def pair(name, fanout_value=BIG, data=None):
+    cls, hp, n = CASES[name]
+    ei, feats, masks = data if data is not None else make_data()
+    torch.manual_seed(0)
+    full = cls(U, I, ei, feats, masks, **hp)
+    torch.manual_seed(0)
+    sampled = cls(U, I, ei, feats, masks, fanout=[fanout_value] * n, **hp)
+    sampled.load_state_dict(full.state_dict())
+    return full, sampled
+
+
+def start_epoch(*models):
+    for model in models:
+        torch.manual_seed(3)
+        model.on_epoch_start(0)
+
+
+def dense(g):
+    return g.to_dense() if g is not None and g.is_sparse else g
+
+
+def assert_close(a, b, what, atol=1e-5):
+    assert a.shape == b.shape, what
+    assert torch.allclose(a, b, atol=atol, rtol=1e-4), f"{what}: max diff {(a - b).abs().max()}"
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n in ACTIVE])
+def test_full_fanout_forward_rows_equal_full_graph(name):
+    full, sampled = pair(name)
+    start_epoch(full, sampled)
+    users, items = torch.tensor([3, 1, 3, 7]), torch.tensor([5, 0, 59, 5, 12])
+    torch.manual_seed(5)
+    ref = full.forward()
+    torch.manual_seed(5)
+    out = sampled.sampled_output(users, items)
+    assert torch.equal(out.user_ids, torch.tensor([1, 3, 7]))
+    assert torch.equal(out.item_ids, torch.tensor([0, 5, 12, 59]))
+    assert_close(out.user, ref.user[out.user_ids], "user")
+    assert_close(out.item, ref.item[out.item_ids], "item")
+    for m, h in ref.item_modal.items():
+        assert_close(out.item_modal[m], h[out.item_ids], f"item_modal[{m}]")
+    for m, h in ref.user_modal.items():
+        assert_close(out.user_modal[m], h[out.user_ids], f"user_modal[{m}]")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n in ACTIVE])
+def test_full_fanout_loss_and_gradients_equal_full_graph(name):
+    full, sampled = pair(name)
+    start_epoch(full, sampled)
+    b = random_batch(U, I, 1, 32)
+    torch.manual_seed(7)
+    lf = full.loss(*b)
+    torch.manual_seed(7)
+    ls = sampled.loss(*b)
+    assert set(lf) == set(ls)
+    for k in lf:
+        assert_close(ls[k], lf[k], f"loss term {k}", atol=1e-6)
+    sum(lf.values()).backward()
+    sum(ls.values()).backward()
+    grads_full = dict(full.named_parameters())
+    for n, p in sampled.named_parameters():
+        gf = grads_full[n].grad
+        if gf is None:
+            assert p.grad is None or not dense(p.grad).any(), n
+            continue
+        assert p.grad is not None, f"{n}: no gradient in the sampled step"
+        assert_close(dense(p.grad), gf, f"grad of {n}")
+    assert sampled.user_embedding.weight.grad.is_sparse  # only the batch's rows
+    # evaluation always propagates the full graph
+    full.eval(), sampled.eval()
+    for a, c in zip(full.embeddings_for_eval(), sampled.embeddings_for_eval()):
+        assert_close(c, a, "evaluation embeddings")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n in ACTIVE])
+def test_small_fanout_is_random_trains_and_ignores_missing_features(name):
+    ei, feats, masks = make_data(miss=0.5)
+    _, model = pair(name, 2, (ei, feats, masks))
+    start_epoch(model)
+    b = random_batch(U, I, 1, 32)
+    torch.manual_seed(3)
+    a = model.loss(*b)
+    total = sum(a.values())
+    assert torch.isfinite(total)
+    total.backward()
+    # a missing item's filled feature is never read
+    feats2 = {m: torch.where(masks[m].unsqueeze(1), x, torch.full_like(x, 1e4))
+              for m, x in feats.items()}
+    model.set_modality_inputs(feats2, masks)
+    torch.manual_seed(3)
+    c = model.loss(*b)
+    for k in a:
+        assert_close(c[k], a[k], f"term {k} with garbage in missing rows", atol=1e-6)
+    if CASES[name][2] and name not in ("VBPR", "BPR"):
+        torch.manual_seed(4)
+        d = model.loss(*b)
+        assert any(not torch.equal(d[k], a[k]) for k in a), "small fan-out: no randomness"
+
+
+@pytest.mark.parametrize("name", ["FREEDOM", "LATTICE", "MGCN", "LGMRec", "MMGCN"])
+def test_bad_fanout_names_the_key(name):
+    cls, hp, n = CASES[name]
+    ei, feats, masks = make_data()
+    for bad in ([], [10] * (n + 1), [10, 0][:n] + [0] * (n - 2 if n > 2 else 0)):
+        with pytest.raises(ValueError, match="fanout"):
+            cls(U, I, ei, feats, masks, fanout=bad, **hp)
+
+
+def test_every_yaml_has_a_full_graph_fanout_default():
+    for name in ("FREEDOM", "LATTICE", "MGCN", "LGMRec", "MMGCN", "VBPR", "BPR"):
+        assert build_config(name)["hparams"]["fanout"] is None
+        assert build_config(name, {"fanout": [5, 5]})["hparams"]["fanout"] == [5, 5]
