@@ -145,10 +145,11 @@ class Recommender(torch.nn.Module):
         self.user_embedding = torch.nn.Embedding(self.num_users, user_dim or dim, sparse=sparse)
         self.item_embedding = torch.nn.Embedding(self.num_items, dim, sparse=sparse)
 
-    def _init_sampler(self, fanout, num_layers: int) -> bool:
+    def _init_sampler(self, fanout, num_layers: Optional[int]) -> bool:
         r"""Sets :attr:`sampler` from the ``fanout`` hyper-parameter (one
-        positive int per user–item layer, or ``None``); returns whether
-        training is sampled (then ID embeddings should be sparse)."""
+        positive int per user–item layer, any number when ``num_layers`` is
+        ``None``, or ``None``); returns whether training is sampled (then ID
+        embeddings should be sparse)."""
         from ..nn.neighbor_sampling import LayerwiseSampler
         self.sampler = None if fanout is None else LayerwiseSampler(fanout, num_layers)
         return self.sampler is not None
@@ -354,6 +355,15 @@ class Recommender(torch.nn.Module):
         ``user_ids`` / ``item_ids`` name the rows. Models with ``fanout``
         implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no sampled training")
+
+    def _batch_rows_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a graph-free model: :meth:`forward`'s
+        rows of the sorted unique ``users`` and ``items``, read directly
+        (ID embeddings by look-up, so their gradients stay sparse)."""
+        user_ids, item_ids = torch.unique(users.reshape(-1)), torch.unique(items.reshape(-1))
+        item, item_modal = self.item_rows_of(item_ids)
+        return RecOutput(user=self.user_embedding(user_ids), item=item, item_modal=item_modal,
+                         user_ids=user_ids, item_ids=item_ids)
 
     def training_output(self, users: Tensor, pos: Tensor, neg: Tensor) -> RecOutput:
         r"""What :meth:`loss` reads when no ``out`` is given: the sampled

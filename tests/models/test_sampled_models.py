@@ -18,7 +18,7 @@ from pyg_mmrec.models.vbpr import VBPR
 
 U, I = 40, 60
 BIG = 500  # above every degree of the test graphs
-ACTIVE = {"FREEDOM", "FREEDOM_pruned", "LATTICE", "MGCN"}  # grows as models gain sampled training
+ACTIVE = {"FREEDOM", "FREEDOM_pruned", "LATTICE", "MGCN", "MMGCN", "VBPR", "BPR"}
 
 # model -> (hyper-parameters, number of user-item layers = len(fanout))
 CASES = {
