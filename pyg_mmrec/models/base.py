@@ -354,7 +354,8 @@ class Recommender(torch.nn.Module):
         (unbiased, exact when every fan-out is at least the maximum degree);
         ``user_ids`` / ``item_ids`` name the rows. Models with ``fanout``
         implement it."""
-        raise NotImplementedError(f"{type(self).__name__} has no sampled training")
+        raise NotImplementedError(f"{type(self).__name__} has no partial sampled output (its "
+                                  f"sampled training, if any, lives in its own loss)")
 
     def _batch_rows_output(self, users: Tensor, items: Tensor) -> RecOutput:
         r"""The partial output of a graph-free model: :meth:`forward`'s
