@@ -235,6 +235,11 @@ class MRdIB(Recommender):
         Module.__init__(self)
         if not isinstance(backbone, Recommender):
             raise ValueError(f"backbone: expected a Recommender, got {type(backbone).__name__}")
+        if (backbone.sampler is not None
+                and type(backbone).sampled_output is Recommender.sampled_output):
+            raise ValueError(f"backbone: {type(backbone).__name__} built with fanout has no "
+                             f"partial sampled output, so MRdIB cannot wrap its sampled "
+                             f"training; build it with fanout=null")
         self.backbone = backbone
         self.num_users = backbone.num_users
         self.num_items = backbone.num_items

@@ -208,3 +208,25 @@ def test_mrdib_over_a_sampled_backbone_equals_full_and_skips_the_full_pass(name)
         if gf is not None:
             assert p.grad is not None, n
             assert_close(dense(p.grad), gf, f"grad of {n}")
+
+
+def test_mrdib_refuses_a_sampled_backbone_without_partial_output():
+    from pyg_mmrec.models.i3mrec import I3MRec
+    ei, feats, masks = make_data()
+    backbone = I3MRec(U, I, ei, feats, masks, embedding_size=8, n_layers=2, fanout=[3, 3])
+    with pytest.raises(ValueError, match="backbone: I3MRec built with fanout"):
+        MRdIB(backbone)
+
+
+def test_lightgcn_partial_output_matches_its_sampled_forward():
+    from pyg_mmrec.models.lightgcn import LightGCN
+    ei, feats, masks = make_data()
+    torch.manual_seed(0)
+    model = LightGCN(U, I, ei, embedding_size=8, fanout=[2, 2])
+    users, items = torch.tensor([3, 1, 3]), torch.tensor([5, 0, 5])
+    torch.manual_seed(4)
+    u, i = model.sampled_forward(users, items)
+    torch.manual_seed(4)
+    out = model.sampled_output(users, items)
+    assert torch.allclose(out.user[out.user_rows(users)], u)
+    assert torch.allclose(out.item[out.item_rows(items)], i)
