@@ -150,7 +150,9 @@ class Recommender(torch.nn.Module):
         positive int per user–item layer, any number when ``num_layers`` is
         ``None``, or ``None``); returns whether training is sampled (then ID
         embeddings should be sparse)."""
-        from ..nn.neighbor_sampling import LayerwiseSampler
+        from ..nn.neighbor_sampling import LayerwiseSampler, check_fanout
+        if fanout is not None and num_layers is None:  # any length: one layer names the error
+            check_fanout(fanout, len(fanout) if isinstance(fanout, (list, tuple)) else 1)
         self.sampler = None if fanout is None else LayerwiseSampler(fanout, num_layers)
         return self.sampler is not None
 

@@ -230,3 +230,44 @@ def test_lightgcn_partial_output_matches_its_sampled_forward():
     out = model.sampled_output(users, items)
     assert torch.allclose(out.user[out.user_rows(users)], u)
     assert torch.allclose(out.item[out.item_rows(items)], i)
+
+
+@pytest.mark.parametrize("name,fields", [("FREEDOM", ("user", "item")),
+                                         ("MGCN", ("user_modal",)),
+                                         ("LGMRec", ("user_modal", "item_modal"))])
+def test_small_fanout_estimates_are_unbiased(name, fields):
+    # the parts that are linear in the sampled propagation: their mean over many
+    # independent samples approaches the full-graph rows
+    full, sampled = pair(name, 2)
+    full.eval(), sampled.eval()  # no dropout / Gumbel noise: only the sampling is random
+    users, items = torch.tensor([1, 3, 7]), torch.tensor([0, 5, 12, 59])
+    ref = full.forward()
+    def pick(out, f, rows_of):
+        v = getattr(out, f)
+        ids = users if f.startswith("user") else items
+        rows = rows_of(out, f.startswith("user"), ids.sort().values)
+        parts = list(v.values()) if isinstance(v, dict) else [v]
+        return torch.cat([t[rows].reshape(-1) for t in parts])
+
+    def partial_rows(out, is_user, ids):
+        return out.user_rows(ids) if is_user else out.item_rows(ids)
+
+    torch.manual_seed(11)
+    draws = []
+    with torch.no_grad():
+        for _ in range(600):
+            out = sampled.sampled_output(users, items)
+            draws.append(torch.cat([pick(out, f, partial_rows) for f in fields]))
+    stack = torch.stack(draws)
+    want = torch.cat([pick(ref, f, lambda out, is_user, ids: ids) for f in fields])
+    mean, se = stack.mean(0), stack.std(0) / stack.size(0) ** 0.5
+    assert (stack.std(0) > 0).any(), "fan-out 2 drew nothing at random"
+    assert ((mean - want).abs() <= 5 * se + 1e-5).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("bad", [5, "10,10", [], [3, 0]])
+def test_graph_free_models_check_fanout_too(bad):
+    ei, feats, masks = make_data()
+    for cls in (VBPR, BPR):
+        with pytest.raises(ValueError, match="fanout: expected"):
+            cls(U, I, ei, feats, masks, fanout=bad)
