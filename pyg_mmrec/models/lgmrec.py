@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.knn import mask_key
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.missing_aware_conv import MissingAwareConv
-from ..data.knn import mask_key
 from ._sampled import PresentWeights, UserItemSample
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
@@ -293,7 +293,6 @@ class LGMRec(Recommender):
         extras cover all users / items, as in :meth:`forward`."""
         if self.sampler is None:
             raise RuntimeError("sampled_output: the model was built with fanout=None")
-        U, I, d = self.num_users, self.num_items, self.embedding_size
         # 1) hyperedge assignments of every user and item, drawn in forward()'s order
         assign = {}
         for m in self.modalities:

@@ -6,10 +6,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Recommender, RecOutput, batch_l2, bpr_loss
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.neighbor_sampling import LayerwiseSampler
 from ._sampled import UserItemSample
+from .base import Recommender, RecOutput, batch_l2, bpr_loss
 
 
 class LightGCN(Recommender):

@@ -11,8 +11,8 @@ from ..data.knn import mask_key
 from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
-from ._static_linear import StaticInputCache, static_linear
 from ._sampled import PresentWeights, UserItemSample, cached_neighbourhood
+from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_l2_terms
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.lightgcn_conv import LightGCNConv
-from ._static_linear import StaticInputCache, static_linear
 from ._sampled import PresentWeights, UserItemSample
+from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
 

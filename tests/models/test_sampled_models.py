@@ -4,8 +4,8 @@ full-graph ones; at small fan-outs the step is random, trains and keeps
 missing features out."""
 import pytest
 import torch
-
 from conftest import random_batch, random_modal_data
+
 from pyg_mmrec.config import build_config
 from pyg_mmrec.models.bpr import BPR
 from pyg_mmrec.models.freedom import FREEDOM
@@ -112,7 +112,7 @@ def test_full_fanout_loss_and_gradients_equal_full_graph(name):
     assert sampled.user_embedding.weight.grad.is_sparse  # only the batch's rows
     # evaluation always propagates the full graph
     full.eval(), sampled.eval()
-    for a, c in zip(full.embeddings_for_eval(), sampled.embeddings_for_eval()):
+    for a, c in zip(full.embeddings_for_eval(), sampled.embeddings_for_eval(), strict=True):
         assert_close(c, a, "evaluation embeddings")
 
 
