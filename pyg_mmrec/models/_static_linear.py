@@ -87,14 +87,19 @@ class _ScaledMatmul(torch.autograd.Function):
 
 def static_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   cache: Optional[StaticInputCache] = None,
-                  key: Hashable = None) -> Tensor:
+                  key: Hashable = None, rows: Optional[Tensor] = None) -> Tensor:
     r""":math:`x W + b` for a constant ``x`` :math:`[N, F]`, ``weight``
     :math:`[F, D]` (pass ``linear.weight.t()`` for a :class:`torch.nn.Linear`),
     ``bias`` :math:`[D]`. With a ``cache`` the scaled copy of ``x`` is built once
-    per ``key``. Falls back to the plain product when ``x`` requires gradients."""
+    per ``key``. ``rows``: only those rows of ``x`` (a sampled step), with the
+    same scale, hence the same numbers as the rows of the full product. Falls
+    back to the plain product when ``x`` requires gradients."""
     if x.requires_grad:
+        x = x if rows is None else x[rows]
         return x @ weight if bias is None else torch.addmm(bias, x, weight)
     x_scaled, inv = (cache if cache is not None else StaticInputCache()).get(key, x)
+    if rows is not None:
+        x_scaled = x_scaled[rows]
     if x_scaled.dtype != weight.dtype:
         raise ValueError(f"x: expected dtype {weight.dtype} (the weight's), got {x_scaled.dtype}")
     return _ScaledMatmul.apply(x_scaled, inv, weight, bias)

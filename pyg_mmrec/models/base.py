@@ -25,6 +25,10 @@ class RecOutput:
             missing are undefined and must be ignored via the presence mask.
         user_modal: per-modality user representations, when the model has them.
         extras: anything else a model's own loss needs from the forward pass.
+        user_ids: ``None`` for a full output; for a *partial* one (a sampled
+            training step, :meth:`Recommender.sampled_output`) the sorted
+            unique global ids of the rows of ``user`` / ``user_modal``.
+        item_ids: likewise for ``item`` / ``item_modal``.
     """
 
     user: Tensor
@@ -32,6 +36,16 @@ class RecOutput:
     item_modal: Dict[str, Tensor] = field(default_factory=dict)
     user_modal: Dict[str, Tensor] = field(default_factory=dict)
     extras: Dict[str, Tensor] = field(default_factory=dict)
+    user_ids: Optional[Tensor] = None
+    item_ids: Optional[Tensor] = None
+
+    def user_rows(self, users: Tensor) -> Tensor:
+        """Rows of :attr:`user` holding the global user ids ``users``."""
+        return users if self.user_ids is None else torch.searchsorted(self.user_ids, users)
+
+    def item_rows(self, items: Tensor) -> Tensor:
+        """Rows of :attr:`item` holding the global item ids ``items``."""
+        return items if self.item_ids is None else torch.searchsorted(self.item_ids, items)
 
 
 def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -90,6 +104,9 @@ class Recommender(torch.nn.Module):
     #: whether the model reads modality features (False for BPR/LightGCN)
     uses_features: bool = True
 
+    #: the neighbour sampler of sampled training (``fanout``); ``None``: full graph
+    sampler = None
+
     #: whether :meth:`add_items` can place items with no interactions from
     #: their content (False for ID-only models)
     supports_new_items: bool = False
@@ -127,6 +144,17 @@ class Recommender(torch.nn.Module):
         dim]``); ``sparse``: sparse gradients (sampled training)."""
         self.user_embedding = torch.nn.Embedding(self.num_users, user_dim or dim, sparse=sparse)
         self.item_embedding = torch.nn.Embedding(self.num_items, dim, sparse=sparse)
+
+    def _init_sampler(self, fanout, num_layers: Optional[int]) -> bool:
+        r"""Sets :attr:`sampler` from the ``fanout`` hyper-parameter (one
+        positive int per user–item layer, any number when ``num_layers`` is
+        ``None``, or ``None``); returns whether training is sampled (then ID
+        embeddings should be sparse)."""
+        from ..nn.neighbor_sampling import LayerwiseSampler, check_fanout
+        if fanout is not None and num_layers is None:  # any length: one layer names the error
+            check_fanout(fanout, len(fanout) if isinstance(fanout, (list, tuple)) else 1)
+        self.sampler = None if fanout is None else LayerwiseSampler(fanout, num_layers)
+        return self.sampler is not None
 
     def _reset_id_embeddings(self, init: Callable[[Tensor], Any] = torch.nn.init.xavier_uniform_
                              ) -> None:
@@ -321,13 +349,42 @@ class Recommender(torch.nn.Module):
     def forward(self) -> RecOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:  # pragma: no cover
+        r"""The partial :class:`RecOutput` of a sampled training step: the rows
+        of the sorted unique ``users`` and ``items`` (global ids, any shape,
+        duplicates allowed), estimated from one neighbour sample of them
+        (unbiased, exact when every fan-out is at least the maximum degree);
+        ``user_ids`` / ``item_ids`` name the rows. Models with ``fanout``
+        implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no partial sampled output (its "
+                                  f"sampled training, if any, lives in its own loss)")
+
+    def _batch_rows_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a graph-free model: :meth:`forward`'s
+        rows of the sorted unique ``users`` and ``items``, read directly
+        (ID embeddings by look-up, so their gradients stay sparse)."""
+        user_ids, item_ids = torch.unique(users.reshape(-1)), torch.unique(items.reshape(-1))
+        item, item_modal = self.item_rows_of(item_ids)
+        return RecOutput(user=self.user_embedding(user_ids), item=item, item_modal=item_modal,
+                         user_ids=user_ids, item_ids=item_ids)
+
+    def training_output(self, users: Tensor, pos: Tensor, neg: Tensor) -> RecOutput:
+        r"""What :meth:`loss` reads when no ``out`` is given: the sampled
+        output of the batch in sampled training (``fanout`` set, training
+        mode), else :meth:`forward`."""
+        if self.sampler is not None and self.training:
+            return self.sampled_output(users, torch.cat([pos.reshape(-1), neg.reshape(-1)]))
+        return self.forward()
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        """Named, already-weighted loss terms for one BPR batch; the trainer
-        sums them. ``out`` lets a wrapper (MRdIB) share one forward pass.
+        """Named, already-weighted loss terms for one BPR batch (global ids);
+        the trainer sums them. ``out`` (full or partial) lets a wrapper
+        (MRdIB) share one forward pass.
         Default: BPR on :attr:`RecOutput.user`/``item`` + L2 on the batch."""
-        out = self.forward() if out is None else out
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        out = self.training_output(users, pos, neg) if out is None else out
+        u, p, n = out.user[out.user_rows(users)], out.item[out.item_rows(pos)], \
+            out.item[out.item_rows(neg)]
         return bpr_l2_terms(u, p, n, getattr(self, "reg_weight", 0.0))
 
     @torch.no_grad()

@@ -1,7 +1,7 @@
 r"""FREEDOM: frozen item–item graphs plus degree-sensitive edge pruning."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -10,6 +10,7 @@ from ..data.knn import mask_key, normalize_edge_weight
 from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
+from ._sampled import UserItemSample, cached_neighbourhood
 from .base import Recommender, RecOutput, bpr_loss
 
 
@@ -83,6 +84,17 @@ class FREEDOM(Recommender):
     :math:`\beta`-weighted mean of its content neighbours' ID embeddings over
     its present modalities); a missing modality gives it no edge there.
 
+    **Sampled training** (``fanout``): a step computes :math:`z` only for the
+    batch's users and items (:meth:`sampled_output`). *Sampled*: the
+    LightGCN part, over a layer-wise neighbour sample of the batch in this
+    epoch's pruned graph (unbiased; exact when every fan-out is at least the
+    maximum degree). *Exact*: the frozen item–item part
+    :math:`(S^{L_m} E_I)_i`, propagated over the batch items' exact
+    :math:`L_m`-hop neighbourhood in :math:`S` (rows hold at most :math:`k`
+    neighbours per modality), and :math:`W_m f^m` of the batch items. ID
+    embeddings get sparse gradients (:class:`~pyg_mmrec.train.optim.LazyAdam`);
+    evaluation propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (64).
         feat_embed_dim (int): output size of :math:`W_m` (must equal :math:`d`).
@@ -93,6 +105,9 @@ class FREEDOM(Recommender):
             text 0.9); see :func:`modality_weights`.
         dropout (float): :math:`\rho`, fraction of interactions pruned (0.8/0.9).
         reg_weight (float): :math:`\lambda`, weight of the modality BPR terms.
+        fanout (list of int, optional): neighbours sampled per node at each
+            user–item hop (``fanout[0]``: next to the batch), one per
+            ``n_ui_layers``; ``None``: full-graph propagation at every step.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
@@ -101,7 +116,8 @@ class FREEDOM(Recommender):
                  embedding_size: int = 64, feat_embed_dim: int = 64,
                  n_mm_layers: int = 1, n_ui_layers: int = 2, knn_k: int = 10,
                  modal_weights: Optional[Mapping[str, float]] = None,
-                 dropout: float = 0.8, reg_weight: float = 1e-3) -> None:
+                 dropout: float = 0.8, reg_weight: float = 1e-3,
+                 fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if feat_embed_dim != embedding_size:
             raise ValueError(f"feat_embed_dim: must equal embedding_size ({embedding_size}) "
@@ -117,11 +133,13 @@ class FREEDOM(Recommender):
         self.beta = modality_weights(self.modalities, modal_weights, "modal_weights")
 
         d = self.embedding_size
-        self._init_id_embeddings(d)
+        sparse = self._init_sampler(fanout, self.n_ui_layers)
+        self._init_id_embeddings(d, sparse=sparse)
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
             for m in self.modalities})
         self.conv = LightGCNConv(num_users, num_items, train_edge_index, num_layers=n_ui_layers)
+        self._hoods: dict = {}  # exact item-item neighbourhoods of sampled steps
         # the pruned graph of the current epoch (None: evaluate / no pruning yet)
         self.pruned_conv: Optional[LightGCNConv] = None
         self.mm_conv = ItemItemConv(normalize="none")  # S is normalised when built
@@ -172,7 +190,7 @@ class FREEDOM(Recommender):
 
     # -------------------------------------------------------------- forward
     def forward(self) -> RecOutput:
-        conv = self.pruned_conv if (self.training and self.pruned_conv is not None) else self.conv
+        conv = self._train_conv()
         e_u, e_i = conv.propagate_layers((self.user_embedding.weight, self.item_embedding.weight),
                                          combine="mean")
         if self.mm_graph is not None:
@@ -186,18 +204,42 @@ class FREEDOM(Recommender):
         item_modal = {m: self.projections[m](self.feature(m)) for m in self.modalities}
         return RecOutput(user=e_u, item=e_i, item_modal=item_modal)
 
+    def _train_conv(self) -> LightGCNConv:
+        return self.pruned_conv if (self.training and self.pruned_conv is not None) else self.conv
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step (see "Sampled training"):
+        rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``)."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        s = UserItemSample(self.sampler, self._train_conv(), users, items)
+        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        e_u, e_i = s.propagate(x, combine="mean")
+        if self.mm_graph is not None:
+            ei, w = self.mm_graph
+            if ei.device != e_i.device:
+                self.mm_graph = ei, w = ei.to(e_i.device), w.to(e_i.device)
+            adj = self.mm_conv._adjacency(ei, w, self.num_items, None)
+            hood = cached_neighbourhood(self._hoods, "mm", adj, self.n_mm_layers)
+            e_i = e_i + hood.rows(s.item_ids, self.item_embedding)
+        item_modal = {m: self.projections[m](self.feature(m)[s.item_ids])
+                      for m in self.modalities}
+        return RecOutput(user=e_u, item=e_i, item_modal=item_modal, user_ids=s.user_ids,
+                         item_ids=s.item_ids)
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        u = out.user[users]
-        terms = {"bpr": bpr_loss(u, out.item[pos], out.item[neg])}
+        out = self.training_output(users, pos, neg) if out is None else out
+        u = out.user[out.user_rows(users)]
+        rp, rn = out.item_rows(pos), out.item_rows(neg)
+        terms = {"bpr": bpr_loss(u, out.item[rp], out.item[rn])}
         if self.reg_weight and self.modalities:
             modal = u.new_zeros(())
             for m in self.modalities:
                 ok = self.mask(m)[pos] & self.mask(m)[neg]
                 if ok.any():
                     h = out.item_modal[m]
-                    modal = modal + bpr_loss(u[ok], h[pos[ok]], h[neg[ok]])
+                    modal = modal + bpr_loss(u[ok], h[rp[ok]], h[rn[ok]])
             terms["modal_bpr"] = self.reg_weight * modal
         return terms
 

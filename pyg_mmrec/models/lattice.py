@@ -1,7 +1,7 @@
 r"""LATTICE: latent item–item structure learned from multimodal features."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from torch import Tensor
 from ..data.knn import mask_key, normalize_edge_weight
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
+from ._sampled import UserItemSample, cached_neighbourhood
 from .base import Recommender, RecOutput
 
 
@@ -55,6 +56,17 @@ class LATTICE(Recommender):
     neighbours' ID embeddings. A missing modality gives it no edge in that
     modality and is left out of the mix, as in training.
 
+    **Sampled training** (``fanout``): a step computes :math:`z` only for the
+    batch's users and items (:meth:`sampled_output`). *Sampled*: the
+    LightGCN part, over a layer-wise neighbour sample of the batch (unbiased;
+    exact when every fan-out is at least the maximum degree). *Exact*: the
+    graphs :math:`A^m` themselves (the learned kNN graph is still rebuilt from
+    all items once per epoch, :math:`O(I^2 d)`, on the epoch's first batch with
+    gradients into :math:`W_m` through the sampled edges' weights) and
+    :math:`h^m`, propagated over the batch items' exact :math:`L_i`-hop
+    neighbourhood in :math:`A^m` (rows hold at most :math:`2k` neighbours).
+    ID embeddings get sparse gradients; evaluation propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (64).
         feat_embed_dim (int): output size of :math:`W_m` (64).
@@ -63,6 +75,8 @@ class LATTICE(Recommender):
         knn_k (int): :math:`k` (10).
         lambda_coeff (float): :math:`\lambda`, weight of the raw-feature graph (0.9).
         reg_weight (float): L2 weight on the batch representations.
+        fanout (list of int, optional): neighbours sampled per node at each
+            user–item hop, one per ``n_ui_layers``; ``None``: full graph.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
@@ -70,7 +84,7 @@ class LATTICE(Recommender):
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, feat_embed_dim: int = 64, n_layers: int = 1,
                  n_ui_layers: int = 2, knn_k: int = 10, lambda_coeff: float = 0.9,
-                 reg_weight: float = 1e-4) -> None:
+                 reg_weight: float = 1e-4, fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not 0.0 <= lambda_coeff <= 1.0:
             raise ValueError(f"lambda_coeff: expected a value in [0, 1], got {lambda_coeff}")
@@ -81,7 +95,8 @@ class LATTICE(Recommender):
         self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
 
         d = self.embedding_size
-        self._init_id_embeddings(d)
+        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, self.n_ui_layers))
+        self._hoods: dict = {}  # exact item-item neighbourhoods of sampled steps
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), feat_embed_dim)
             for m in self.modalities})
@@ -136,7 +151,10 @@ class LATTICE(Recommender):
         self._rebuild_pending = True
 
     # -------------------------------------------------------------- forward
-    def forward(self) -> RecOutput:
+    def _graphs(self) -> Dict[str, tuple]:
+        """The graphs :math:`A^m` of this step (rebuilt with gradients on the
+        first training batch of an epoch, from the current parameters in
+        evaluation)."""
         if self.training and self._rebuild_pending:
             self._build_graphs(with_grad=True)
             self._rebuild_pending = False
@@ -152,25 +170,61 @@ class LATTICE(Recommender):
                     self._build_graphs(with_grad=False)
                 self._graph_key = self._param_key()
             graphs = self.item_graphs
+        dev = self.item_embedding.weight.device
+        for m, (ei, w) in list(graphs.items()):
+            if ei.device != dev:  # the model moved: move the cached graph once
+                graphs[m] = self.item_graphs[m] = ei.to(dev), w.to(dev)
+        return graphs
+
+    def _mix(self, e_i: Tensor, item_modal: Dict[str, Tensor],
+             items: Optional[Tensor] = None) -> Tensor:
+        r""":math:`z_i = e_i + h_i / \lVert h_i \rVert` (rows ``items``, or all)."""
+        alpha = torch.softmax(self.modal_weight, 0)
+        num, den = 0.0, 0.0
+        for k, m in enumerate(self.modalities):
+            h = item_modal[m]
+            mk = self.mask(m) if items is None else self.mask(m)[items]
+            a = alpha[k] * mk.to(h.dtype)
+            num = num + a.unsqueeze(-1) * h
+            den = den + a
+        h = num / den.clamp_min(1e-12).unsqueeze(-1)
+        return e_i + F.normalize(h, dim=-1)
+
+    def forward(self) -> RecOutput:
+        graphs = self._graphs() if self.modalities else {}
         e_u, e_i = self.conv.propagate_layers((self.user_embedding.weight,
                                                self.item_embedding.weight), combine="mean")
         if not self.modalities:
             return RecOutput(user=e_u, item=e_i)
-        alpha = torch.softmax(self.modal_weight, 0)
-        item_modal, num, den = {}, 0.0, 0.0
-        for k, m in enumerate(self.modalities):
+        item_modal = {}
+        for m in self.modalities:
             ei, w = graphs[m]
-            if ei.device != e_i.device:  # the model moved: move the cached graph once
-                ei, w = graphs[m] = self.item_graphs[m] = ei.to(e_i.device), w.to(e_i.device)
             h = self.item_embedding.weight
             for _ in range(self.n_layers):
                 h = self.item_convs[m](h, ei, edge_weight=w)
             item_modal[m] = h
-            a = alpha[k] * self.mask(m).to(h.dtype)
-            num = num + a.unsqueeze(-1) * h
-            den = den + a
-        h = num / den.clamp_min(1e-12).unsqueeze(-1)
-        return RecOutput(user=e_u, item=e_i + F.normalize(h, dim=-1), item_modal=item_modal)
+        return RecOutput(user=e_u, item=self._mix(e_i, item_modal), item_modal=item_modal)
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step (see "Sampled training"):
+        rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``)."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        graphs = self._graphs() if self.modalities else {}
+        s = UserItemSample(self.sampler, self.conv, users, items)
+        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        e_u, e_i = s.propagate(x, combine="mean")
+        if not self.modalities:
+            return RecOutput(user=e_u, item=e_i, user_ids=s.user_ids, item_ids=s.item_ids)
+        item_modal = {}
+        for m in self.modalities:
+            ei, w = graphs[m]
+            adj = self.item_convs[m]._adjacency(ei, w, self.num_items, None)
+            hood = cached_neighbourhood(self._hoods, m, adj, self.n_layers)
+            grad = adj.value if adj.value is not None and adj.value.requires_grad else None
+            item_modal[m] = hood.rows(s.item_ids, self.item_embedding, edge_value=grad)
+        return RecOutput(user=e_u, item=self._mix(e_i, item_modal, s.item_ids),
+                         item_modal=item_modal, user_ids=s.user_ids, item_ids=s.item_ids)
 
     # ------------------------------------------------------------- new items
     supports_new_items = True  # see "New items" in the class docstring

@@ -2,14 +2,16 @@ r"""LGMRec: local (graph) and global (hypergraph) multimodal embeddings."""
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.knn import mask_key
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.missing_aware_conv import MissingAwareConv
+from ._sampled import PresentWeights, UserItemSample
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
@@ -75,6 +77,24 @@ class LGMRec(Recommender):
     depth; the contrast evaluates each distinct batch row once, weighted by its
     multiplicity (the same sum).
 
+    **Sampled training** (``fanout``, one entry per layer of the deeper of
+    the two propagations, :math:`\max(L, L_m)`): a step computes :math:`z`
+    for the batch's users and items (:meth:`sampled_output`) from one
+    layer-wise neighbour sample of them. *Sampled* (unbiased; exact when
+    every fan-out is at least the maximum degree): :math:`E^c` and
+    :math:`E^m` (first layer masked, exact renormalisation denominators),
+    and the hyperedge embeddings :math:`\Lambda^m`, estimated from
+    ``hyper_sample`` anchor items drawn uniformly with replacement (weight
+    :math:`I/n`; all anchors, exactly, when ``hyper_sample`` is ``None`` or
+    at least their number) whose :math:`E^c` rows join the sample. *Exact*:
+    the users' means :math:`X^m_U` (from per-user sums of the raw features,
+    cached per mask, :math:`O(U F)` memory) and the hyperedge assignments of
+    all users and items, so the Gumbel noise, the dropout and the contrast
+    (which ranks against all users / items) are those of the full model:
+    a step costs :math:`O((U + I) K d + (U + I) F K)` for this part
+    (:math:`K` = ``hyper_num``), no propagation over the graph. ID
+    embeddings get sparse gradients; evaluation propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (64).
         feat_embed_dim (int): width of :math:`W_m` (must equal :math:`d`).
@@ -87,6 +107,10 @@ class LGMRec(Recommender):
         cl_weight (float): contrast weight (1e-4).
         reg_weight (float): L2 weight (1e-6).
         tau (float): temperature of the assignments and contrast (0.2).
+        fanout (list of int, optional): neighbours sampled per node at each
+            hop, ``max(n_ui_layers, n_mm_layers)`` entries; ``None``: full graph.
+        hyper_sample (int, optional): sampled training: anchor items drawn per
+            step to estimate :math:`\Lambda^m` (1024); ``None``: all (exact).
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
@@ -95,7 +119,8 @@ class LGMRec(Recommender):
                  embedding_size: int = 64, feat_embed_dim: int = 64, n_ui_layers: int = 2,
                  n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4,
                  keep_rate: float = 0.5, alpha: float = 0.3, cl_weight: float = 1e-4,
-                 reg_weight: float = 1e-6, tau: float = 0.2) -> None:
+                 reg_weight: float = 1e-6, tau: float = 0.2,
+                 fanout: Optional[List[int]] = None, hyper_sample: Optional[int] = 1024) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if feat_embed_dim != embedding_size:
             raise ValueError(f"feat_embed_dim: must equal embedding_size ({embedding_size}), "
@@ -106,6 +131,10 @@ class LGMRec(Recommender):
             raise ValueError(f"hyper_num: expected >= 1, got {hyper_num}")
         if tau <= 0:
             raise ValueError(f"tau: expected > 0, got {tau}")
+        if hyper_sample is not None and (isinstance(hyper_sample, bool)
+                                         or not isinstance(hyper_sample, int) or hyper_sample < 1):
+            raise ValueError(f"hyper_sample: expected a positive int or null, got {hyper_sample!r}")
+        self.hyper_sample = hyper_sample
         self.embedding_size = int(embedding_size)
         self.n_ui_layers, self.n_mm_layers = int(n_ui_layers), int(n_mm_layers)
         self.n_hyper_layer, self.hyper_num = int(n_hyper_layer), int(hyper_num)
@@ -113,7 +142,10 @@ class LGMRec(Recommender):
         self.cl_weight, self.reg_weight = float(cl_weight), float(reg_weight)
 
         d = self.embedding_size
-        self._init_id_embeddings(d)
+        depth = max(int(n_ui_layers), int(n_mm_layers))
+        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, depth))
+        self._present = PresentWeights()  # exact denominators of sampled masked hops
+        self._user_sums: Dict[str, tuple] = {}  # m -> (mask key, feature sums, counts)
         self.item_trs = torch.nn.ParameterDict({
             m: torch.nn.Parameter(torch.empty(self._features[m].size(1), d))
             for m in self.modalities})
@@ -224,10 +256,108 @@ class LGMRec(Recommender):
         return RecOutput(user=z[:U], item=z[U:], item_modal=item_modal, user_modal=user_modal,
                          extras=extras)
 
+    # ----------------------------------------------------------- sampled steps
+    @torch.no_grad()
+    def _user_feature_sums(self, m: str) -> Tuple[Tensor, Tensor]:
+        r"""Per user, the sum of the raw features of its present items
+        ``[U, F]`` and their number ``[U, 1]`` (1 where none): constants of
+        the graph and the mask, so :math:`X^m_U` and the user logits of any
+        user are exact row products."""
+        f, mk = self.feature(m), self.mask(m)
+        key = mask_key(mk)
+        hit = self._user_sums.get(m)
+        if hit is None or hit[0] != key or hit[1].device != f.device or hit[3] is not f:
+            total, count = self.user_sum((f, None), self.item_to_user, mk,
+                                         size=(self.num_items, self.num_users),
+                                         return_weight_sum=True)
+            count = torch.where(count > 0, count, torch.ones_like(count)).unsqueeze(-1)
+            hit = self._user_sums[m] = (key, total, count, f)
+        return hit[1], hit[2]
+
+    def _sampled_layers(self, s: UserItemSample, x: Tensor, num_layers: int, combine: str,
+                        first_mask: Optional[Tensor] = None, key=None) -> Tensor:
+        """``num_layers`` layers over the sample read out at its seeds (the
+        first layer masked with ``first_mask``)."""
+        n0 = s.sub.sizes[0]
+        h, total = x, x[:n0]
+        for j in reversed(range(num_layers)):
+            mask = first_mask if j == num_layers - 1 else None
+            h = s.hop(j, h, item_mask=mask, present=self._present, key=key)
+            total = total + h[:n0]
+        return total / (num_layers + 1) if combine == "mean" else h[:n0]
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step (see "Sampled training"):
+        rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``,
+        plus the anchor items drawn for :math:`\Lambda^m`); the hypergraph
+        extras cover all users / items, as in :meth:`forward`."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        # 1) hyperedge assignments of every user and item, drawn in forward()'s order
+        assign = {}
+        for m in self.modalities:
+            f, mk = self.feature(m), self.mask(m)
+            f_u, _ = self._user_feature_sums(m)
+            logit_i = static_linear(f, self.hyper[m], cache=self._feature_cache, key=m)
+            logit_u = static_linear(f_u, self.hyper[m], cache=self._feature_cache,
+                                    key=("users", m))
+            h_i = self._assign(logit_i) * mk.unsqueeze(-1).to(logit_i.dtype)
+            h_u = self._assign(logit_u)
+            assign[m] = (self.dropout(h_i), self.dropout(h_u))
+        # 2) the anchor items that estimate the hyperedge embeddings
+        A = self.num_anchor_items
+        dev = users.device
+        if not self.modalities:
+            lam_items, lam_w = users.new_empty(0), 1.0
+        elif self.hyper_sample is None or self.hyper_sample >= A:
+            lam_items, lam_w = torch.arange(A, device=dev), 1.0
+        else:
+            lam_items = torch.randint(0, A, (self.hyper_sample,), device=dev)
+            lam_w = A / self.hyper_sample
+        s = UserItemSample(self.sampler, self.conv, users,
+                           torch.cat([items.reshape(-1), lam_items]))
+        n_u = s.num_seed_users
+        ego = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        e = self._sampled_layers(s, ego, self.n_ui_layers, "mean")
+        ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
+        if not self.modalities:
+            return RecOutput(user=e[:n_u], item=e[n_u:], **ids)
+        local = e
+        item_modal, user_modal, hyper_u, hyper_i = {}, {}, {}, {}
+        glob = 0.0
+        e_lam = e[n_u + torch.searchsorted(s.item_ids, lam_items)]
+        for m in self.modalities:
+            f, mk = self.feature(m), self.mask(m)
+            f_u, count = self._user_feature_sums(m)
+            x_u = static_linear(f_u, self.item_trs[m], cache=self._feature_cache,
+                                key=("users", m), rows=s.user_nodes) / count[s.user_nodes]
+            x_i = static_linear(f, self.item_trs[m], cache=self._feature_cache, key=m,
+                                rows=s.item_nodes)
+            x_i = x_i * mk[s.item_nodes].unsqueeze(-1).to(x_i.dtype)
+            x = self._sampled_layers(s, s.joint(x_u, x_i), self.n_mm_layers, "last",
+                                     first_mask=mk, key=m)
+            item_modal[m], user_modal[m] = x[n_u:], x[:n_u]
+            local = local + F.normalize(x, dim=-1)
+            h_i, h_u = assign[m]
+            g_src, h_src, w = e_lam, h_i[lam_items], lam_w
+            for _ in range(self.n_hyper_layer):
+                lat = (h_src.t() @ g_src) * w  # [K, d] hyperedge embeddings
+                g_i, g_u = h_i @ lat, h_u @ lat
+                # deeper layers read g_i of all anchors, known exactly from here on
+                g_src, h_src, w = g_i[:A], h_i[:A], 1.0
+            hyper_u[m], hyper_i[m] = g_u, g_i
+            glob = glob + torch.cat([g_u[s.user_ids], g_i[s.item_ids]])
+        z = local + self.alpha * F.normalize(glob, dim=-1)
+        extras = {f"hyper_user/{m}": t for m, t in hyper_u.items()}
+        extras.update({f"hyper_item/{m}": t for m, t in hyper_i.items()})
+        return RecOutput(user=z[:n_u], item=z[n_u:], item_modal=item_modal,
+                         user_modal=user_modal, extras=extras, **ids)
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        u, p, n = out.user[users], out.item[pos], out.item[neg]
+        out = self.training_output(users, pos, neg) if out is None else out
+        u = out.user[out.user_rows(users)]
+        p, n = out.item[out.item_rows(pos)], out.item[out.item_rows(neg)]
         terms = {"bpr": bpr_loss(u, p, n)}
         if self.reg_weight:
             terms["reg"] = self.reg_weight * (u.norm() + p.norm() + n.norm()) / users.numel()

@@ -6,9 +6,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Recommender, RecOutput, batch_l2, bpr_loss
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.neighbor_sampling import LayerwiseSampler
+from ._sampled import UserItemSample
+from .base import Recommender, RecOutput, batch_l2, bpr_loss
 
 
 class LightGCN(Recommender):
@@ -81,18 +82,21 @@ class LightGCN(Recommender):
         Needs ``fanout``. Returns ``([*users.shape, d], [*items.shape, d])``."""
         if self.sampler is None:
             raise RuntimeError("sampled_forward: the model was built with fanout=None")
-        U = self.num_users
-        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
-        sub = self.sampler.sample(self.conv.adj, seeds)
-        is_user = sub.n_id < U
-        uid, iid = is_user.nonzero().view(-1), (~is_user).nonzero().view(-1)
-        # layer-0 rows of the sampled nodes only (every row is written: no zero-fill)
-        x = self.user_embedding.weight.new_empty(sub.n_id.numel(), self.embedding_size)
-        x.index_put_((uid,), self.user_embedding(sub.n_id[uid]))
-        x.index_put_((iid,), self.item_embedding(sub.n_id[iid] - U))
-        h = sub.propagate(x, combine="mean")[sub.seed_index]
+        s = UserItemSample(self.sampler, self.conv, users, items)
+        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        h = s.sub.propagate(x, combine="mean")[s.sub.seed_index]
         n_u = users.numel()
         return h[:n_u].view(*users.shape, -1), h[n_u:].view(*items.shape, -1)
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step: rows ``user_ids`` /
+        ``item_ids`` (sorted unique ``users`` / ``items``)."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        s = UserItemSample(self.sampler, self.conv, users, items)
+        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        u, i = s.propagate(x, combine="mean")
+        return RecOutput(user=u, item=i, user_ids=s.user_ids, item_ids=s.item_ids)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:

@@ -1,7 +1,7 @@
 r"""MGCN: multi-view graph convolution with behaviour-guided purification."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from ..data.knn import mask_key
 from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
+from ._sampled import PresentWeights, UserItemSample, cached_neighbourhood
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_l2_terms
 
@@ -68,6 +69,17 @@ class MGCN(Recommender):
     :math:`\hat{A}` only (cached at construction), and :math:`W_m f^m` goes
     through :func:`~pyg_mmrec.models._static_linear.static_linear`.
 
+    **Sampled training** (``fanout``): a step computes :math:`z` only for the
+    batch's users and items (:meth:`sampled_output`), from one layer-wise
+    neighbour sample of them in :math:`\hat{A}`. *Sampled* (unbiased; exact
+    when every fan-out is at least the maximum degree): the LightGCN part
+    and the users' aggregation :math:`\hat{R}\bar{h}^m`, which reads the
+    sample's first hop (the users' sampled items, masked, with the exact
+    renormalisation denominators). *Exact*: :math:`\bar{h}^m` of those items
+    and of the batch items, over their exact :math:`L`-hop neighbourhood in
+    :math:`S^m`, the purifier and the fuser (pointwise per node). ID
+    embeddings get sparse gradients; evaluation propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (64).
         n_ui_layers (int): LightGCN layers (2).
@@ -77,6 +89,8 @@ class MGCN(Recommender):
         cl_loss (float): weight of the contrastive term (MMRec grid {1e-3, 1e-2, 1e-1};
             1e-3 by default: 1e-2 stalls the BPR term on ``ml100k_mm``).
         temperature (float): InfoNCE temperature (0.2).
+        fanout (list of int, optional): neighbours sampled per node at each
+            user–item hop, one per ``n_ui_layers``; ``None``: full graph.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
@@ -84,7 +98,7 @@ class MGCN(Recommender):
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, n_ui_layers: int = 2, n_layers: int = 1,
                  knn_k: int = 10, reg_weight: float = 1e-4, cl_loss: float = 0.001,
-                 temperature: float = 0.2) -> None:
+                 temperature: float = 0.2, fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if knn_k < 1:
             raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
@@ -96,7 +110,9 @@ class MGCN(Recommender):
         self.temperature = float(temperature)
 
         d = self.embedding_size
-        self._init_id_embeddings(d)
+        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, self.n_ui_layers))
+        self._hoods: dict = {}  # exact item-item neighbourhoods of sampled steps
+        self._present = PresentWeights()  # exact denominators of sampled masked hops
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         self.purifier_gates = torch.nn.ModuleDict({m: torch.nn.Linear(d, d)
@@ -184,10 +200,7 @@ class MGCN(Recommender):
         ones_u = torch.ones(self.num_users, dtype=torch.bool, device=e_u.device)
         for m in self.modalities:
             mk = self.mask(m)
-            proj = self.projections[m]
-            gate = torch.sigmoid(self.purifier_gates[m](static_linear(
-                self.feature(m), proj.weight.t(), proj.bias, self._feature_cache, m)))
-            h = self.item_embedding.weight * gate
+            h = self._purified(m)
             ei, w = self.item_graphs[m]
             if ei.device != h.device:  # the model moved: move the cached graph once
                 ei, w = self.item_graphs[m] = ei.to(h.device), w.to(h.device)
@@ -198,6 +211,24 @@ class MGCN(Recommender):
             item_modal[m], user_modal[m] = h, h_u
             views.append(torch.cat([h_u, h]))
             present.append(torch.cat([ones_u, mk]))
+        side = self._fuse(content, views, present)
+        z = content + side
+        return RecOutput(user=z[:self.num_users], item=z[self.num_users:],
+                         item_modal=item_modal, user_modal=user_modal,
+                         extras={"side": side, "content": content})
+
+    def _purified(self, m: str, items: Optional[Tensor] = None) -> Tensor:
+        r""":math:`\tilde{e}^m = e_i \odot \sigma(W_g^m (W_m f_i^m) + b_g^m)` of
+        all items or of the rows ``items``."""
+        proj = self.projections[m]
+        gate = torch.sigmoid(self.purifier_gates[m](static_linear(
+            self.feature(m), proj.weight.t(), proj.bias, self._feature_cache, m, rows=items)))
+        e = self.item_embedding.weight if items is None else self.item_embedding(items)
+        return e * gate
+
+    def _fuse(self, content: Tensor, views: List[Tensor], present: List[Tensor]) -> Tensor:
+        r"""The behaviour-aware fuser's side part of nodes with collaborative
+        ``content`` ``[N, d]``, modality views ``[N, d]`` and presence ``[N]``."""
         H = torch.stack(views, 1)  # [N, M, d]
         P = torch.stack(present, 1)  # [N, M]
         score = self.query_common(H).squeeze(-1).masked_fill(~P, float("-inf"))
@@ -208,20 +239,62 @@ class MGCN(Recommender):
         for k, m in enumerate(self.modalities):
             s = torch.sigmoid(self.prefer_gates[m](content)) * (H[:, k] - common)
             side = side + P[:, k:k + 1].to(s.dtype) * s
-        side = side / (len(self.modalities) + 1)
+        return side / (len(self.modalities) + 1)
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step (see "Sampled training"):
+        rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``)."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        s = UserItemSample(self.sampler, self.conv, users, items)
+        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        c_u, c_i = s.propagate(x, combine="mean")
+        content = torch.cat([c_u, c_i])
+        ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
+        if not self.modalities:
+            return RecOutput(user=c_u, item=c_i, extras={
+                "side": torch.zeros_like(content), "content": content}, **ids)
+        # items whose \bar{h}^m is read: the batch items and the first hop's items
+        n1 = s.sub.sizes[1]
+        hop_items = s.item_pos < n1
+        need = torch.unique(s.item_nodes[hop_items])
+        at_seeds = torch.searchsorted(need, s.item_ids)
+        at_hop = torch.searchsorted(need, s.item_nodes[hop_items])
+        n_u = s.num_seed_users
+        views, present, item_modal, user_modal = [], [], {}, {}
+        ones_u = torch.ones(n_u, dtype=torch.bool, device=c_u.device)
+        for m in self.modalities:
+            mk = self.mask(m)
+            ei, w = self.item_graphs[m]
+            if ei.device != c_u.device:
+                ei, w = self.item_graphs[m] = ei.to(c_u.device), w.to(c_u.device)
+            adj = self.item_convs[m]._adjacency(ei, w, self.num_items, None)
+            hood = cached_neighbourhood(self._hoods, m, adj, self.n_layers)
+            h_need = hood.rows(need, lambda rows, m=m: self._purified(m, rows), item_mask=mk)
+            # users aggregate their sampled present items (the sample's first hop)
+            x1 = h_need.new_zeros(n1, h_need.size(1))
+            x1[s.item_pos[hop_items]] = h_need[at_hop]
+            h_u = s.hop(0, x1, item_mask=mk, present=self._present, key=m)[:n_u]
+            h_i = h_need[at_seeds]
+            item_modal[m], user_modal[m] = h_i, h_u
+            views.append(torch.cat([h_u, h_i]))
+            present.append(torch.cat([ones_u, mk[s.item_ids]]))
+        side = self._fuse(content, views, present)
         z = content + side
-        return RecOutput(user=z[:self.num_users], item=z[self.num_users:],
-                         item_modal=item_modal, user_modal=user_modal,
-                         extras={"side": side, "content": content})
+        return RecOutput(user=z[:n_u], item=z[n_u:], item_modal=item_modal,
+                         user_modal=user_modal, extras={"side": side, "content": content},
+                         **ids)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        terms = bpr_l2_terms(out.user[users], out.item[pos], out.item[neg], self.reg_weight)
+        out = self.training_output(users, pos, neg) if out is None else out
+        terms = bpr_l2_terms(out.user[out.user_rows(users)], out.item[out.item_rows(pos)],
+                             out.item[out.item_rows(neg)], self.reg_weight)
         if self.cl_loss and self.modalities:
-            # each user / positive item once: a repeated row would be its own negative
-            side, content, U = out.extras["side"], out.extras["content"], self.num_users
-            ub, ib = users.unique(), pos.unique() + U
+            # each user / positive item once: a repeated row would be its own negative;
+            # side / content hold the output's user rows, then its item rows
+            side, content, U = out.extras["side"], out.extras["content"], out.user.size(0)
+            ub, ib = out.user_rows(users.unique()), out.item_rows(pos.unique()) + U
             terms["cl"] = self.cl_loss * (
                 info_nce(side[ib], content[ib], self.temperature)
                 + info_nce(side[ub], content[ub], self.temperature))

@@ -1,13 +1,14 @@
 r"""MMGCN: one graph convolution network per modality over the user–item graph."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.lightgcn_conv import LightGCNConv
+from ._sampled import PresentWeights, UserItemSample
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
@@ -74,6 +75,16 @@ class _ModalityGCN(torch.nn.Module):
         x_i = static_linear(feat, self.mlp.weight.t(), self.mlp.bias, cache, "feat")
         x_i = x_i * mask.unsqueeze(-1).to(feat.dtype)
         return _l2_normalize(torch.cat([self.preference, x_i]))
+
+    def initial_rows(self, feat: Tensor, mask: Tensor, cache: Optional[StaticInputCache],
+                     sample: UserItemSample) -> Tensor:
+        r""":meth:`initial` for the nodes of a sampled step only (rows in
+        ``sample.sub.n_id`` order): the same numbers as those rows of the
+        full :meth:`initial`."""
+        rows = sample.item_nodes
+        x_i = static_linear(feat, self.mlp.weight.t(), self.mlp.bias, cache, "feat", rows=rows)
+        x_i = x_i * mask[rows].unsqueeze(-1).to(feat.dtype)
+        return _l2_normalize(sample.joint(self.preference[sample.user_nodes], x_i))
 
     def message(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""``(x W_l^T, x W'^T_l + b'_l)`` from one product (both read the same
@@ -147,18 +158,33 @@ class MMGCN(Recommender):
     sparse product. The constant features go through
     :func:`~pyg_mmrec.models._static_linear.static_linear`.
 
+    **Sampled training** (``fanout``, one entry per layer): a step computes
+    :math:`z` only for the batch's users and items (:meth:`sampled_output`)
+    from one layer-wise neighbour sample of them (shared by the modalities),
+    as GraphSAGE: layer :math:`l` of a node reads its own
+    :math:`x^{(l-1)}` exactly and the sampled estimate of
+    :math:`\hat{A}(x^{(l-1)}W_l^\top)` (unbiased; the first layer masked with
+    exact renormalisation denominators). The layers are non-linear, so the
+    representations are exact when every fan-out is at least the maximum
+    degree and otherwise approximate (each aggregation unbiased, not the
+    whole stack). ID embeddings get sparse gradients; the preferences
+    :math:`p^m` stay dense parameters (their gradient has :math:`U` rows).
+    Evaluation propagates the full graph.
+
     Args:
         embedding_size (int): :math:`d` (64).
         dim_latent (int): width of :math:`\mathrm{MLP}_m` and :math:`p_u^m` (256).
         n_layers (int): :math:`L` (2).
         reg_weight (float): weight of the squared-embedding penalty.
+        fanout (list of int, optional): neighbours sampled per node at each
+            hop, one per layer; ``None``: full-graph propagation.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
                  features: Optional[Dict[str, Tensor]] = None,
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, dim_latent: int = 256, n_layers: int = 2,
-                 reg_weight: float = 1e-4) -> None:
+                 reg_weight: float = 1e-4, fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not self.modalities:
             raise ValueError("features: MMGCN needs at least one modality (it has no "
@@ -168,7 +194,8 @@ class MMGCN(Recommender):
         self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
         self.reg_weight = float(reg_weight)
         d = self.embedding_size
-        self._init_id_embeddings(d)
+        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, self.n_layers))
+        self._present = PresentWeights()  # exact denominators of sampled masked hops
         self.gcns = torch.nn.ModuleDict({
             m: _ModalityGCN(num_users, self._features[m].size(1), dim_latent, d, n_layers)
             for m in self.modalities})
@@ -205,10 +232,38 @@ class MMGCN(Recommender):
         z = torch.stack(xs).mean(0)
         return RecOutput(user=z[:U], item=z[U:], item_modal=item_modal, user_modal=user_modal)
 
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The partial output of a sampled step (see "Sampled training"):
+        rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``)."""
+        if self.sampler is None:
+            raise RuntimeError("sampled_output: the model was built with fanout=None")
+        s = UserItemSample(self.sampler, self.ui_conv, users, items)
+        sizes, L = s.sub.sizes, self.n_layers
+        id_emb = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        xs: List[Tensor] = []
+        for m in self.modalities:
+            g, mk = self.gcns[m], self.mask(m)
+            x = g.initial_rows(self.feature(m), mk,
+                               self._feature_caches.setdefault(m, StaticInputCache()), s)
+            for layer in range(L):
+                j = L - 1 - layer  # x holds D_{j+1}; this layer computes D_j
+                msg, lin = g.message(layer, x)
+                agg = s.hop(j, msg, item_mask=mk if layer == 0 else None,
+                            present=self._present, key=m)
+                x = g.update(layer, lin[:sizes[j]], agg, id_emb[:sizes[j]])
+            xs.append(x)
+        n_u = s.num_seed_users
+        user_modal = {m: x[:n_u] for m, x in zip(self.modalities, xs)}
+        item_modal = {m: x[n_u:] for m, x in zip(self.modalities, xs)}
+        z = torch.stack(xs).mean(0)
+        return RecOutput(user=z[:n_u], item=z[n_u:], item_modal=item_modal,
+                         user_modal=user_modal, user_ids=s.user_ids, item_ids=s.item_ids)
+
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
              out: Optional[RecOutput] = None) -> Dict[str, Tensor]:
-        out = self.forward() if out is None else out
-        terms = {"bpr": bpr_loss(out.user[users], out.item[pos], out.item[neg])}
+        out = self.training_output(users, pos, neg) if out is None else out
+        terms = {"bpr": bpr_loss(out.user[out.user_rows(users)], out.item[out.item_rows(pos)],
+                                 out.item[out.item_rows(neg)])}
         if self.reg_weight:
             reg = (self.user_embedding(users).pow(2).mean() + self.item_embedding(pos).pow(2).mean()
                    + self.item_embedding(neg).pow(2).mean())

@@ -168,6 +168,14 @@ class MRdIB(Recommender):
     (hence its final representation) follows. Supported when the backbone
     supports new items.
 
+    **Sampled training.** Over a backbone built with ``fanout``, a training
+    step reads the backbone's partial output of the batch
+    (:meth:`Recommender.training_output`, its sampled rows only): the
+    plug-in's terms encode those rows, so no step propagates the full graph.
+    At a fan-out of at least the maximum degree the losses and gradients
+    equal those over the full-graph backbone. (I3-MRec has its own sampled
+    loss and no partial output; it is not wrapped in sampled training.)
+
     **Switched off.** With ``enabled=False`` or all four weights 0 the wrapper
     is the bare backbone: same losses, same scores, same RNG stream. Its own
     modules are built under a forked RNG (seeded by ``seed``) and its noise
@@ -227,6 +235,11 @@ class MRdIB(Recommender):
         Module.__init__(self)
         if not isinstance(backbone, Recommender):
             raise ValueError(f"backbone: expected a Recommender, got {type(backbone).__name__}")
+        if (backbone.sampler is not None
+                and type(backbone).sampled_output is Recommender.sampled_output):
+            raise ValueError(f"backbone: {type(backbone).__name__} built with fanout has no "
+                             f"partial sampled output, so MRdIB cannot wrap its sampled "
+                             f"training; build it with fanout=null")
         self.backbone = backbone
         self.num_users = backbone.num_users
         self.num_items = backbone.num_items
@@ -403,13 +416,14 @@ class MRdIB(Recommender):
     # ------------------------------------------------------------------ codes
     def _codes(self, out: RecOutput, items: Optional[Tensor], sample: bool
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Stacked codes of ``items`` (all items if ``None``): ``z, mu, logvar``
-        of shape ``[N, M, k]`` and the presence ``[N, M]`` (bool)."""
+        """Stacked codes of ``items`` (global ids; all items if ``None``): ``z,
+        mu, logvar`` of shape ``[N, M, k]`` and the presence ``[N, M]`` (bool)."""
         mods = self.code_modalities
         P = torch.stack([self.mask(m) for m in mods], 1)
         hs = [out.item_modal[m] for m in mods]
         if items is not None:  # encode only the rows the terms read
-            hs, P = [h.index_select(0, items) for h in hs], P.index_select(0, items)
+            rows = out.item_rows(items)
+            hs, P = [h.index_select(0, rows) for h in hs], P.index_select(0, items)
         hs = [self._from_backbone(h) for h in hs]
         if self.normalize_input:
             hs = [F.normalize(h, dim=-1) for h in hs]
@@ -459,11 +473,12 @@ class MRdIB(Recommender):
     def forward(self) -> MRdIBOutput:
         out = self.backbone()
         if not self.uses_joint:
-            return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras, out)
+            return MRdIBOutput(out.user, out.item, out.item_modal, out.user_modal, out.extras,
+                               backbone=out)
         Z, MU, _, P = self._codes(out, None, sample=self.training and self.stochastic)
         user = torch.cat([out.user, self.gate * self._unit(self._joint_user(out.user))], -1)
         item = torch.cat([out.item, self._unit(self._joint(Z, P))], -1)
-        return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, out)
+        return MRdIBOutput(user, item, out.item_modal, out.user_modal, out.extras, backbone=out)
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
@@ -483,7 +498,9 @@ class MRdIB(Recommender):
         if isinstance(out, MRdIBOutput) and out.backbone is not None:
             out = out.backbone
         elif out is None:
-            out = self.backbone()
+            # sampled training: the backbone's partial output of the batch (no
+            # full-graph pass); else its full forward
+            out = self.backbone.training_output(users, pos, neg)
         terms = dict(self.backbone.loss(users, pos, neg, out=out))
         if not self.active:
             return terms
@@ -497,7 +514,7 @@ class MRdIB(Recommender):
             # the sampler shuffles the triples: a prefix is an unbiased sub-sample
             users, pos, neg = users[: self.sub_batch], pos[: self.sub_batch], neg[: self.sub_batch]
         neg2 = neg.view(users.numel(), -1)                                    # [B, n]
-        items, ip, ineg = self._batch_items(pos, neg2)
+        items, ip, ineg = self._batch_items(pos, neg2, partial=out.item_ids is not None)
         Z, MU, LV, P = self._codes(out, items, sample=self.training and self.stochastic)
         # The terms in this order (the trainer sums them in it). Each is scaled
         # by its weight times `every`, so that the amortised objective keeps
@@ -511,21 +528,25 @@ class MRdIB(Recommender):
         if self.unique_weight == 0 and self.synergy_weight == 0:
             return terms
         syn = self.synergy_weight > 0
-        margins = self._pair_margins(out, users, ip, ineg, Z, P, joint=syn)
+        # rows of `out` (a sampled step's partial output holds the batch's rows only)
+        urows = out.user_rows(users)
+        margins = self._pair_margins(out, urows, ip, ineg, Z, P, joint=syn)
         if self.unique_weight > 0:
             terms["mrdib_unique"] = self._unique_term(margins, self.every * self.unique_weight)
         if syn:
-            terms["mrdib_synergy"] = self._synergy_term(out, users, pos, neg2, margins,
-                                                        self.every * self.synergy_weight)
+            terms["mrdib_synergy"] = self._synergy_term(
+                out, urows, out.item_rows(pos), out.item_rows(neg2), margins,
+                self.every * self.synergy_weight)
         return terms
 
-    def _batch_items(self, pos: Tensor, neg2: Tensor
+    def _batch_items(self, pos: Tensor, neg2: Tensor, partial: bool = False
                      ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
-        """``(items, pos_rows, neg_rows)``: the items to encode (``None``: all)
-        and the rows of each triple's positive ``[B]`` and negatives ``[B, n]``
+        """``(items, pos_rows, neg_rows)``: the items to encode (``None``: all;
+        never for a ``partial`` output, which holds the batch's rows only) and
+        the rows of each triple's positive ``[B]`` and negatives ``[B, n]``
         among them."""
         B = pos.numel()
-        if 2 * neg2.numel() + 2 * B >= self.num_items:
+        if not partial and 2 * neg2.numel() + 2 * B >= self.num_items:
             # the batch touches most items: encoding all rows is cheaper than
             # gathering h_m (whose backward scatters into [I, d_m] anyway)
             return None, pos, neg2

@@ -1,7 +1,7 @@
 r"""VBPR: visual Bayesian personalised ranking, for any number of modalities."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,23 +42,32 @@ class VBPR(Recommender):
     the given (filled) row is projected, so fill it as the data layer does.
     Old items are unchanged.
 
+    **Sampled training** (``fanout``): there is no graph to sample, so the
+    fan-out's values are not used; with ``fanout`` set a step computes only
+    the batch's rows (:meth:`sampled_output`: the batch items' projections,
+    exactly the full model's numbers) and the ID embeddings get sparse
+    gradients, so a step costs :math:`O(B)` instead of :math:`O(U + I)`.
+
     Args:
         embedding_size (int): :math:`d` (MMRec: 64).
         reg_weight (float): L2 weight on the batch representations.
         drop_missing (bool): zero the content factor of missing modalities.
+        fanout (list of int, optional): any list of positive ints switches to
+            batch-row steps (see above); ``None``: all items per step.
     """
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
                  features: Optional[Dict[str, Tensor]] = None,
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, reg_weight: float = 1e-4,
-                 drop_missing: bool = False) -> None:
+                 drop_missing: bool = False, fanout: Optional[List[int]] = None) -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         self.embedding_size, self.reg_weight = int(embedding_size), float(reg_weight)
         self.drop_missing = bool(drop_missing)
         d = self.embedding_size
         n_factor = 2 if self.modalities else 1
-        self._init_id_embeddings(d, user_dim=n_factor * d)  # [gamma_u || theta_u], gamma_i
+        # [gamma_u || theta_u], gamma_i
+        self._init_id_embeddings(d, user_dim=n_factor * d, sparse=self._init_sampler(fanout, None))
         self.projections = torch.nn.ModuleDict({
             m: torch.nn.Linear(self._features[m].size(1), d) for m in self.modalities})
         self._finish_init()
@@ -69,17 +78,29 @@ class VBPR(Recommender):
             torch.nn.init.xavier_normal_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
 
-    def forward(self) -> RecOutput:
+    def item_rows_of(self, items: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(item representations, item_modal)`` of all items or the rows ``items``."""
         h = {}
         for m in self.modalities:
-            hm = self.projections[m](self.feature(m))
+            f, mk = self.feature(m), self.mask(m)
+            if items is not None:
+                f, mk = f[items], mk[items]
+            hm = self.projections[m](f)
             if self.drop_missing:
-                hm = hm * self.mask(m).unsqueeze(-1).to(hm.dtype)
+                hm = hm * mk.unsqueeze(-1).to(hm.dtype)
             h[m] = hm
-        item = self.item_embedding.weight
+        item = self.item_embedding.weight if items is None else self.item_embedding(items)
         if h:
             item = torch.cat([item, torch.stack(list(h.values())).sum(0)], dim=-1)
+        return item, h
+
+    def forward(self) -> RecOutput:
+        item, h = self.item_rows_of()
         return RecOutput(user=self.user_embedding.weight, item=item, item_modal=h)
+
+    def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
+        r"""The batch's rows of :meth:`forward` (see "Sampled training")."""
+        return self._batch_rows_output(users, items)
 
     # ------------------------------------------------------------- new items
     supports_new_items = True  # see "New items" in the class docstring

@@ -21,7 +21,8 @@ from pyg_mmrec.ops import masked_spmm
 
 from .fanout import check_fanout  # noqa: F401  (re-exported; light, no torch)
 
-__all__ = ["check_fanout", "LayerwiseSampler", "SampledSubgraph", "present_weight_sum"]
+__all__ = ["check_fanout", "LayerwiseSampler", "SampledSubgraph", "present_weight_sum",
+           "exact_sampler", "renormalize_rows"]
 
 _COMBINE = ("mean", "sum", "last")
 
@@ -34,6 +35,27 @@ def present_weight_sum(adj: CSRAdjacency, node_mask: Tensor) -> Tensor:
     ones = torch.ones(adj.num_src, 1, dtype=torch.float, device=adj.device)
     value = None if adj.value is None else adj.value.float()
     return masked_spmm(adj.rowptr, adj.col, ones, mask=node_mask, value=value, reduce="sum")[1]
+
+
+def renormalize_rows(out: Tensor, targets: Tensor, row_sum: Tensor,
+                     present_sum: Tensor) -> Tensor:
+    r"""Rescales the masked sums ``out`` of the nodes ``targets`` (global ids)
+    by ``row_sum / present_sum`` (0 where nothing is present): the
+    missing-aware renormalisation of :class:`~pyg_mmrec.nn.LightGCNConv`
+    with exact (whole-graph) denominators."""
+    full, present = row_sum[targets].to(out.dtype), present_sum[targets].to(out.dtype)
+    scale = torch.where(present > 0, full / present.clamp_min(1e-30), torch.zeros_like(present))
+    return out * scale.unsqueeze(-1)
+
+
+def exact_sampler(adj: CSRAdjacency, num_layers: int) -> "LayerwiseSampler":
+    r"""A :class:`LayerwiseSampler` whose fan-out is the maximum row degree of
+    ``adj`` at every hop: it draws nothing at random and returns the exact
+    ``num_layers``-hop computation graph of the seeds, e.g. of a batch's items
+    over a kNN item–item graph, whose rows hold at most :math:`k` (per
+    modality) neighbours, so the neighbourhood stays :math:`O(B k^L)`."""
+    deg = int(adj.rowptr.diff().max()) if adj.num_dst > 0 and adj.num_edges > 0 else 1
+    return LayerwiseSampler([max(deg, 1)] * num_layers, num_layers)
 
 
 @dataclass
@@ -52,12 +74,17 @@ class SampledSubgraph:
         sizes (list of int): :math:`|\mathcal{D}_0|, \dots, |\mathcal{D}_L|`.
         seed_index (Tensor): row in :math:`\mathcal{D}_0` of every input seed.
         blocks (list): ``(rowptr, col, value)`` of the hops :math:`0, \dots, L-1`.
+        edges (list): ``(edge_id, scale)`` of every sampled edge of each hop:
+            its position in the sampled graph's CSR and the factor
+            (:math:`d_v / f_j` or 1) applied to its weight, so that
+            :meth:`hop` can re-read weights that carry gradients.
     """
 
     n_id: Tensor
     sizes: List[int]
     seed_index: Tensor
     blocks: List[Tuple[Tensor, Tensor, Tensor]]
+    edges: Optional[List[Tuple[Tensor, Tensor]]] = None
 
     @property
     def num_layers(self) -> int:
@@ -110,24 +137,50 @@ class SampledSubgraph:
         n0, L = self.sizes[0], self.num_layers
         h, total = x, x[:n0]
         for j in reversed(range(L)):  # hop L-1 first: D_L -> D_{L-1} -> ... -> D_0
-            rowptr, col, value = self.blocks[j]
-            n_src = self.sizes[j + 1]
-            mask = None if node_mask is None else node_mask[:n_src]
-            h, _ = masked_spmm(rowptr, col, h[:n_src], mask=mask,
-                               value=value.to(x.dtype), reduce="sum")
-            if mask is not None and row_sum is not None:
-                # exact denominators: the estimate stays unbiased, and equals the
-                # full-graph layer when nothing is subsampled
-                tgt = self.n_id[: self.sizes[j]]
-                full, present = row_sum[tgt].to(x.dtype), present_sum[tgt].to(x.dtype)
-                scale = torch.where(present > 0, full / present.clamp_min(1e-30),
-                                    torch.zeros_like(present))
-                h = h * scale.unsqueeze(-1)
+            h = self.hop(j, h, node_mask, row_sum, present_sum)
             total = total + h[:n0]
         if combine == "last":
             return h[:n0]
         return total / (L + 1) if combine == "mean" else total
 
+    def hop(self, j: int, h: Tensor, node_mask: Optional[Tensor] = None,
+            row_sum: Optional[Tensor] = None, present_sum: Optional[Tensor] = None,
+            edge_value: Optional[Tensor] = None) -> Tensor:
+        r"""One sampled layer, block ``j``: the estimate of
+        :math:`(\hat{A} h)[\mathcal{D}_j]` from the rows of
+        :math:`\mathcal{D}_{j+1}`.
+
+        Args:
+            j (int): the hop (``0``: the block whose targets are the seeds).
+            h (Tensor): inputs of (at least) :math:`\mathcal{D}_{j+1}`,
+                ``[>= sizes[j+1], F]`` in :attr:`n_id` order.
+            node_mask (Tensor, optional): bool, ``False`` = sends nothing
+                (rows in :attr:`n_id` order, at least ``sizes[j+1]``).
+            row_sum, present_sum (Tensor, optional): global ``[N]`` full and
+                present weights for the missing-aware renormalisation (see
+                :meth:`propagate`).
+            edge_value (Tensor, optional): the weights of the sampled graph in
+                its CSR order (e.g. ones that carry gradients); default: the
+                weights read when sampling (constants).
+
+        Shapes:
+            - **output:** ``[sizes[j], F]``.
+        """
+        rowptr, col, value = self.blocks[j]
+        n_src = self.sizes[j + 1]
+        if edge_value is not None:
+            if self.edges is None:
+                raise ValueError("edge_value: this sample kept no edge ids")
+            eid, scale = self.edges[j]
+            value = edge_value[eid] * scale.to(edge_value.dtype)
+        mask = None if node_mask is None else node_mask[:n_src]
+        out, _ = masked_spmm(rowptr, col, h[:n_src], mask=mask, value=value.to(h.dtype),
+                             reduce="sum")
+        if mask is not None and row_sum is not None:
+            # exact denominators: the estimate stays unbiased, and equals the
+            # full-graph layer when nothing is subsampled
+            out = renormalize_rows(out, self.n_id[: self.sizes[j]], row_sum, present_sum)
+        return out
 
 class LayerwiseSampler:
     r"""Vectorised layer-wise uniform neighbour sampler for mini-batch
@@ -178,8 +231,10 @@ class LayerwiseSampler:
         return f"{self.__class__.__name__}(fanout={self.fanout})"
 
     @staticmethod
-    def _hop(adj: CSRAdjacency, targets: Tensor, f: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """Sampled edges of ``targets``: ``(rowptr [T+1], src (global) [e], weight [e])``."""
+    def _hop(adj: CSRAdjacency, targets: Tensor, f: int
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Sampled edges of ``targets``: ``(rowptr [T+1], src (global) [e], weight [e],
+        edge id [e], scale [e])``."""
         dev = targets.device
         start = adj.rowptr[targets]
         deg = adj.rowptr[targets + 1] - start
@@ -199,7 +254,7 @@ class LayerwiseSampler:
         value = adj.value[eid] if adj.value is not None else \
             torch.ones(n_e, dtype=torch.float, device=dev)
         scale = torch.where(exact, torch.ones_like(value), d.to(value.dtype) / f)
-        return rowptr, adj.col[eid], value * scale
+        return rowptr, adj.col[eid], value * scale, eid, scale
 
     @torch.no_grad()
     def sample(self, adj: CSRAdjacency, seeds: Tensor) -> SampledSubgraph:
@@ -220,14 +275,14 @@ class LayerwiseSampler:
             raise ValueError(f"seeds: node ids must lie in [0, {adj.num_dst}), got "
                              f"[{int(lo)}, {int(hi)}]")
         nodes, seed_index = torch.unique(seeds, return_inverse=True)
-        sizes, blocks = [nodes.numel()], []
+        sizes, blocks, edges = [nodes.numel()], [], []
         # global -> local id map: a scratch array of -1 kept between calls, of which
         # a step writes and resets only its own entries (no sort, O(sampled nodes))
         local = self._scratch(adj.num_dst, seeds.device)
         local[nodes] = torch.arange(nodes.numel(), device=nodes.device)
         try:
             for f in self.fanout:
-                rowptr, src, value = self._hop(adj, nodes, f)
+                rowptr, src, value, eid, scale = self._hop(adj, nodes, f)
                 unseen = src[local[src] < 0]
                 if unseen.numel() > 0:
                     # first occurrence of every new id, in draw order (deterministic)
@@ -239,11 +294,12 @@ class LayerwiseSampler:
                     nodes = torch.cat([nodes, new])
                 sizes.append(nodes.numel())
                 blocks.append((rowptr, local[src], value))
+                edges.append((eid, scale))
         except BaseException:
             local.fill_(-1)  # the map may hold partial writes: reset all of it
             raise
         local[nodes] = -1
-        return SampledSubgraph(nodes, sizes, seed_index, blocks)
+        return SampledSubgraph(nodes, sizes, seed_index, blocks, edges)
 
     def _scratch(self, num_nodes: int, device: torch.device) -> Tensor:
         buf = self._local
