@@ -33,7 +33,7 @@ from torch import Tensor
 
 from pyg_mmrec.nn.item_item_conv import normalize_weight
 
-__all__ = ["knn_graph", "normalize_edge_weight", "mask_key"]
+__all__ = ["knn_graph", "knn_graph_anchored", "normalize_edge_weight", "mask_key"]
 
 
 def _check_inputs(x: Tensor, k: int, mask: Optional[Tensor], chunk_size: int) -> None:
@@ -109,6 +109,59 @@ def knn_graph(x: Tensor, k: int = 10, mask: Optional[Tensor] = None,
     xs = F.normalize(x, dim=-1)
     weight = (xs[target] * xs[source]).sum(-1)
     return torch.stack([source, target], dim=0), weight
+
+
+def knn_graph_anchored(x: Tensor, k: int = 10, mask: Optional[Tensor] = None,
+                       num_anchors: Optional[int] = None,
+                       chunk_size: int = 2048) -> Tuple[Tensor, Tensor]:
+    r""":func:`knn_graph` whose neighbours are drawn from the *anchor* items
+    ``0..num_anchors-1`` only, for a catalogue grown after training.
+
+    The anchors' edges are exactly ``knn_graph(x[:A], k, mask[:A])``; every
+    later (present) item :math:`i \geq A` gets its top-:math:`k` present
+    anchors by cosine similarity (all of them when fewer are present) and is
+    nobody's neighbour, so adding items never changes an anchor's neighbour
+    list. ``num_anchors=None`` (or :math:`\geq I`) is :func:`knn_graph`.
+
+    Returns:
+        ``(edge_index [2, E], weight [E])``: ``edge_index[0]`` = neighbour
+        (source), ``edge_index[1]`` = centre item (target), sorted by target;
+        weights differentiable in ``x`` as in :func:`knn_graph`.
+    """
+    num_items = x.size(0) if isinstance(x, Tensor) and x.dim() == 2 else None
+    if num_anchors is None or num_items is None or num_anchors >= num_items:
+        return knn_graph(x, k, mask, chunk_size)
+    _check_inputs(x, k, mask, chunk_size)
+    A = int(num_anchors)
+    if A < 0:
+        raise ValueError(f"num_anchors: expected >= 0, got {num_anchors}")
+    ei, w = knn_graph(x[:A], k, None if mask is None else mask[:A], chunk_size)
+    device = x.device
+    idx = torch.arange(num_items, device=device)
+    keep = torch.ones(num_items, dtype=torch.bool, device=device) if mask is None \
+        else mask.to(device)
+    anchors, queries = idx[:A][keep[:A]], idx[A:][keep[A:]]
+    k_eff = min(int(k), anchors.numel())
+    if k_eff == 0 or queries.numel() == 0:
+        return ei, w
+    with torch.no_grad():
+        an = F.normalize(x.detach()[anchors], dim=-1)
+        qn = F.normalize(x.detach()[queries], dim=-1)
+        chunk_size = max(1, min(int(chunk_size), (1 << 26) // anchors.numel()))
+        nbrs, sims = [], []
+        for start in range(0, queries.numel(), chunk_size):
+            top = (qn[start:start + chunk_size] @ an.t()).topk(k_eff, dim=-1)
+            nbrs.append(top.indices)
+            sims.append(top.values)
+    target = queries.repeat_interleave(k_eff)
+    source = anchors[torch.cat(nbrs, dim=0).reshape(-1)]
+    if x.requires_grad and torch.is_grad_enabled():
+        xs = F.normalize(x, dim=-1)
+        w_new = (xs[target] * xs[source]).sum(-1)
+    else:
+        w_new = torch.cat(sims, dim=0).reshape(-1)
+    return (torch.cat([ei, torch.stack([source, target], dim=0)], dim=1),
+            torch.cat([w, w_new.to(w.dtype)]))
 
 
 def normalize_edge_weight(edge_index: Tensor, weight: Optional[Tensor], num_nodes: int,

@@ -132,6 +132,18 @@ class BPRSampler:
         for s in range(0, users.numel(), batch_size):
             yield users[s:s + batch_size], pos[s:s + batch_size], neg[s:s + batch_size]
 
+    def add_items(self, n: int) -> None:
+        r"""Extends the catalogue by ``n`` items without interactions (as
+        :meth:`~pyg_mmrec.models.Recommender.add_items` does for a model):
+        they can now be drawn as negatives; the positives are unchanged."""
+        if int(n) != n or n < 0:
+            raise ValueError(f"n: expected an int >= 0, got {n!r}")
+        new_num = self.num_items + int(n)
+        # keys u*I+i depend on I: re-key them (the order of (u, i) is unchanged)
+        user, item = self.keys // self.num_items, self.keys % self.num_items
+        self.keys = user * new_num + item
+        self.num_items = new_num
+
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(users={self.num_users}, items={self.num_items}, "
                 f"interactions={len(self)}, num_neg={self.num_neg}, seed={self.seed})")

@@ -6,7 +6,7 @@ here, so a new model needs nothing else to be trained, evaluated, or wrapped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -81,11 +81,22 @@ class Recommender(torch.nn.Module):
     * ``masks``: ``{modality: BoolTensor [num_items]}``; ``False`` = missing.
     * ``hparams``: the keys of the model's YAML in ``pyg_mmrec/configs``.
 
-    A subclass implements :meth:`forward` and usually :meth:`loss`.
+    A subclass implements :meth:`forward` and usually :meth:`loss`; one that
+    can represent an item from its content alone sets
+    :attr:`supports_new_items` and documents what :meth:`add_items` gives a
+    new item.
     """
 
     #: whether the model reads modality features (False for BPR/LightGCN)
     uses_features: bool = True
+
+    #: whether :meth:`add_items` can place items with no interactions from
+    #: their content (False for ID-only models)
+    supports_new_items: bool = False
+
+    #: attributes indexed by item (an ``nn.Embedding``, a parameter or a buffer
+    #: whose first dimension is the item): :meth:`add_items` appends zero rows
+    item_indexed: Tuple[str, ...] = ("item_embedding",)
 
     def __init__(self, num_users: int, num_items: int, train_edge_index: Tensor,
                  features: Optional[Dict[str, Tensor]] = None,
@@ -93,6 +104,9 @@ class Recommender(torch.nn.Module):
         super().__init__()
         self.num_users = int(num_users)
         self.num_items = int(num_items)
+        # items that take part in item-item structures (kNN neighbours); items
+        # appended by add_items read these structures but never enter them
+        self.num_anchor_items = self.num_items
         self.register_buffer("train_edge_index", train_edge_index.long(), persistent=False)
         features = dict(features or {})
         self.modalities = list(features.keys())
@@ -166,6 +180,143 @@ class Recommender(torch.nn.Module):
         dev = self.train_edge_index.device
         return mk if mk.device == dev else mk.to(dev)
 
+    def item_knn_graph(self, x: Tensor, k: int, mask: Optional[Tensor] = None,
+                       ) -> Tuple[Tensor, Tensor]:
+        r"""The top-:math:`k` cosine item–item graph of ``x`` (see
+        :func:`~pyg_mmrec.data.knn.knn_graph`) in which neighbours are drawn
+        from the anchor items only (the first :attr:`num_anchor_items`): the
+        graph of the anchors is exactly the one built before any
+        :meth:`add_items`, and appended items get their :math:`k` nearest
+        anchors without entering any anchor's neighbour list."""
+        from ..data.knn import knn_graph_anchored  # keeps `import models` light
+        return knn_graph_anchored(x, k, mask, self.num_anchor_items)
+
+    # -------------------------------------------------------------- new items
+    def _no_content_path(self) -> ValueError:
+        name = type(self).__name__
+        why = ("it reads no modality features" if not self.uses_features or not self.modalities
+               else "it does not define how content alone represents an item")
+        return ValueError(f"{name} has no content path: an item with no interactions has no "
+                          f"representation ({why}, so its score would come from an untrained ID "
+                          f"embedding); use a model that reads modality features")
+
+    def check_new_items(self, features: Mapping[str, Tensor],
+                        masks: Optional[Mapping[str, Tensor]] = None
+                        ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], int]:
+        r"""Validates the inputs of :meth:`add_items` without changing the
+        model; returns ``(features, masks, n)`` with a mask for every modality
+        (an omitted one means all present). Raises :class:`ValueError` naming
+        the argument and what was expected."""
+        if not self.supports_new_items or not self.modalities:
+            raise self._no_content_path()
+        if not isinstance(features, Mapping):
+            raise ValueError(f"features: expected a dict modality -> tensor [n, F], got "
+                             f"{type(features).__name__}")
+        if set(features) != set(self.modalities):
+            raise ValueError(f"features: expected exactly the modalities "
+                             f"{sorted(self.modalities)}, got {sorted(features)}")
+        n = None
+        for m in self.modalities:
+            x, old = features[m], self._features[m]
+            if not isinstance(x, Tensor):
+                raise ValueError(f"features['{m}']: expected a torch.Tensor [n, {old.size(1)}], "
+                                 f"got {type(x).__name__}")
+            if x.dim() != 2 or x.size(1) != old.size(1):
+                raise ValueError(f"features['{m}']: expected shape [n, {old.size(1)}] (the width "
+                                 f"the model was trained with), got {list(x.shape)}")
+            if x.dtype != old.dtype:
+                raise ValueError(f"features['{m}']: expected dtype {old.dtype} (as in training), "
+                                 f"got {x.dtype}")
+            if n is None:
+                n = x.size(0)
+            elif x.size(0) != n:
+                raise ValueError(f"features['{m}']: expected {n} rows like "
+                                 f"features['{self.modalities[0]}'], got {x.size(0)}")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"features['{m}']: expected finite values (fill missing rows as "
+                                 f"in training and set their mask to False), got NaN or inf")
+        masks = {} if masks is None else masks
+        if not isinstance(masks, Mapping):
+            raise ValueError(f"masks: expected a dict modality -> bool tensor [n] or None, got "
+                             f"{type(masks).__name__}")
+        unknown = set(masks) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"masks: unknown modalities {sorted(unknown)}; expected a subset of "
+                             f"{sorted(self.modalities)}")
+        out_masks = {}
+        for m in self.modalities:
+            mk = masks.get(m)
+            if mk is None:
+                mk = torch.ones(n, dtype=torch.bool)
+            if not isinstance(mk, Tensor) or mk.dtype != torch.bool or mk.shape != (n,):
+                got = (f"{mk.dtype} {list(mk.shape)}" if isinstance(mk, Tensor)
+                       else type(mk).__name__)
+                raise ValueError(f"masks['{m}']: expected a bool tensor of shape [{n}] "
+                                 f"(True = present), got {got}")
+            out_masks[m] = mk
+        return {m: features[m] for m in self.modalities}, out_masks, int(n)
+
+    @torch.no_grad()
+    def add_items(self, features: Mapping[str, Tensor],
+                  masks: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        r"""Grows the model in place by :math:`n` items that have no
+        interactions, placed by their content; returns their indices
+        ``num_items_before + arange(n)``.
+
+        The rows are given as in training: ``features[m]`` holds the filled
+        features of modality :math:`m` (every modality of the model, same width
+        and dtype), ``masks[m]`` says which are present (``False`` = missing,
+        masked exactly as in training; an omitted modality is present for every
+        new item). Afterwards :meth:`forward` and :meth:`embeddings_for_eval`
+        cover the old and the new items; the training graph is unchanged.
+
+        What it does for every model: the item-indexed tables
+        (:attr:`item_indexed`, e.g. ID embeddings) get **zero rows** for the new
+        items; every user–item :class:`~pyg_mmrec.nn.LightGCNConv` gains the
+        new items as isolated nodes (old nodes keep their edges and weights);
+        the features and masks are appended and :meth:`on_inputs_changed`
+        rebuilds what depends on them, where item–item kNN graphs
+        (:meth:`item_knn_graph`) give the new items neighbours among the anchor
+        items only. Old items' representations therefore stay unchanged unless
+        a model documents otherwise (its class docstring, "New items").
+        Cost: models with kNN item graphs rebuild them over the grown
+        catalogue, as at construction (:math:`O(I^2 F)`; the anchors' part
+        comes out identical); the others only append rows.
+
+        Args:
+            features (dict): ``{modality: Tensor [n, F_m]}``.
+            masks (dict, optional): ``{modality: BoolTensor [n]}``.
+
+        Shapes:
+            - **output:** :math:`(n)` ``LongTensor`` of new item indices.
+
+        Raises:
+            ValueError: for a model without a content path (ID-only models) and
+                for inputs of the wrong modalities, width, dtype or mask, or
+                with NaN / inf.
+        """
+        features, masks, n = self.check_new_items(features, masks)
+        dev = self.train_edge_index.device
+        old = self.num_items
+        if n == 0:
+            return torch.empty(0, dtype=torch.long, device=dev)
+        grow_item_rows(self, self.item_indexed, n)
+        for conv in list(self.modules()):
+            if _is_user_item_conv(conv) and conv.num_items == old:
+                grow_user_item_conv(conv, n)
+        self.num_items = old + n
+        self.on_items_added(old, n)
+        feats = {m: torch.cat([self._features[m], features[m].to(self._features[m].device)])
+                 for m in self.modalities}
+        new_masks = {m: torch.cat([self._masks[m], masks[m].to(self._masks[m].device)])
+                     for m in self.modalities}
+        self.set_modality_inputs(feats, new_masks)
+        return torch.arange(old, old + n, device=dev)
+
+    def on_items_added(self, old_num_items: int, n: int) -> None:  # pragma: no cover - hook
+        """Called by :meth:`add_items` after the generic growth and before the
+        new inputs are set; grow or drop model-specific item-indexed state here."""
+
     # ------------------------------------------------------------- interface
     def forward(self) -> RecOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -195,3 +346,66 @@ class Recommender(torch.nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:  # pragma: no cover - hook
         """Called by the trainer at the start of every epoch."""
+
+
+def _is_user_item_conv(module: torch.nn.Module) -> bool:
+    from ..nn.lightgcn_conv import LightGCNConv
+    return isinstance(module, LightGCNConv)
+
+
+@torch.no_grad()
+def grow_user_item_conv(conv: torch.nn.Module, n: int) -> None:
+    r"""Appends ``n`` isolated item nodes to a
+    :class:`~pyg_mmrec.nn.LightGCNConv` (a full or a pruned graph): the
+    ``(user, item)`` pairs are read back from its CSR and the graph rebuilt
+    with the larger item count, so old nodes keep their edges and weights
+    (items are numbered after users, so no node is renumbered)."""
+    U = conv.num_users
+    e_u = int(conv.rowptr[U])  # the user rows: targets 0..U-1, sources U..U+I-1
+    users = torch.repeat_interleave(torch.arange(U, device=conv.rowptr.device),
+                                    conv.rowptr[1:U + 1] - conv.rowptr[:U])
+    pairs = torch.stack([users, conv.col[:e_u] - U])
+    conv.num_items = conv.num_items + int(n)
+    conv.set_graph(pairs)
+
+
+@torch.no_grad()
+def grow_item_rows(module: torch.nn.Module, names: Iterable[str], n: int) -> None:
+    r"""Appends ``n`` zero rows to the item-indexed attributes ``names`` of
+    ``module`` (``nn.Embedding``, parameter or buffer; ``None`` is skipped).
+    Parameters keep their identity, so references to them stay valid (an
+    optimiser's state must be grown with :func:`grow_optimizer_state`)."""
+    for name in names:
+        obj = getattr(module, name, None)
+        if obj is None:
+            continue
+        if isinstance(obj, torch.nn.Embedding):
+            w = obj.weight
+            w.data = torch.cat([w.data, w.new_zeros(n, w.size(1))])
+            obj.num_embeddings = obj.weight.size(0)
+        elif isinstance(obj, Tensor):
+            grown = torch.cat([obj.data, obj.new_zeros(n, *obj.shape[1:])])
+            if isinstance(obj, torch.nn.Parameter):
+                obj.data = grown
+            else:
+                setattr(module, name, grown)  # a registered buffer stays registered
+        else:
+            raise TypeError(f"item_indexed: {type(module).__name__}.{name} is a "
+                            f"{type(obj).__name__}, expected an Embedding, a parameter or a buffer")
+
+
+@torch.no_grad()
+def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    r"""After :meth:`Recommender.add_items`, appends zero rows to the
+    per-parameter state (e.g. Adam's moments) of every parameter that grew,
+    so training can continue with the same optimiser: the new rows start as
+    if never updated."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, v in list(state.items()):
+                if (isinstance(v, Tensor) and v.dim() == p.dim() and v.dim() >= 1
+                        and v.shape[1:] == p.shape[1:] and v.size(0) < p.size(0)):
+                    state[key] = torch.cat([v, v.new_zeros(p.size(0) - v.size(0), *v.shape[1:])])

@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..data.knn import mask_key, normalize_edge_weight
 from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
@@ -75,6 +75,14 @@ class FREEDOM(Recommender):
     excludes missing items, so a masked feature cannot influence the scores.
     With no modality, :math:`S = 0` and FREEDOM is LightGCN with edge pruning.
 
+    **New items** (:meth:`add_items`): a new item's row of every present
+    :math:`S^m` links it to its :math:`k` nearest *old* items (it is nobody's
+    neighbour, so old items keep their rows of :math:`S` and their scores).
+    Its ID embedding is zero and it has no interaction, so :math:`e_i = 0`
+    and :math:`z_i = \tilde{h}_i = (S^{L_m} E_I)_i` (one item layer: the
+    :math:`\beta`-weighted mean of its content neighbours' ID embeddings over
+    its present modalities); a missing modality gives it no edge there.
+
     Args:
         embedding_size (int): :math:`d` (64).
         feat_embed_dim (int): output size of :math:`W_m` (must equal :math:`d`).
@@ -131,7 +139,7 @@ class FREEDOM(Recommender):
         """Cached sym-normalised indicator kNN graph of modality ``m``."""
         key = (m, self.knn_k, mask_key(self.mask(m)))
         if key not in self._knn_cache:
-            ei, _ = knn_graph(self.feature(m), self.knn_k, self.mask(m))
+            ei, _ = self.item_knn_graph(self.feature(m), self.knn_k, self.mask(m))
             w = normalize_edge_weight(ei, None, self.num_items, "sym")
             self._knn_cache[key] = (ei, w)
         return self._knn_cache[key]
@@ -192,6 +200,9 @@ class FREEDOM(Recommender):
                     modal = modal + bpr_loss(u[ok], h[pos[ok]], h[neg[ok]])
             terms["modal_bpr"] = self.reg_weight * modal
         return terms
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["FREEDOM", "modality_weights"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..data.knn import mask_key, normalize_edge_weight
 from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
@@ -112,6 +112,16 @@ class I3MRec(Recommender):
     spurious 1/6 of it); missing entries are masked out of the propagation and
     the fusion instead of being zero-filled; model selection uses validation
     only (the trainer's job).
+
+    **New items** (:meth:`add_items`): a new item has no edge, so in every
+    environment it keeps the layer-0 term of the mean over layers,
+    :math:`E_I^m[i] = \mathcal{M}_{im}\widehat{W_m X^m_i} / (L+1)`, plus its ID
+    part, which is zero (zero ID embedding; with ``id_branch="lightgcn"`` its
+    propagated :math:`C_I` row is zero too); with ``item_graph="knn"`` it
+    links to its :math:`k` nearest *old* items in :math:`S^m` and adds their
+    smoothed ID embeddings (it is nobody's neighbour). :math:`Z_i` is the
+    missing-aware fusion of its present modalities, masked as in training.
+    Old items and users are unchanged.
 
     **Representations** (:class:`RecOutput`): ``user`` = :math:`E_U`,
     ``item`` = :math:`Z`, ``item_modal[m]`` = :math:`E_I^m`,
@@ -355,7 +365,7 @@ class I3MRec(Recommender):
         key = (m, id(x), mask_key(mask))
         graph = self._knn_cache.get(key)
         if graph is None or graph[0].device != mask.device:
-            ei, _ = knn_graph(x, self.options.collaborative.knn_k, mask)
+            ei, _ = self.item_knn_graph(x, self.options.collaborative.knn_k, mask)
             rowptr = torch.zeros(self.num_items + 1, dtype=torch.long, device=ei.device)
             rowptr[1:] = torch.bincount(ei[1], minlength=self.num_items).cumsum(0)
             graph = (ei, normalize_edge_weight(ei, None, self.num_items, "sym"), rowptr)
@@ -667,6 +677,15 @@ class I3MRec(Recommender):
     def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
         out = self.forward()
         return out.user, out.item
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
+    item_indexed = ("item_embedding", "z_cache")
+
+    def on_items_added(self, old_num_items: int, n: int) -> None:
+        # z_cache holds Z of the last training step; the grown rows were never
+        # computed, so the estimators' next step takes a fresh forward pass
+        self.z_cache_ready.fill_(False)
 
 
 __all__ = ["I3MRec"]

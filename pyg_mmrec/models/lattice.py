@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import knn_graph, mask_key, normalize_edge_weight
+from ..data.knn import mask_key, normalize_edge_weight
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from .base import Recommender, RecOutput
@@ -45,6 +45,15 @@ class LATTICE(Recommender):
     **Masks**: missing items are excluded from both kNN graphs of that modality,
     so a masked feature cannot influence the scores. Without modalities LATTICE
     is LightGCN.
+
+    **New items** (:meth:`add_items`): in both graphs of every present
+    modality a new item gets its :math:`k` nearest *old* items (cosine of the
+    raw, respectively transformed features) and is nobody's neighbour, so the
+    old items' graphs, :math:`h` and scores are unchanged. Its ID embedding
+    is zero and it has no interaction, so :math:`e_i = 0` and
+    :math:`z_i = h_i / \lVert h_i \rVert`: the normalised mix of its content
+    neighbours' ID embeddings. A missing modality gives it no edge in that
+    modality and is left out of the mix, as in training.
 
     Args:
         embedding_size (int): :math:`d` (64).
@@ -96,7 +105,7 @@ class LATTICE(Recommender):
     def _original_graph(self, m: str):
         key = (m, self.knn_k, mask_key(self.mask(m)))
         if key not in self._orig_cache:
-            ei, w = knn_graph(self.feature(m), self.knn_k, self.mask(m))
+            ei, w = self.item_knn_graph(self.feature(m), self.knn_k, self.mask(m))
             self._orig_cache[key] = (ei, normalize_edge_weight(ei, w, self.num_items, "sym"))
         return self._orig_cache[key]
 
@@ -108,7 +117,7 @@ class LATTICE(Recommender):
             ei_o, w_o = self._original_graph(m)
             with torch.set_grad_enabled(with_grad):
                 z = self.projections[m](self.feature(m))
-                ei_l, w_l = knn_graph(z, self.knn_k, self.mask(m))
+                ei_l, w_l = self.item_knn_graph(z, self.knn_k, self.mask(m))
                 w_l = normalize_edge_weight(ei_l, w_l, self.num_items, "sym")
                 ei = torch.cat([ei_l, ei_o.to(dev)], 1)
                 w = torch.cat([(1 - lam) * w_l, lam * w_o.to(dev)])
@@ -162,6 +171,9 @@ class LATTICE(Recommender):
             den = den + a
         h = num / den.clamp_min(1e-12).unsqueeze(-1)
         return RecOutput(user=e_u, item=e_i + F.normalize(h, dim=-1), item_modal=item_modal)
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["LATTICE"]

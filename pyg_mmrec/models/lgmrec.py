@@ -57,6 +57,17 @@ class LGMRec(Recommender):
     contrast pairs need both modalities. A masked feature therefore cannot
     influence the scores. With no modality LGMRec is LightGCN.
 
+    **New items** (:meth:`add_items`): a new item has no edge and a zero ID
+    embedding, so its collaborative and modality graph embeddings are zero
+    (the modality graphs keep their last layer; with ``n_mm_layers = 0``
+    :math:`E^m_i = X^m_i` adds its content there too) and it is represented
+    by the global part alone, :math:`z_i = \alpha\,\mathrm{norm}(\sum_m G^m_i)`: its
+    hyperedge assignments from its own features read the hyperedge
+    embeddings :math:`\Lambda^m`. Those are summed over the items the model
+    was built with only, so new items never change them and old items and
+    users keep their scores. A missing modality joins no hyperedge, as in
+    training.
+
     **Implementation**: :math:`f^m [W_m, V_m]` is one product (through
     :func:`~pyg_mmrec.models._static_linear.static_linear`); the user mean of
     :math:`X^m` and the user sum of the logits come from one masked sum; the
@@ -198,8 +209,11 @@ class LGMRec(Recommender):
             h_u = self._assign(logit_u)
             h_i, h_u = self.dropout(h_i), self.dropout(h_u)
             g_i = e_i
+            # hyperedges summarise the items the model was built with (items
+            # appended by add_items read them but do not change them)
+            h_src = h_i if self.num_anchor_items == I else h_i[:self.num_anchor_items]
             for _ in range(self.n_hyper_layer):
-                lat = h_i.t() @ g_i  # [K, d] hyperedge embeddings
+                lat = h_src.t() @ g_i[:h_src.size(0)]  # [K, d] hyperedge embeddings
                 g_i, g_u = h_i @ lat, h_u @ lat
             hyper_u[m], hyper_i[m] = g_u, g_i
             glob_u, glob_i = glob_u + g_u, glob_i + g_i
@@ -232,6 +246,9 @@ class LGMRec(Recommender):
                     cl = cl + _triple_ssl(hi_a, hi_b, pi, p_cnt, self.tau)
             terms["cl"] = self.cl_weight * cl
         return terms
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["LGMRec"]

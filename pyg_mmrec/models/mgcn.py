@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import knn_graph, mask_key
+from ..data.knn import mask_key
 from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
@@ -55,6 +55,14 @@ class MGCN(Recommender):
     :math:`\hat{R}`, and are left out of the attention, so a masked feature
     cannot influence the scores when ``n_layers >= 1``. Without modalities MGCN
     is LightGCN.
+
+    **New items** (:meth:`add_items`): in every present :math:`S^m` a new item
+    links to its :math:`k` nearest *old* items and is nobody's neighbour, so
+    old items and users are unchanged. Its ID embedding is zero, so its own
+    purified embedding is zero and its collaborative part :math:`e_i = 0`;
+    with ``n_layers >= 1`` it reads :math:`\bar{h}^m_i` from its content
+    neighbours' purified embeddings and :math:`z_i` is the fuser's side part
+    alone (with ``n_layers = 0`` it gets no representation: zero scores).
 
     **Implementation**: :math:`\hat{R}\bar{h}^m` runs on the user rows of
     :math:`\hat{A}` only (cached at construction), and :math:`W_m f^m` goes
@@ -157,7 +165,8 @@ class MGCN(Recommender):
         for m in self.modalities:
             key = (m, self.knn_k, mask_key(self.mask(m)))
             if key not in self._knn_cache:
-                self._knn_cache[key] = knn_graph(self.feature(m), self.knn_k, self.mask(m))
+                self._knn_cache[key] = self.item_knn_graph(self.feature(m), self.knn_k,
+                                                           self.mask(m))
             ei, w = self._knn_cache[key]
             self.item_graphs[m] = (ei.to(dev), w.to(dev))
 
@@ -217,6 +226,9 @@ class MGCN(Recommender):
                 info_nce(side[ib], content[ib], self.temperature)
                 + info_nce(side[ub], content[ub], self.temperature))
         return terms
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["MGCN"]

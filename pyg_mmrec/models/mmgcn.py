@@ -131,6 +131,15 @@ class MMGCN(Recommender):
     layer; later layers carry only ID and preference information, so a masked
     feature cannot influence the scores.
 
+    **New items** (:meth:`add_items`): a new item has no edge and a zero ID
+    embedding, so in every modality GCN it starts from its own
+    :math:`\mathrm{MLP}_m(f_i^m)` (zero when :math:`m` is missing) and each
+    layer keeps only the self path,
+    :math:`x_i^{(l)} = \mathrm{LReLU}(G_l\,\mathrm{LReLU}(0) + \mathrm{LReLU}(W'_l
+    x_i^{(l-1)}))`: a representation from content alone, exactly what an old
+    item without interactions and with a zero ID embedding gets. Old items
+    and users are unchanged (new items send nothing).
+
     **Implementation**: :math:`W_l` is applied before the propagation (it is
     linear, so :math:`W_l \hat{A} x = \hat{A} x W_l^\top`, on :math:`d` instead of
     ``dim_latent`` channels), the modalities run in lock step on the joint
@@ -207,6 +216,9 @@ class MMGCN(Recommender):
                 reg = reg + g.preference[users].pow(2).mean()
             terms["reg"] = self.reg_weight * reg
         return terms
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["MMGCN"]

@@ -161,6 +161,13 @@ class MRdIB(Recommender):
     modality has :math:`z_J = 0`). Masks are read live from the backbone, so
     train/test masks swapped via :meth:`set_modality_inputs` apply.
 
+    **New items** (:meth:`add_items`): the backbone places them (see its
+    "New items"); the plug-in has no item-indexed state, so a new item's codes
+    come from its backbone representations :math:`h_m` through the same
+    encoders, its missing modalities contribute no code, and its joint code
+    (hence its final representation) follows. Supported when the backbone
+    supports new items.
+
     **Switched off.** With ``enabled=False`` or all four weights 0 the wrapper
     is the bare backbone: same losses, same scores, same RNG stream. Its own
     modules are built under a forked RNG (seeded by ``seed``) and its noise
@@ -664,6 +671,31 @@ class MRdIB(Recommender):
             return total
         own = torch.stack(losses).mean()
         return own if total is None else total + own
+
+    # -------------------------------------------------------------- new items
+    @property
+    def supports_new_items(self) -> bool:  # type: ignore[override]
+        return self.backbone.supports_new_items
+
+    @property
+    def num_anchor_items(self) -> int:
+        return self.backbone.num_anchor_items
+
+    def check_new_items(self, features, masks=None):
+        if not self.backbone.supports_new_items or not self.backbone.modalities:
+            err = self.backbone._no_content_path()
+            raise ValueError(f"MRdIB over {err}")
+        return self.backbone.check_new_items(features, masks)
+
+    @torch.no_grad()
+    def add_items(self, features: Dict[str, Tensor],
+                  masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        """Grows the backbone (:meth:`Recommender.add_items`); the plug-in's
+        encoders read the new items' backbone representations as any other."""
+        self.check_new_items(features, masks)
+        ids = self.backbone.add_items(features, masks)
+        self.num_items = self.backbone.num_items
+        return ids
 
     def extra_repr(self) -> str:
         return (f"enabled={self.enabled}, modalities={self.code_modalities}, latent_dim={self.latent_dim}, "

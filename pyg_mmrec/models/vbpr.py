@@ -34,6 +34,14 @@ class VBPR(Recommender):
     modality's :math:`h_i^m` is zeroed instead, so masked features cannot
     influence the scores. With no modality VBPR reduces to BPR-MF.
 
+    **New items** (:meth:`add_items`): a new item's latent factor
+    :math:`\gamma_i` is zero, so it is represented by its content factor
+    alone, :math:`[0 \Vert \sum_m h_i^m]`, and a user scores it
+    :math:`\theta_u^\top \sum_m h_i^m`. A missing modality is handled as in
+    training: with ``drop_missing=True`` its :math:`h_i^m` is zero; otherwise
+    the given (filled) row is projected, so fill it as the data layer does.
+    Old items are unchanged.
+
     Args:
         embedding_size (int): :math:`d` (MMRec: 64).
         reg_weight (float): L2 weight on the batch representations.
@@ -72,6 +80,9 @@ class VBPR(Recommender):
         if h:
             item = torch.cat([item, torch.stack(list(h.values())).sum(0)], dim=-1)
         return RecOutput(user=self.user_embedding.weight, item=item, item_modal=h)
+
+    # ------------------------------------------------------------- new items
+    supports_new_items = True  # see "New items" in the class docstring
 
 
 __all__ = ["VBPR"]
