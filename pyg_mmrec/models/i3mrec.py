@@ -827,4 +827,4 @@ class I3MRec(Recommender):
         self.z_cache_ready.fill_(False)
 
 
-__all__ = ["I3MRec"]
+__all__ = ["I3MRec", "I3MRecOptions"]
