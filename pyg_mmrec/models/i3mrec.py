@@ -126,20 +126,58 @@ class I3MRec(Recommender):
         + \lambda_{\min} \underbrace{\frac{1}{M}\sum_m \hat{I}_{CLUB}(X^m; Z)}
           _{\min I(Z; X)} + \lambda_{reg} \|\Theta_B\|^2,
 
-    where the InfoNCE is averaged over all ordered pairs of views and each
+    where the InfoNCE is averaged over all ordered pairs of views (the
+    paper's formula; the reference code weights their sum by 7/6, see below) and each
     modality's CLUB estimator :math:`q_m(Z \mid X^m)` is fitted on that
     modality's present items only, in alternation
     (:meth:`auxiliary_loss`). Items with no present modality fall back to the
     mean of their (collaborative) :math:`E_I^m`.
 
-    **Differences from the reference code** (on purpose): the CLUB estimators
-    are fitted on :math:`(X^m, Z)` — the pair whose MI is bounded — for every
-    modality and only on items whose modality is present (the reference fits
-    them on the feature projections and never trains its third estimator);
-    the InfoNCE is the plain mean over view pairs (the reference adds a
-    spurious 1/6 of it); missing entries are masked out of the propagation and
-    the fusion instead of being zero-filled; model selection uses validation
-    only (the trainer's job).
+    **Differences from the reference code** (``github.com/cky332/7``). Each is
+    a switch; ``--config reference`` (``configs/i3mrec_reference.yaml``) sets
+    them all to the reference's side. Our defaults differ on purpose:
+
+    ==================  ==========================  ==========================
+    what                reference code              ours (default), why
+    ==================  ==========================  ==========================
+    InfoNCE weight      sum over ordered view       mean over pairs (the
+    (infonce_scaling)   pairs + a sixth of it:      paper's formula): the
+                        7x the mean (2 mod.),       weight does not depend on
+                        49x (3 mod.)                :math:`M`
+    views               every non-empty modality    :math:`Z` + one random mask
+    (infonce_views)     subset, :math:`2^M-1`       :math:`\mathcal{M}` per
+                                                    batch: cost linear in views
+    InfoNCE/CLUB rows   every batch positive,       unique positives: no item
+    (ib_items)          duplicates included         is its own negative
+    missing input       zero feature row; its       masked: a missing modality
+    (missing_input)     projection's bias is        sends nothing, is not
+                        propagated and pooled       pooled (no fake content)
+    CLUB estimator      sigmoid inputs, 32 hidden,  exact all-pairs vCLUB,
+    (club_estimator)    log-var in (-1, 1), one     log-var in (-5, 5): lower
+                        sampled negative            variance
+    CLUB fit            10 steps/epoch, own Adam    one step per batch on the
+    (club_fit,          1e-4 + plateau, on          pair it bounds,
+    club_fit_pairs,     :math:`(X, W_mX)`; the      :math:`(X, Z)`; frozen in
+    club_main_update)   main optimiser also steps   the main loss (a valid
+                        it (to a smaller bound)     bound needs a fitted q)
+    schedule            eval every 10 epochs, stop  train.yaml: eval every
+    (train section)     after >20 epochs w/o gain,  epoch, patience 50,
+                        ≤200 epochs, NDCG@10        Recall@20 on validation
+                        selected *on test*          (never on test)
+    masks (--missing)   seed 0 in every run; an     per-seed masks, train and
+                        item loses one fixed        eval drawn independently
+                        modality at train and test  (``:fixed`` reproduces it)
+    ==================  ==========================  ==========================
+
+    The rest is the same: V-REx as the unbiased variance of the per-modality
+    BPR risks (weight 300 at Baby), their sum as :math:`\sum_m\mathcal{L}^m`,
+    the L2 term on the batch's final :math:`E_U, Z` rows, the fusion
+    (bias-free identity-initialised map, dropout 0.5, tanh) on detached
+    :math:`E_I^m`, :math:`E_U = E_u + \frac{1}{M}\sum_m \bar{E}_U^m`. Ours
+    fits every modality's estimator; the reference's own optimiser leaves out
+    the third (TikTok's audio), which only the main optimiser moves.
+    ``docs/i3mrec.md`` has the full table, the paper's side and the
+    side-by-side reproduction recipe.
 
     **New items** (:meth:`add_items`): a new item has no edge, so in every
     environment it keeps the layer-0 term of the mean over layers,
@@ -204,6 +242,10 @@ class I3MRec(Recommender):
                 \geq I(Z; X)` is minimised; :math:`\mu` at inference).
             min_info_coeff (float): :math:`\lambda_{\min}` (CLUB). (1e-5)
             club_hidden (int): hidden width of the CLUB estimators.
+            club_estimator, club_fit, club_fit_pairs, club_fit_steps, club_lr,
+            club_main_update, infonce_scaling, infonce_views, ib_items: the
+                reference code's choices as switches (see the differences above
+                and :class:`~pyg_mmrec.models.i3mrec_options.BottleneckOptions`).
             club_batch (int): at most this many (present) items per modality,
                 drawn uniformly from the batch's, feed each estimator per step
                 (the estimators' cost is linear in it).
@@ -225,6 +267,9 @@ class I3MRec(Recommender):
             mask_prob (float): probability of dropping a present modality in
                 :math:`\mathcal{M}`.
             num_masked_views (int): number of sampled masked fusions per batch.
+            missing_input (str): ``"mask"`` or ``"zero_fill"`` (the reference:
+                a missing modality is a zero feature row, pooled as a zero vector
+                in the mean over all :math:`M`).
 
         *beyond the paper* (:class:`~pyg_mmrec.models.i3mrec_options.CollaborativeOptions`):
 
