@@ -184,6 +184,8 @@ def reference(args: argparse.Namespace) -> None:
            "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     cmd = ["/usr/bin/time", "-v", args.python, LAUNCHER, "--dataset", args.dataset,
            "--seed", str(args.seed), "--suffix", f"pyg_mmrec_seed{args.seed}"] + REFERENCE_ARGS
+    if args.epochs is not None:
+        cmd += ["--epoch", str(args.epochs)]  # argparse keeps the last value
     proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     out_dir = Path(args.out) / "reference"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,7 @@ def ours(args: argparse.Namespace) -> None:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pyg_mmrec", "train", "--model", "i3mrec",
            "--config", "reference", "--dataset", args.dataset, "--root", str(args.root),
            "--missing", args.missing, "--seeds", str(args.seed), "--out", str(run_root),
-           "--quiet"]
+           "--quiet"] + ([] if args.epochs is None else ["--epochs", str(args.epochs)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     stem = f"{_safe(args.missing)}_seed{args.seed}"
@@ -213,13 +215,10 @@ def ours(args: argparse.Namespace) -> None:
     (run_root / f"{stem}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"our run failed (exit {proc.returncode}); see {run_root / stem}.log")
-    results = [p for p in run_root.rglob("result.json")
-               if json.loads(p.read_text()).get("seed", None) in (None, args.seed)]
     found = None
-    for p in results:
-        r = json.loads(p.read_text())
-        cfg = r.get("config", {})
-        if cfg.get("missing") == args.missing and int(cfg.get("seed", -1)) == args.seed:
+    for path in run_root.rglob("result.json"):
+        r = json.loads(path.read_text())
+        if r.get("missing") == args.missing and int(r.get("seed", -1)) == args.seed:
             found = r
     if found is None:
         raise SystemExit(f"no result.json for {args.missing} seed {args.seed} under {run_root}")
@@ -261,6 +260,9 @@ def main(argv=None) -> int:
             s.add_argument("--checkout", required=True, help="a checkout of the reference code")
         if name == "reference":
             s.add_argument("--python", required=True, help="the reference's virtual env python")
+        if name in ("reference", "ours"):
+            s.add_argument("--epochs", type=int, default=None,
+                           help="cap the epochs (a timing run; default: the reference's 200)")
     args = p.parse_args(argv)
     {"export": export, "reference": reference, "ours": ours, "table": table}[args.cmd](args)
     return 0
