@@ -316,6 +316,7 @@ _TRAIN_CHECKS = {
     "checkpoint_every": lambda k, v: _positive_int(k, v, minimum=0),
     "tensorboard": _bool,
     "eval_max_users": lambda k, v: None if v is None else _positive_int(k, v),
+    "test_excludes_valid": _bool,
     "lr_decay": lambda k, v: _check_lr_decay(v),
 }
 

@@ -164,6 +164,9 @@ class I3MRec(Recommender):
     (train section)     after >20 epochs w/o gain,  epoch, patience 50,
                         ≤200 epochs, NDCG@10        Recall@20 on validation
                         selected *on test*          (never on test)
+    test ranking        leaves out training items   also validation items
+    (test_excludes_     only                        (not a hit once known)
+    valid)
     masks (--missing)   seed 0 in every run; an     per-seed masks, train and
                         item loses one fixed        eval drawn independently
                         modality at train and test  (``:fixed`` reproduces it)

@@ -330,14 +330,16 @@ def test_config_reference_resolves_and_sets_the_reference_schedule():
     cfg = build_config("i3mrec", config_overrides("reference", "i3mrec"))
     train, hp = cfg["train"], cfg["hparams"]
     assert (train["eval_every"], train["patience"], train["epochs"]) == (10, 3, 200)
-    assert train["metric"] == "ndcg@10"
+    assert train["metric"] == "ndcg@10" and train["test_excludes_valid"] is False
     assert hp["infonce_scaling"] == "sum_plus_sixth" and hp["infonce_views"] == "all_subsets"
     assert hp["club_estimator"] == "reference" and hp["club_fit"] == "per_epoch"
     assert hp["club_main_update"] and hp["missing_input"] == "zero_fill"
     assert hp["club_hidden"] == 32 and hp["club_lr"] == 1e-4 and hp["club_fit_steps"] == 10
     # the defaults stay ours
-    default = build_config("i3mrec", {})["hparams"]
-    assert default["infonce_scaling"] == "mean" and default["club_fit"] == "alternating"
+    default = build_config("i3mrec", {})
+    assert default["hparams"]["infonce_scaling"] == "mean"
+    assert default["hparams"]["club_fit"] == "alternating"
+    assert default["train"]["test_excludes_valid"] is True
     with pytest.raises(ConfigError, match="no shipped configuration 'paper' for model "
                                           "'i3mrec' \\(shipped: \\['reference'\\]\\)"):
         config_overrides("paper", "i3mrec")
@@ -358,14 +360,26 @@ def test_patience_counts_evaluations_so_the_reference_stops_30_epochs_after_its_
     assert es.best_epoch == 19 and stopped == 49  # 3 evaluations = 30 epochs without gain
 
 
-def test_reference_config_trains_end_to_end_and_is_rescored(tiny_root, tmp_path):
+def test_reference_config_trains_end_to_end_and_is_rescored(tiny_root, tmp_path, monkeypatch):
+    import pyg_mmrec.metrics as metrics
     from pyg_mmrec.train import evaluate_run, run
+    excluded = {}
+    original = metrics.evaluate_full_ranking
+
+    def record(user, item, target, exclude, **kw):
+        excluded[kw["split"]] = len(exclude)
+        return original(user, item, target, exclude, **kw)
+
+    monkeypatch.setattr(metrics, "evaluate_full_ranking", record)
     overrides = {**config_overrides("reference", "i3mrec"), "model.embedding_size": 8,
                  "train.epochs": 2, "train.eval_every": 1, "train.batch_size": 64,
                  "train.topk": [5, 10], "train.metric": "ndcg@10"}
     res = run("i3mrec", "tiny", root=str(tiny_root), missing="i3mrec:mm:0.3:fixed", seed=1,
               overrides=overrides, out_dir=str(tmp_path / "run"), quiet=True)
     assert "ndcg@10" in res.test
+    # the reference's test ranking leaves out training items only
+    assert res.config["train"]["test_excludes_valid"] is False
+    assert excluded == {"valid": 1, "test": 1}
     saved = MaskSet.load(str(tmp_path / "run" / "masks"))
     assert saved.spec == "i3mrec:mm:0.3:fixed"
     again = evaluate_run(str(tmp_path / "run"), root=str(tiny_root))
