@@ -186,18 +186,22 @@ def reference(args: argparse.Namespace) -> None:
            "--seed", str(args.seed), "--suffix", f"pyg_mmrec_seed{args.seed}"] + REFERENCE_ARGS
     if args.epochs is not None:
         cmd += ["--epoch", str(args.epochs)]  # argparse keeps the last value
-    proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     out_dir = Path(args.out) / "reference"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{_safe(args.missing)}_seed{args.seed}"
-    (out_dir / f"{stem}.log").write_text(proc.stdout + proc.stderr)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PYG_MMREC_RESULT ")]
+    # stream the run to its log, so that a long run can be followed (and an
+    # interrupted one keeps its validation lines)
+    with open(out_dir / f"{stem}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              text=True)
+    text = (out_dir / f"{stem}.log").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("PYG_MMREC_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"the reference run failed (exit {proc.returncode}); see "
                          f"{out_dir / (stem + '.log')}")
     record = json.loads(lines[-1][len("PYG_MMREC_RESULT "):])
     record.update(code="reference", missing=args.missing, seed=args.seed,
-                  peak_memory_mb=_peak_memory_mb(proc.stderr))
+                  peak_memory_mb=_peak_memory_mb(text))
     (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record))
 
