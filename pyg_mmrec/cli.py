@@ -107,8 +107,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--config", default=None, metavar="YAML",
-                   help="YAML of overrides (flat model keys, optional train:/plugin: sections); "
-                        "--set and flags win over it")
+                   help="YAML of overrides (flat model keys, optional train:/plugin: sections), "
+                        "or the name of a shipped one (e.g. 'reference' for "
+                        "configs/<model>_reference.yaml); --set and flags win over it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (YAML-typed); may be repeated")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -149,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pyg_mmrec.results import setting_label
 
     # ---- validate everything before any training
-    overrides = config_overrides(args.config) if args.config else {}
+    overrides = config_overrides(args.config, args.model) if args.config else {}
     overrides.update(parse_assignments(args.set))
     for flag in list(_TRAIN_FLAGS) + ["topk"]:
         v = getattr(args, flag)

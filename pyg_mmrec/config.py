@@ -90,11 +90,39 @@ def parse_assignments(items: Optional[Iterable[str]]) -> Dict[str, Any]:
     return out
 
 
-def config_overrides(path: Union[str, Path]) -> Dict[str, Any]:
+def named_configs(model: str) -> List[str]:
+    """The short names ``--config`` accepts for ``model``: ``reference`` for a
+    shipped ``configs/<model>_reference.yaml``, and so on."""
+    prefix = f"{_model_key(model)}_"
+    return sorted(p.stem[len(prefix):] for p in CONFIG_DIR.glob(f"{prefix}*.yaml"))
+
+
+def resolve_config_path(path: Union[str, Path], model: Optional[str] = None) -> Path:
+    """The YAML that ``--config`` names: a file path, or, when no such file
+    exists and ``path`` is a bare name, the shipped
+    ``pyg_mmrec/configs/<model>_<name>.yaml`` (e.g. ``--model i3mrec --config
+    reference``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = str(path)
+    bare = model is not None and p.suffix == "" and "/" not in name and "\\" not in name
+    if bare:
+        shipped = CONFIG_DIR / f"{_model_key(model)}_{name}.yaml"
+        if shipped.is_file():
+            return shipped
+        known = named_configs(model)
+        raise ConfigError(f"--config {name!r}: no such file, and no shipped configuration "
+                          f"{name!r} for model {model!r} (shipped: {known or 'none'})")
+    raise ConfigError(f"--config: file not found: {path}")
+
+
+def config_overrides(path: Union[str, Path], model: Optional[str] = None) -> Dict[str, Any]:
     """A YAML of overrides as qualified keys: ``{k: v, train: {lr: ..}, plugin: {..}}``
-    -> ``{"model.k": v, "train.lr": .., "plugin.x": ..}`` (``--config``)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"--config: file not found: {path}")
+    -> ``{"model.k": v, "train.lr": .., "plugin.x": ..}`` (``--config``). ``path``
+    is a file or, with ``model``, the short name of a shipped configuration
+    (:func:`resolve_config_path`)."""
+    path = resolve_config_path(path, model)
     out: Dict[str, Any] = {}
     for k, v in load_yaml(path).items():
         if k in ("train", "model", "plugin"):
@@ -409,6 +437,7 @@ _TRAIN_CHECKS = {
     "checkpoint_every": lambda k, v: _positive_int(k, v, minimum=0),
     "tensorboard": _bool,
     "eval_max_users": lambda k, v: None if v is None else _positive_int(k, v),
+    "test_excludes_valid": _bool,
     "lr_decay": lambda k, v: _check_lr_decay(v),
 }
 

@@ -49,6 +49,15 @@ Protocols (``spec`` strings, parsed by :func:`parse_missing_spec`):
 
 Extra ``key=value`` fields override protocol parameters (``test_share``,
 ``drop``, ``eval_items``), e.g. ``"i3mrec:mm:0.3:test_share=0.3"``.
+
+``"i3mrec:<mode>:<rate>:fixed"`` draws the masks as the I3-MRec reference code
+does: the same masks in every run (drawn with seed 0, whatever the run's
+seed), and each item has one lost set of ``drop`` modalities, drawn once, that
+it loses both at training time (if among the ``rate`` share of training items)
+and at evaluation time (if among the ``test_share`` of evaluation items); the
+two item selections are independent. Without ``fixed`` every run's seed draws
+its own masks and the lost modalities of training and evaluation are drawn
+independently.
 """
 from __future__ import annotations
 
@@ -241,6 +250,19 @@ def _one_modality_loss(items: Tensor, share: float, drop: int, num_items: int,
     return out
 
 
+def _fixed_loss(items: Tensor, share: float, lost_by_item: Tensor, num_items: int,
+                modalities: List[str], g: torch.Generator) -> Dict[str, Tensor]:
+    r"""A share of ``items`` loses, each, its row of ``lost_by_item`` (``[I, M]``
+    bool: the modalities an item loses whenever it is chosen)."""
+    chosen = _choose(items, share, g)
+    out = {}
+    for j, m in enumerate(modalities):
+        keep = torch.ones(num_items, dtype=torch.bool)
+        keep[chosen[lost_by_item[chosen, j]]] = False
+        out[m] = keep
+    return out
+
+
 def _dgmrec(share: float, num_items: int, modalities: List[str], g: torch.Generator
             ) -> Dict[str, Tensor]:
     M = len(modalities)
@@ -304,11 +326,26 @@ def make_masks(spec: "str | MissingSpec", data: Any, seed: int = 0) -> MaskSet:
     num_items, modalities, natural, data = _unpack(data)
     full = {m: torch.ones(num_items, dtype=torch.bool) for m in modalities}
 
+    # fixed: the reference code's masks do not depend on the run's seed
+    draw_seed = 0 if sp.fixed else seed
+
     def gen(stream: str) -> torch.Generator:
-        return epoch_generator(seed, _PROTO_ID[sp.protocol], _STREAM[stream])
+        return epoch_generator(draw_seed, _PROTO_ID[sp.protocol], _STREAM[stream])
 
     if not modalities or sp.protocol == "natural":
         train, eval_ = full, full
+    elif sp.protocol == "i3mrec" and sp.fixed:
+        # one lost set per item, shared by training and evaluation
+        lost_by_item = _drop_k(torch.arange(num_items), len(modalities), sp.drop, gen("same"))
+        eval_ = train = full
+        if sp.mode in ("fm", "mm"):
+            items = (torch.arange(num_items) if sp.eval_items == "all"
+                     else _items_of(data, sp.eval_items, num_items))
+            eval_ = _fixed_loss(items, sp.test_share, lost_by_item, num_items, modalities,
+                                gen("eval"))
+        if sp.mode == "mm":
+            train = _fixed_loss(_items_of(data, "train", num_items), sp.rate, lost_by_item,
+                                num_items, modalities, gen("train"))
     elif sp.protocol == "i3mrec":
         eval_ = full
         if sp.mode in ("fm", "mm"):
@@ -326,7 +363,8 @@ def make_masks(spec: "str | MissingSpec", data: Any, seed: int = 0) -> MaskSet:
         train = eval_ = _entry(sp.rate, num_items, modalities, natural, gen("same"))
     train = {m: train[m] & natural[m] for m in modalities}
     eval_ = {m: eval_[m] & natural[m] for m in modalities}
-    return MaskSet(train, eval_, str(sp), int(seed))
+    meta = {"drawn_with_seed": draw_seed} if sp.fixed else {}
+    return MaskSet(train, eval_, str(sp), int(seed), meta)
 
 
 # ------------------------------------------------------------------- fills

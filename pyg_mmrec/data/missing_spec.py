@@ -24,6 +24,7 @@ class MissingSpec:
     test_share: float = 0.5
     drop: int = 1
     eval_items: str = "valid+test"
+    fixed: bool = False  # i3mrec only: seed-independent masks, one lost set per item
 
     def __str__(self) -> str:
         if self.protocol == "natural":
@@ -36,6 +37,8 @@ class MissingSpec:
                 s += f":drop={self.drop}"
             if self.eval_items != "valid+test":
                 s += f":eval_items={self.eval_items}"
+            if self.fixed:
+                s += ":fixed"
             return s
         return f"{self.protocol}:{self.rate:.10g}"
 
@@ -79,8 +82,10 @@ def parse_missing_spec(spec: "str | MissingSpec") -> MissingSpec:
             raise ValueError(f"missing spec {spec!r}: 'natural' takes no arguments")
         return MissingSpec("natural")
     if proto == "i3mrec":
-        if len(pos) != 2:
-            raise ValueError(f"missing spec {spec!r}: expected 'i3mrec:<ff|fm|mm>:<rate>'")
+        fixed = len(pos) == 3 and pos[2].lower() == "fixed"
+        if len(pos) != 2 + fixed:
+            raise ValueError(f"missing spec {spec!r}: expected 'i3mrec:<ff|fm|mm>:<rate>' "
+                             "optionally followed by ':fixed'")
         mode = pos[0].lower()
         if mode not in I3MREC_MODES:
             raise ValueError(f"missing spec {spec!r}: unknown i3mrec mode {mode!r}; expected "
@@ -97,7 +102,7 @@ def parse_missing_spec(spec: "str | MissingSpec") -> MissingSpec:
         if eval_items not in EVAL_ITEMS:
             raise ValueError(f"missing spec {spec!r}: eval_items must be one of "
                              f"{list(EVAL_ITEMS)}, got {eval_items!r}")
-        return MissingSpec("i3mrec", mode, rate, test_share, drop, eval_items)
+        return MissingSpec("i3mrec", mode, rate, test_share, drop, eval_items, fixed)
     if len(pos) > 1:
         raise ValueError(f"missing spec {spec!r}: expected '{proto}:<rate>'")
     if proto == "dgmrec":

@@ -15,7 +15,7 @@ from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
-from ..nn.mi_estimators import CLUB
+from ..nn.mi_estimators import CLUB, SigmoidCLUBSample
 from ..nn.missing_aware_fusion import MissingAwareFusion
 from ..nn.neighbor_sampling import LayerwiseSampler, present_weight_sum
 from ..nn.variational_bottleneck import VariationalBottleneck
@@ -50,6 +50,34 @@ class _Propagation:
     input_items: Optional[Tensor] = None
     user_ids: Optional[Tensor] = None
     item_ids: Optional[Tensor] = None
+
+
+class _EstimatorFit(torch.nn.Module):
+    r"""The estimators' own optimiser of ``club_fit="per_epoch"`` (Adam and a
+    reduce-on-plateau schedule of its learning rate), a module so that its
+    state goes into the model's ``state_dict`` and a resumed run continues
+    exactly.
+
+    Args:
+        params: the estimators' parameters.
+        lr (float): the initial learning rate.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float) -> None:
+        super().__init__()
+        self.optimizer = torch.optim.Adam(list(params), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min")
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or set(state) != {"optimizer", "scheduler"}:
+            raise ValueError("I3MRec: the checkpoint's estimator optimiser state is not a "
+                             "{'optimizer', 'scheduler'} mapping")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
 
 class I3MRec(Recommender):
@@ -98,20 +126,61 @@ class I3MRec(Recommender):
         + \lambda_{\min} \underbrace{\frac{1}{M}\sum_m \hat{I}_{CLUB}(X^m; Z)}
           _{\min I(Z; X)} + \lambda_{reg} \|\Theta_B\|^2,
 
-    where the InfoNCE is averaged over all ordered pairs of views and each
+    where the InfoNCE is averaged over all ordered pairs of views (the
+    paper's formula; the reference code weights their sum by 7/6, see below) and each
     modality's CLUB estimator :math:`q_m(Z \mid X^m)` is fitted on that
     modality's present items only, in alternation
     (:meth:`auxiliary_loss`). Items with no present modality fall back to the
     mean of their (collaborative) :math:`E_I^m`.
 
-    **Differences from the reference code** (on purpose): the CLUB estimators
-    are fitted on :math:`(X^m, Z)` — the pair whose MI is bounded — for every
-    modality and only on items whose modality is present (the reference fits
-    them on the feature projections and never trains its third estimator);
-    the InfoNCE is the plain mean over view pairs (the reference adds a
-    spurious 1/6 of it); missing entries are masked out of the propagation and
-    the fusion instead of being zero-filled; model selection uses validation
-    only (the trainer's job).
+    **Differences from the reference code** (``github.com/cky332/7``). Each is
+    a switch; ``--config reference`` (``configs/i3mrec_reference.yaml``) sets
+    them all to the reference's side. Our defaults differ on purpose:
+
+    ==================  ==========================  ==========================
+    what                reference code              ours (default), why
+    ==================  ==========================  ==========================
+    InfoNCE weight      sum over ordered view       mean over pairs (the
+    (infonce_scaling)   pairs + a sixth of it:      paper's formula): the
+                        7x the mean (2 mod.),       weight does not depend on
+                        49x (3 mod.)                :math:`M`
+    views               every non-empty modality    :math:`Z` + one random mask
+    (infonce_views)     subset, :math:`2^M-1`       :math:`\mathcal{M}` per
+                                                    batch: cost linear in views
+    InfoNCE/CLUB rows   every batch positive,       unique positives: no item
+    (ib_items)          duplicates included         is its own negative
+    missing input       zero feature row; its       masked: a missing modality
+    (missing_input)     projection's bias is        sends nothing, is not
+                        propagated and pooled       pooled (no fake content)
+    CLUB estimator      sigmoid inputs, 32 hidden,  exact all-pairs vCLUB,
+    (club_estimator)    log-var in (-1, 1), one     log-var in (-5, 5): lower
+                        sampled negative            variance
+    CLUB fit            10 steps/epoch, own Adam    one step per batch on the
+    (club_fit,          1e-4 + plateau, on          pair it bounds,
+    club_fit_pairs,     :math:`(X, W_mX)`; the      :math:`(X, Z)`; frozen in
+    club_main_update)   main optimiser also steps   the main loss (a valid
+                        it (to a smaller bound)     bound needs a fitted q)
+    schedule            eval every 10 epochs, stop  train.yaml: eval every
+    (train section)     after >20 epochs w/o gain,  epoch, patience 50,
+                        ≤200 epochs, NDCG@10        Recall@20 on validation
+                        selected *on test*          (never on test)
+    test ranking        leaves out training items   also validation items
+    (test_excludes_     only                        (not a hit once known)
+    valid)
+    masks (--missing)   seed 0 in every run; an     per-seed masks, train and
+                        item loses one fixed        eval drawn independently
+                        modality at train and test  (``:fixed`` reproduces it)
+    ==================  ==========================  ==========================
+
+    The rest is the same: V-REx as the unbiased variance of the per-modality
+    BPR risks (weight 300 at Baby), their sum as :math:`\sum_m\mathcal{L}^m`,
+    the L2 term on the batch's final :math:`E_U, Z` rows, the fusion
+    (bias-free identity-initialised map, dropout 0.5, tanh) on detached
+    :math:`E_I^m`, :math:`E_U = E_u + \frac{1}{M}\sum_m \bar{E}_U^m`. Ours
+    fits every modality's estimator; the reference's own optimiser leaves out
+    the third (TikTok's audio), which only the main optimiser moves.
+    ``docs/i3mrec.md`` has the full table, the paper's side and the
+    side-by-side reproduction recipe.
 
     **New items** (:meth:`add_items`): a new item has no edge, so in every
     environment it keeps the layer-0 term of the mean over layers,
@@ -176,6 +245,10 @@ class I3MRec(Recommender):
                 \geq I(Z; X)` is minimised; :math:`\mu` at inference).
             min_info_coeff (float): :math:`\lambda_{\min}` (CLUB). (1e-5)
             club_hidden (int): hidden width of the CLUB estimators.
+            club_estimator, club_fit, club_fit_pairs, club_fit_steps, club_lr,
+            club_main_update, infonce_scaling, infonce_views, ib_items: the
+                reference code's choices as switches (see the differences above
+                and :class:`~pyg_mmrec.models.i3mrec_options.BottleneckOptions`).
             club_batch (int): at most this many (present) items per modality,
                 drawn uniformly from the batch's, feed each estimator per step
                 (the estimators' cost is linear in it).
@@ -197,6 +270,9 @@ class I3MRec(Recommender):
             mask_prob (float): probability of dropping a present modality in
                 :math:`\mathcal{M}`.
             num_masked_views (int): number of sampled masked fusions per batch.
+            missing_input (str): ``"mask"`` or ``"zero_fill"`` (the reference:
+                a missing modality is a zero feature row, pooled as a zero vector
+                in the mean over all :math:`M`).
 
         *beyond the paper* (:class:`~pyg_mmrec.models.i3mrec_options.CollaborativeOptions`):
 
@@ -282,9 +358,13 @@ class I3MRec(Recommender):
                                          dropout=fusion.fusion_dropout)
         self.invariance = IRMPenalty(risk=bpr_risk) if risk.penalty == "irm" else VRExPenalty()
         self.infonce = InfoNCE(temperature=ib.temperature)
+        estimator = CLUB if ib.club_estimator == "vclub" else SigmoidCLUBSample
         self.club = torch.nn.ModuleDict({  # q_m(Z | X^m)
-            m: CLUB(self._features[m].size(1), d, hidden_dim=ib.club_hidden)
+            m: estimator(self._features[m].size(1), d, hidden_dim=ib.club_hidden)
             for m in self.modalities} if ib.min_info == "club" else {})
+        # club_fit="per_epoch": the estimators' own optimiser, stepped at epoch start
+        self.club_fit = (_EstimatorFit(self.club.parameters(), ib.club_lr)
+                         if len(self.club) and ib.club_fit == "per_epoch" else None)
         # variational alternative: a stochastic Z ~ N(mu, sigma^2) and its KL to N(0, I)
         self.vib = VariationalBottleneck(d, d) if ib.min_info == "kl" else None
         # Z of the last training step, for the estimators' step (saves a forward
@@ -330,13 +410,60 @@ class I3MRec(Recommender):
         self._item_graph_now: Dict[str, Tuple[Tensor, Tensor, Tensor]] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Draw this epoch's pruned training graph (``edge_dropout > 0``)."""
+        """Draw this epoch's pruned training graph (``edge_dropout > 0``) and,
+        with ``club_fit="per_epoch"``, fit the estimators (:meth:`fit_estimators`)."""
         rho = self.options.collaborative.edge_dropout
-        if rho <= 0:
-            return
-        self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index, rho,
-                                                reuse=self.pruned_conv)
-        self._present_sum = {}  # renormalisation denominators of the old graph
+        if rho > 0:
+            self.pruned_conv = resample_pruned_conv(self.conv, self.train_edge_index, rho,
+                                                    reuse=self.pruned_conv)
+            self._present_sum = {}  # renormalisation denominators of the old graph
+        ib = self.options.bottleneck
+        if self.club_fit is not None and ib.use_ib and ib.min_info_coeff:
+            self.fit_estimators()
+
+    def _club_targets(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        r"""What each estimator is fitted to predict (no gradient), on the
+        rows ``items`` (``None``: all items): :math:`Z` (``club_fit_pairs="z"``;
+        a fresh forward pass) or the modality's projection :math:`W_m X^m`."""
+        with torch.no_grad():
+            if self.options.bottleneck.club_fit_pairs == "projection":
+                return {m: self.projections[m](self._x(m) if items is None
+                                               else self._x(m)[items])
+                        for m in self.modalities}
+            z = self.forward().item
+            z = z if items is None else z[items]
+            return {m: z for m in self.modalities}
+
+    def fit_estimators(self) -> float:
+        r"""``club_fit="per_epoch"``: ``club_fit_steps`` steps of the
+        estimators' own Adam; each step draws ``club_batch`` items uniformly
+        (shared by the modalities; each estimator sees those of them whose
+        modality is present) and minimises the sum of the estimators'
+        :meth:`learning_loss`; then the plateau schedule sees the summed loss,
+        which is returned."""
+        if self.club_fit is None:
+            raise RuntimeError("fit_estimators: the model was built without club_fit='per_epoch' "
+                               "(or without CLUB estimators)")
+        ib = self.options.bottleneck
+        targets = self._club_targets()
+        present = self._real_mask()
+        total = 0.0
+        for _ in range(ib.club_fit_steps):
+            items = torch.randperm(self.num_items, device=present.device)[:ib.club_batch]
+            terms = []
+            for k, m in enumerate(self.modalities):
+                sel = items[present[k, items]]
+                if sel.numel() >= 2:
+                    terms.append(self.club[m].learning_loss(self._x(m)[sel], targets[m][sel]))
+            if not terms:
+                continue
+            loss = torch.stack(terms).sum()
+            self.club_fit.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.club_fit.optimizer.step()
+            total += float(loss.detach())
+        self.club_fit.scheduler.step(total)
+        return total
 
     def _active_conv(self) -> LightGCNConv:
         """The graph propagated now: this epoch's pruned graph in training, else the full one."""
@@ -345,16 +472,33 @@ class I3MRec(Recommender):
         return self.conv
 
     def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
+        # club_main_update: the main optimiser steps the estimators too
+        if self.options.bottleneck.club_main_update:
+            return []
         return self.club.parameters()
 
     def _x(self, m: str) -> Tensor:
-        """:math:`\\hat{X}^m`, row-normalised features (cached per input set)."""
+        """:math:`\\hat{X}^m`, row-normalised features (cached per input set);
+        with ``missing_input="zero_fill"`` the rows of missing entries are zero."""
         x = self.feature(m)
         cached = self._x_norm.get(m)
         if cached is None or cached.device != x.device:
             cached = F.normalize(x.float(), dim=-1)
+            if self.options.fusion.missing_input == "zero_fill":
+                cached = torch.where(self.mask(m).unsqueeze(-1), cached,
+                                     torch.zeros((), dtype=cached.dtype, device=cached.device))
             self._x_norm[m] = cached
         return cached
+
+    def _present(self, m: str) -> Tensor:
+        """Which items take part in modality ``m`` (the propagation, the fusion,
+        the estimators): the mask in use, or every item with
+        ``missing_input="zero_fill"`` (a missing one then sends its zero
+        feature's projection)."""
+        mask = self.mask(m)
+        if self.options.fusion.missing_input == "zero_fill":
+            return torch.ones_like(mask)
+        return mask
 
     def _item_graph(self, m: str) -> Tuple[Tensor, Tensor, Tensor]:
         """``(edge_index, weight, rowptr)`` of :math:`S^m` (edges sorted by
@@ -411,14 +555,15 @@ class I3MRec(Recommender):
         return h
 
     def _real_mask(self, index: Optional[Tensor] = None) -> Tensor:
-        """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool (columns ``index`` only)."""
-        return torch.stack([self.mask(m) if index is None else self.mask(m)[index]
+        """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool (columns ``index`` only;
+        all ``True`` with ``missing_input="zero_fill"``, see :meth:`_present`)."""
+        return torch.stack([self._present(m) if index is None else self._present(m)[index]
                             for m in self.modalities], 0)
 
     def _node_present_sum(self, m: str) -> Tensor:
         """Exact present weight of every node in modality ``m``'s graph: the
         renormalisation denominators of sampled steps (O(E) once per mask)."""
-        mask = self.mask(m)
+        mask = self._present(m)
         cached = self._present_sum.get(m)
         if cached is None or cached.device != mask.device:
             users = torch.ones(self.num_users, dtype=torch.bool, device=mask.device)
@@ -457,7 +602,7 @@ class I3MRec(Recommender):
         item_modal: Dict[str, Tensor] = {}
         user_sum = torch.zeros_like(user_base)
         for m in self.modalities:
-            present, x = self.mask(m), self._x(m)
+            present, x = self._present(m), self._x(m)
             if rows is not None:
                 present, x = present[rows], x[rows]
             h0 = F.normalize(self.projections[m](x), dim=-1)
@@ -611,13 +756,14 @@ class I3MRec(Recommender):
         and ``club`` or ``kl`` (:math:`\min I(Z; X)`). ``item_ids``: global id
         of each row of ``out`` when it holds a sampled batch's rows only."""
         opts = self.options.bottleneck
-        items = torch.unique(pos)  # rows of `out`
+        # rows of `out`: every batch positive once, or all of them (the reference)
+        items = torch.unique(pos) if opts.ib_items == "unique" else pos.reshape(-1)
         items_g = items if item_ids is None else item_ids[items]
         real = self._real_mask(items_g)
         terms: Dict[str, Tensor] = {}
         if self.options.fusion.use_masked_fusion and opts.max_info_coeff and items.numel() > 1:
             terms["infonce"] = opts.max_info_coeff * self.infonce.multi_view(
-                self._masked_views(out, items, real))
+                self._masked_views(out, items, real), scaling=opts.infonce_scaling)
         if opts.min_info_coeff and self.vib is not None:
             kl = self.vib.kl_divergence(out.extras["z_mu"][items], out.extras["z_logvar"][items])
             terms["kl"] = opts.min_info_coeff * kl
@@ -628,20 +774,51 @@ class I3MRec(Recommender):
         return terms
 
     def _masked_views(self, out: RecOutput, items: Tensor, real: Tensor) -> List[Tensor]:
-        r"""The InfoNCE's views of the rows ``items``: :math:`Z` and
+        r"""The InfoNCE's views of the rows ``items`` (``real``: the items' real
+        presence, ``[M, N]``): with ``infonce_views="sampled"``, :math:`Z` and
         ``num_masked_views`` fusions :math:`Z^{\mathcal{M}}` under sampled
-        missing indicators (``real``: the items' real presence, ``[M, N]``)."""
-        views = [out.item[items]]
-        for _ in range(self.options.fusion.num_masked_views):
-            zm = self._fuse(out.item_modal, self.sample_missing_indicator(real), items)
+        missing indicators; with ``"all_subsets"``, one fusion per non-empty
+        subset of the modalities (:meth:`modality_subsets`), each AND-ed with
+        ``real``."""
+        if self.options.bottleneck.infonce_views == "all_subsets":
+            keeps = [subset.unsqueeze(-1) & real for subset in self.modality_subsets(real.device)]
+            views = []
+        else:
+            keeps = [self.sample_missing_indicator(real)
+                     for _ in range(self.options.fusion.num_masked_views)]
+            views = [out.item[items]]
+        for keep in keeps:
+            zm = self._pool(out.item_modal, keep, items)
             views.append(zm if self.vib is None else self.vib(zm)[0])
         return views
 
-    def _club_terms(self, z: Tensor, items: Tensor, real: Tensor, upper_bound: bool,
-                    rows: Optional[Tensor] = None) -> Optional[Tensor]:
+    def modality_subsets(self, device: Optional[torch.device] = None) -> Tensor:
+        r"""Every non-empty subset of the :math:`M` modalities as a ``[2^M - 1,
+        M]`` bool tensor, row :math:`s` holding the binary digits of
+        :math:`s + 1` (bit :math:`k` = modality ``self.modalities[k]``); the
+        last row is the full set."""
+        M = len(self.modalities)
+        codes = torch.arange(1, 2 ** M, device=device)
+        return (codes.unsqueeze(-1) >> torch.arange(M, device=device)) & 1 == 1
+
+    def _pool(self, item_modal: Dict[str, Tensor], keep: Tensor, index: Tensor) -> Tensor:
+        r"""The fusion of the rows ``index`` keeping the modalities ``keep``
+        (``[M, N]`` bool): the missing-aware fusion, or with
+        ``missing_input="zero_fill"`` the fusion's map of
+        :math:`\frac{1}{M}\sum_m \text{keep}_m E_I^m` (a dropped modality is a
+        zero vector in the mean over all :math:`M`, as in the reference)."""
+        if self.options.fusion.missing_input != "zero_fill":
+            return self._fuse(item_modal, keep, index)
+        h = self._stack(item_modal, index)
+        pooled = (h * keep.unsqueeze(-1).to(h.dtype)).sum(0) / len(self.modalities)
+        return self.fusion.project(pooled)
+
+    def _club_terms(self, z: "Tensor | Dict[str, Tensor]", items: Tensor, real: Tensor,
+                    upper_bound: bool, rows: Optional[Tensor] = None) -> Optional[Tensor]:
         """Mean over modalities of the CLUB bound (or the estimators' loss) on
         the items of ``items`` whose modality is really present (``rows``: their
-        rows in ``z`` when ``z`` does not cover all items)."""
+        rows in ``z`` when ``z`` does not cover all items; ``z`` may be one
+        target per modality)."""
         rows = items if rows is None else rows
         club_batch = self.options.bottleneck.club_batch
         vals = []
@@ -651,19 +828,29 @@ class I3MRec(Recommender):
                 sel = sel[torch.randperm(sel.numel(), device=sel.device)[:club_batch]]
             if sel.numel() < 2:  # nothing to contrast for this modality here
                 continue
-            x, zm = self._x(m)[items[sel]], z[rows[sel]]
+            x = self._x(m)[items[sel]]
+            zm = (z[m] if isinstance(z, dict) else z)[rows[sel]]
             est = self.club[m]
-            vals.append(est.mi_upper_bound(x, zm) if upper_bound else est.learning_loss(x, zm))
+            if upper_bound:
+                vals.append(est.mi_upper_bound(
+                    x, zm, through_estimator=self.options.bottleneck.club_main_update))
+            else:
+                vals.append(est.learning_loss(x, zm))
         return torch.stack(vals).mean() if vals else None
 
     def auxiliary_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Optional[Tensor]:
         r"""Negative log-likelihood of every modality's :math:`q_m(Z \mid X^m)`
         on the batch items, with the (detached) :math:`Z` of the previous
         training step (a gradient-free forward before the first one)."""
-        if not (self.options.bottleneck.use_ib and self.options.bottleneck.min_info_coeff
-                and len(self.club)):
-            return None
+        ib = self.options.bottleneck
+        if not (ib.use_ib and ib.min_info_coeff and len(self.club)) or self.club_fit is not None:
+            return None  # nothing to fit, or fitted at epoch start (club_fit="per_epoch")
         items = torch.unique(pos)
+        if ib.club_fit_pairs == "projection":
+            # the estimators predict W_m X^m: no representation of Z is needed
+            return self._club_terms(self._club_targets(items), items, self._real_mask(items),
+                                    upper_bound=False,
+                                    rows=torch.arange(items.numel(), device=items.device))
         if self.sampler is not None and self.training:
             # sampled training keeps no Z of all items: a fresh sampled Z of the batch items
             with torch.no_grad():

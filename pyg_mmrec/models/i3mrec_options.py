@@ -33,6 +33,13 @@ ID_BRANCHES = ("none", "embedding", "lightgcn")
 ITEM_GRAPHS = ("none", "knn")
 PENALTIES = ("vrex", "irm")
 MIN_INFO_BOUNDS = ("club", "kl")
+INFONCE_SCALINGS = ("mean", "sum_plus_sixth")
+INFONCE_VIEWS = ("sampled", "all_subsets")
+IB_ITEMS = ("unique", "batch")
+CLUB_ESTIMATORS = ("vclub", "reference")
+CLUB_FITS = ("alternating", "per_epoch")
+CLUB_FIT_PAIRS = ("z", "projection")
+MISSING_INPUTS = ("mask", "zero_fill")
 FUSION_MODES = ("mean", "attention")
 FUSION_TRANSFORMS = ("tanh", "linear", "none")
 
@@ -154,6 +161,40 @@ class BottleneckOptions(_Group):
         club_hidden (int): hidden width of the CLUB estimators.
         club_batch (int): at most this many (present) batch items per modality
             feed each estimator per step.
+        infonce_scaling (str): ``"mean"`` (the paper's formula: the mean of
+            the InfoNCE over the ordered view pairs) or ``"sum_plus_sixth"``
+            (the reference code: the sum over the ordered pairs plus a sixth
+            of that sum, i.e. :math:`\tfrac{7}{6}\sum`; 7 times the mean with
+            2 modalities, 49 times with 3).
+        infonce_views (str): ``"sampled"`` (:math:`Z` and ``num_masked_views``
+            fusions under random masks :math:`\mathcal{M}`) or
+            ``"all_subsets"`` (the reference: one view per non-empty subset of
+            the modalities, :math:`2^M - 1` views, the full set included).
+        ib_items (str): rows of the InfoNCE and CLUB terms: ``"unique"`` (each
+            positive item of the batch once) or ``"batch"`` (every positive of
+            the batch, duplicates included, as the reference; a repeated item
+            is then among its own negatives).
+        club_estimator (str): ``"vclub"`` (exact all-pairs vCLUB, log-variance
+            softly bounded to :math:`(-5, 5)`) or ``"reference"``
+            (:class:`~pyg_mmrec.nn.mi_estimators.SigmoidCLUBSample`: sigmoid on
+            both inputs, log-variance :math:`\tanh`-squashed to :math:`(-1, 1)`,
+            one sampled negative per row).
+        club_fit (str): when the estimators are fitted: ``"alternating"`` (one
+            step of the trainer's auxiliary optimiser per batch) or
+            ``"per_epoch"`` (the reference: ``club_fit_steps`` steps at the
+            start of every epoch on random items, with the model's own Adam at
+            ``club_lr`` and a reduce-on-plateau schedule on the epoch's
+            summed estimator loss).
+        club_fit_pairs (str): the pairs the estimators are fitted on: ``"z"``
+            (:math:`(X^m, Z)`, the pair whose MI is bounded) or
+            ``"projection"`` (:math:`(X^m, W_m X^m)`, as the reference).
+        club_fit_steps (int): estimator steps per epoch (``club_fit="per_epoch"``).
+        club_lr (float): learning rate of the per-epoch estimator fit.
+        club_main_update (bool): the bound in the main loss also trains the
+            estimators (their parameters are then stepped by the main
+            optimiser too, towards a *smaller* bound, as in the reference);
+            ``False``: the estimators are constants there. Needs
+            ``club_fit="per_epoch"``.
     """
 
     use_ib: bool = True
@@ -163,17 +204,44 @@ class BottleneckOptions(_Group):
     min_info_coeff: float = 1e-5
     club_hidden: int = 64
     club_batch: int = 2048
+    infonce_scaling: str = "mean"
+    infonce_views: str = "sampled"
+    ib_items: str = "unique"
+    club_estimator: str = "vclub"
+    club_fit: str = "alternating"
+    club_fit_pairs: str = "z"
+    club_fit_steps: int = 10
+    club_lr: float = 1e-4
+    club_main_update: bool = False
 
     def __post_init__(self) -> None:
         if not _number("temperature", self.temperature) > 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+        if not _number("club_lr", self.club_lr) > 0:
+            raise ValueError(f"club_lr: expected > 0, got {self.club_lr}")
+        club_fit = _choice("club_fit", self.club_fit, CLUB_FITS)
+        if self.club_main_update and club_fit != "per_epoch":
+            raise ValueError("club_main_update: the main optimiser can also step the estimators "
+                             "only when the trainer's auxiliary optimiser does not, i.e. with "
+                             f"club_fit 'per_epoch', got club_fit {club_fit!r}")
         self._set(use_ib=bool(self.use_ib),
                   max_info_coeff=_non_negative("max_info_coeff", self.max_info_coeff),
                   temperature=float(self.temperature),
                   min_info=_choice("min_info", self.min_info, MIN_INFO_BOUNDS),
                   min_info_coeff=_non_negative("min_info_coeff", self.min_info_coeff),
                   club_hidden=_integer("club_hidden", self.club_hidden, 1),
-                  club_batch=_integer("club_batch", self.club_batch, 2))
+                  club_batch=_integer("club_batch", self.club_batch, 2),
+                  infonce_scaling=_choice("infonce_scaling", self.infonce_scaling,
+                                          INFONCE_SCALINGS),
+                  infonce_views=_choice("infonce_views", self.infonce_views, INFONCE_VIEWS),
+                  ib_items=_choice("ib_items", self.ib_items, IB_ITEMS),
+                  club_estimator=_choice("club_estimator", self.club_estimator,
+                                         CLUB_ESTIMATORS),
+                  club_fit=club_fit,
+                  club_fit_pairs=_choice("club_fit_pairs", self.club_fit_pairs, CLUB_FIT_PAIRS),
+                  club_fit_steps=_integer("club_fit_steps", self.club_fit_steps, 1),
+                  club_lr=float(self.club_lr),
+                  club_main_update=bool(self.club_main_update))
 
 
 @dataclass(frozen=True)
@@ -196,6 +264,13 @@ class FusionOptions(_Group):
         mask_prob (float): probability of dropping a present modality in
             :math:`\mathcal{M}`.
         num_masked_views (int): sampled masked fusions per batch.
+        missing_input (str): how a missing modality enters the model:
+            ``"mask"`` (it sends nothing in its modality graph and is left out
+            of the fusion and the estimators) or ``"zero_fill"`` (the
+            reference: its feature row is zero, so the projection sends its
+            bias; every modality is pooled, a dropped one as a zero vector in
+            the mean over all :math:`M`, for :math:`Z` and the masked views
+            alike).
     """
 
     fusion_mode: str = "mean"
@@ -205,9 +280,15 @@ class FusionOptions(_Group):
     use_masked_fusion: bool = True
     mask_prob: float = 0.5
     num_masked_views: int = 1
+    missing_input: str = "mask"
 
     def __post_init__(self) -> None:
-        self._set(fusion_mode=_choice("fusion_mode", self.fusion_mode, FUSION_MODES),
+        if self.missing_input == "zero_fill" and self.fusion_mode != "mean":
+            raise ValueError("missing_input: 'zero_fill' pools a zero vector for a dropped "
+                             "modality in a plain mean, so it needs fusion_mode 'mean', got "
+                             f"{self.fusion_mode!r}")
+        self._set(missing_input=_choice("missing_input", self.missing_input, MISSING_INPUTS),
+                  fusion_mode=_choice("fusion_mode", self.fusion_mode, FUSION_MODES),
                   fusion_transform=_choice("fusion_transform", self.fusion_transform,
                                            FUSION_TRANSFORMS),
                   fusion_dropout=_fraction("fusion_dropout", self.fusion_dropout),

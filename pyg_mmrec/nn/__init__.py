@@ -15,6 +15,7 @@ _EXPORTS = {
     "InfoNCE": "infonce",
     "CLUB": "mi_estimators",
     "MINE": "mi_estimators",
+    "SigmoidCLUBSample": "mi_estimators",
     "MissingAwareFusion": "missing_aware_fusion",
     "VariationalBottleneck": "variational_bottleneck",
     "StackedVariationalBottleneck": "variational_bottleneck",

@@ -25,7 +25,8 @@ class InfoNCE(torch.nn.Module):
 
     with :math:`s` the cosine similarity (or the dot product). With :math:`V`
     views, :meth:`multi_view` averages over the :math:`V(V-1)` ordered pairs,
-    so the loss scale does not depend on the number of views;
+    so the loss scale does not depend on the number of views (or, to reproduce
+    the I3-MRec reference code, weights their sum by :math:`7/6`);
     :math:`-\mathcal{L} + \log N` lower-bounds :math:`I(a; b)`.
 
     Args:
@@ -74,11 +75,25 @@ class InfoNCE(torch.nn.Module):
         ab, ba = self._both_ways(a, b)
         return 0.5 * (ab + ba) if self.symmetric else ab
 
-    def multi_view(self, views: Union[Sequence[Tensor], Tensor]) -> Tensor:
-        r"""Mean of :math:`\mathcal{L}(v_a, v_b)` over all ordered pairs
-        :math:`a \neq b` of ``views`` (a sequence of, or a stacked ``[V, N, d]``
-        tensor of, :math:`V \geq 2` aligned views). Each unordered pair costs
-        one similarity matrix."""
+    def multi_view(self, views: Union[Sequence[Tensor], Tensor],
+                   scaling: str = "mean") -> Tensor:
+        r""":math:`\mathcal{L}(v_a, v_b)` over all ordered pairs :math:`a \neq b`
+        of ``views`` (a sequence of, or a stacked ``[V, N, d]`` tensor of,
+        :math:`V \geq 2` aligned views). Each unordered pair costs one
+        similarity matrix.
+
+        Args:
+            views: the aligned views.
+            scaling (str, optional): ``"mean"``: the mean over the
+                :math:`V(V-1)` ordered pairs (independent of :math:`V`);
+                ``"sum_plus_sixth"``: :math:`\tfrac{7}{6}\sum_{a \neq b}`, the
+                weighting of the I3-MRec reference code (which adds a sixth of
+                the sum to the sum; :math:`7\times` the mean for 3 views,
+                :math:`49\times` for 7). (default: :obj:`"mean"`)
+        """
+        if scaling not in ("mean", "sum_plus_sixth"):
+            raise ValueError(f"InfoNCE.multi_view: scaling must be 'mean' or 'sum_plus_sixth', "
+                             f"got {scaling!r}")
         views = list(views.unbind(0)) if isinstance(views, Tensor) else list(views)
         if len(views) < 2:
             raise ValueError(f"InfoNCE.multi_view: need at least 2 views, got {len(views)}")
@@ -91,6 +106,8 @@ class InfoNCE(torch.nn.Module):
             for j in range(i + 1, len(vs)):
                 ab, ba = self._both_ways(vs[i], vs[j])
                 total = total + ab + ba
+        if scaling == "sum_plus_sixth":
+            return total * (7.0 / 6.0)
         return total / (len(vs) * (len(vs) - 1))
 
     def __repr__(self) -> str:

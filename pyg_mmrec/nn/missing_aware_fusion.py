@@ -114,6 +114,11 @@ class MissingAwareFusion(torch.nn.Module):
                 raise ValueError(f"MissingAwareFusion: expected fallback of shape "
                                  f"{list(pooled.shape)}, got {list(fallback.shape)}")
             pooled = torch.where(mask.any(0).unsqueeze(-1), pooled, fallback)
+        return self.project(pooled)
+
+    def project(self, pooled: Tensor) -> Tensor:
+        r""":math:`\sigma(W \bar{h})` of already pooled rows :math:`\bar{h}`
+        (shape :math:`(N, d)`), with the training-time dropout."""
         if self.lin is None:
             return pooled
         out = self.lin(pooled)

@@ -404,7 +404,8 @@ class Trainer:
     def evaluate(self, split: str = "valid") -> Dict[str, float]:
         r"""Full-ranking metrics on ``split`` (``"valid"`` or ``"test"``) with the
         evaluation features/masks. Training interactions (and, for ``test``,
-        validation interactions) are excluded from the ranking."""
+        validation interactions unless ``train["test_excludes_valid"]`` is
+        false) are excluded from the ranking."""
         from pyg_mmrec.metrics import evaluate_full_ranking
         if split not in ("valid", "test"):
             raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
@@ -418,7 +419,9 @@ class Trainer:
             if split == "valid":
                 target, exclude = d.valid_edge_index, [d.train_edge_index]
             else:
-                target, exclude = d.test_edge_index, [d.train_edge_index, d.valid_edge_index]
+                target, exclude = d.test_edge_index, [d.train_edge_index]
+                if self.train_cfg.get("test_excludes_valid", True):
+                    exclude.append(d.valid_edge_index)
             target = self._eval_target(split, target)
             if d.cold is None:
                 user, item = self.model.embeddings_for_eval()
