@@ -247,7 +247,9 @@ def check_train_config(ns: argparse.Namespace) -> None:
     from pyg_mmrec.config import (build_config, config_overrides, grid_settings,
                                   parse_assignments, parse_grid)
     from pyg_mmrec.data.missing import parse_missing_spec
-    overrides = config_overrides(REPO / ns.config) if ns.config else {}
+    # a file of the repository, or the short name of a shipped configuration
+    cfg = (REPO / ns.config) if ns.config and (REPO / ns.config).exists() else ns.config
+    overrides = config_overrides(cfg, ns.model) if ns.config else {}
     overrides.update(parse_assignments(ns.set))
     for flag in ("epochs", "lr", "batch_size", "patience", "eval_every", "weight_decay",
                  "metric", "topk"):
