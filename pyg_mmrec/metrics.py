@@ -295,6 +295,20 @@ class ExclusionIndex:
                 f"num_pairs={self.num_pairs})")
 
 
+def _embedding_sizes(user_emb: Optional[Tensor], item_emb: Optional[Tensor],
+                     num_users: Optional[int], num_items: Optional[int]):
+    """``(num_users, num_items, device)`` of dot-product scoring, checking the
+    embeddings (both given, 2-D, one width)."""
+    if user_emb is None or item_emb is None:
+        raise ValueError("user_emb and item_emb are required unless a scorer is given")
+    if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
+        raise ValueError(f"user_emb [U, d] and item_emb [I, d] must share d, got "
+                         f"{list(user_emb.shape)} and {list(item_emb.shape)}")
+    num_users = user_emb.size(0) if num_users is None else num_users
+    num_items = item_emb.size(0) if num_items is None else num_items
+    return num_users, num_items, user_emb.device
+
+
 def chunked_topk(
     user_emb: Optional[Tensor],
     item_emb: Optional[Tensor],
@@ -364,14 +378,8 @@ def chunked_topk(
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k: expected a positive int, got {k!r}")
     if scorer is None:
-        if user_emb is None or item_emb is None:
-            raise ValueError("user_emb and item_emb are required unless a scorer is given")
-        if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
-            raise ValueError(f"user_emb [U, d] and item_emb [I, d] must share d, got "
-                             f"{list(user_emb.shape)} and {list(item_emb.shape)}")
-        num_users = user_emb.size(0) if num_users is None else num_users
-        num_items = item_emb.size(0) if num_items is None else num_items
-        device = user_emb.device
+        num_users, num_items, device = _embedding_sizes(user_emb, item_emb, num_users,
+                                                        num_items)
     else:
         if num_items is None:
             raise ValueError("num_items is required with a scorer")
@@ -534,14 +542,8 @@ def evaluate_full_ranking(
     if not ks or min(ks) <= 0:
         raise ValueError(f"ks: expected positive cut-offs, got {ks}")
     if scorer is None:
-        if user_emb is None or item_emb is None:
-            raise ValueError("user_emb and item_emb are required unless a scorer is given")
-        if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.size(1) != item_emb.size(1):
-            raise ValueError(f"user_emb [U, d] and item_emb [I, d] must share d, got "
-                             f"{list(user_emb.shape)} and {list(item_emb.shape)}")
-        num_users = user_emb.size(0) if num_users is None else num_users
-        num_items = item_emb.size(0) if num_items is None else num_items
-        device = user_emb.device
+        num_users, num_items, device = _embedding_sizes(user_emb, item_emb, num_users,
+                                                        num_items)
     else:
         if num_users is None or num_items is None:
             raise ValueError("num_users and num_items are required with a scorer")

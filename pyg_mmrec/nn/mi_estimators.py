@@ -21,6 +21,13 @@ from torch import Tensor
 from torch.func import functional_call
 
 
+def _reset_linear_layers(*nets: torch.nn.Module) -> None:
+    for net in nets:
+        for layer in net.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+
+
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(
         torch.nn.Linear(in_dim, hidden_dim),
@@ -99,10 +106,7 @@ class CLUB(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for net in (self.mu, self.log_var):
-            for layer in net:
-                if isinstance(layer, torch.nn.Linear):
-                    layer.reset_parameters()
+        _reset_linear_layers(self.mu, self.log_var)
 
     def _moments(self, x: Tensor, frozen: bool) -> tuple[Tensor, Tensor]:
         if frozen:
@@ -308,10 +312,7 @@ class SigmoidCLUBSample(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for net in (self.mu, self.log_var):
-            for layer in net:
-                if isinstance(layer, torch.nn.Linear):
-                    layer.reset_parameters()
+        _reset_linear_layers(self.mu, self.log_var)
 
     def moments(self, x: Tensor, frozen: bool = False) -> tuple[Tensor, Tensor]:
         r"""``(mu, log_var)`` of :math:`q(\cdot \mid \sigma(x))`; ``x`` is the
