@@ -261,12 +261,12 @@ def add_results_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from pyg_mmrec.errors import OutputError, RunStateError, check_output_dir, require_extra
-    if args.plot:  # before reading anything
-        require_extra("matplotlib", "plot", "--plot")
+    if args.plot:  # before reading anything; the path first, then the optional extra
         if Path(args.plot).is_dir():
             raise OutputError(f"--plot {args.plot}: is a folder; expected a file name such "
                               "as plot.png")
         check_output_dir(Path(args.plot).absolute().parent, "--plot")
+        require_extra("matplotlib", "plot", "--plot")
     from pyg_mmrec.results import (DEFAULT_METRICS, aggregate, load_results, markdown_table,
                                    plot_metric_vs_missing, unfinished_runs)
     results = load_results(args.paths)

@@ -173,6 +173,8 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
             ran += 1
         finally:
             lock.release()
+        if _stopped_at_budget(study):
+            break  # what is left is less than an epoch of the trial just stopped
         if worker == 0 and "started" in spec:  # a crash loses at most one trial's time
             write_budget(Path(spec["study_dir"]),
                          spec["spent_before"] + time.time() - spec["started"], spec["budget"])
@@ -180,6 +182,13 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
             print(f"[tune w{worker}] {_trial_line(study, spec['metric'])}", file=sys.stderr,
                   flush=True)
     return ran
+
+
+def _stopped_at_budget(study) -> bool:
+    """Whether this process's latest trial was stopped by the wall-time budget."""
+    mine = [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("pid") == os.getpid()]
+    return bool(mine) and max(mine, key=lambda t: t.number).user_attrs.get("stopped") == "budget"
 
 
 def _worker_main(spec: Dict[str, Any], worker: int) -> None:  # pragma: no cover - subprocess
