@@ -23,6 +23,7 @@ training starts, with a message naming the offending key.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import itertools
 import re
@@ -245,6 +246,24 @@ def _class_string_attr(node: Any, name: str) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _module_classes(module: str) -> Optional[Dict[str, Any]]:
+    """The top-level class definitions (``ast.ClassDef``) of a module's source,
+    parsed once per process without importing it; ``None`` when it has no
+    readable ``.py`` source."""
+    import ast
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=spec.origin)
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    return {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+
+
 def _static_constructor_params(entry: str, skip: Tuple[str, ...]
                                ) -> Optional[Dict[str, Any]]:
     r"""What :func:`_constructor_params` returns for the class ``"module:Class"``,
@@ -258,17 +277,10 @@ def _static_constructor_params(entry: str, skip: Tuple[str, ...]
     """
     import ast
     import importlib
-    import importlib.util
     module, cls_name = entry.split(":")
-    try:
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            return None
-        with open(spec.origin, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), filename=spec.origin)
-    except (ImportError, OSError, SyntaxError, ValueError):
+    classes = _module_classes(module)
+    if classes is None:
         return None
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     seen = set()
     node = classes.get(cls_name)
     while node is not None and node.name not in seen:
@@ -526,21 +538,15 @@ def _check_grouped_hparams(model: Union[str, Callable], hparams: Mapping[str, An
     """A model that groups its options (``hparams_from = "module:flat_defaults"``)
     validates them in that light module's ``check_flat``: range and choice errors
     become configuration errors before any data is read or PyTorch imported."""
-    import ast
     import importlib
-    import importlib.util
     if not isinstance(model, str):
         return
     from pyg_mmrec.models import model_entry
     try:
         module, cls_name = model_entry(model).split(":")
-        spec = importlib.util.find_spec(module)
-        with open(spec.origin, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), filename=spec.origin)
-    except (ValueError, ImportError, OSError, SyntaxError, AttributeError, TypeError):
+    except ValueError:
         return
-    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None)
-    source = _class_string_attr(node, "hparams_from")
+    source = _class_string_attr((_module_classes(module) or {}).get(cls_name), "hparams_from")
     if source is None:
         return
     check = getattr(importlib.import_module(source.split(":")[0]), "check_flat", None)
