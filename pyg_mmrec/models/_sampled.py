@@ -71,7 +71,9 @@ class UserItemSample:
         self.user_ids, self.item_ids = d0[:n], d0[n:] - U
         self.is_user = sub.n_id < U
         real = sub.valid
-        self.user_index = torch.where(self.is_user & real, sub.n_id, d0[:1])
+        # (no seed user: user 0, whose row then gets an exact zero gradient)
+        first_user = d0[:1] if n > 0 else torch.zeros_like(d0[:1])
+        self.user_index = torch.where(self.is_user & real, sub.n_id, first_user)
         self.item_index = torch.where(~self.is_user & real, sub.n_id - U, self.item_ids[:1])
 
     def gather(self, user_fn: Callable[[Tensor], Tensor],

@@ -262,17 +262,19 @@ class LayerwiseSampler:
             num_layers = len(fanout) if isinstance(fanout, (list, tuple)) else 0
         self.fanout = check_fanout(fanout, num_layers)
         self._local: Optional[Tensor] = None
+        self._degree: Optional[Tuple[Tensor, int]] = None
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(fanout={self.fanout})"
 
-    @staticmethod
-    def _max_degree(adj: CSRAdjacency) -> int:
-        # one host read per graph (cached with its structure), not one per step
-        deg = adj._shared.get("max_degree")
-        if deg is None:
-            deg = int(adj.rowptr.diff().max()) if adj.num_dst > 0 and adj.num_edges > 0 else 0
-            adj._shared["max_degree"] = deg
+    def _max_degree(self, adj: CSRAdjacency) -> int:
+        # one host read per graph structure (a conv builds a new CSRAdjacency
+        # view at every access, over the same rowptr), not one per step
+        hit = self._degree
+        if hit is not None and hit[0] is adj.rowptr:
+            return hit[1]
+        deg = int(adj.rowptr.diff().max()) if adj.num_dst > 0 and adj.num_edges > 0 else 0
+        self._degree = (adj.rowptr, deg)
         return deg
 
     @staticmethod
@@ -340,8 +342,8 @@ class LayerwiseSampler:
         if seeds.numel() == 0:
             raise ValueError("seeds: expected at least one seed node, got none")
         groups = [seeds.numel()] if groups is None else [int(g) for g in groups]
-        if sum(groups) != seeds.numel() or min(groups) < 1:
-            raise ValueError(f"groups: expected sizes >= 1 that add up to the {seeds.numel()} "
+        if sum(groups) != seeds.numel() or min(groups) < 0:
+            raise ValueError(f"groups: expected sizes >= 0 that add up to the {seeds.numel()} "
                              f"seeds, got {groups}")
         if check_ids:
             lo, hi = torch.aminmax(seeds)
@@ -408,6 +410,8 @@ def _unique_segments(seeds: Tensor, groups: Sequence[int]) -> Tuple[Tensor, Tens
     ids, valid, index, offset = [], [], [], 0
     for part in seeds.split(list(groups)):
         n = part.numel()
+        if n == 0:
+            continue
         sorted_ids, order = torch.sort(part)
         first = torch.ones(n, dtype=torch.bool, device=part.device)
         first[1:] = sorted_ids[1:] != sorted_ids[:-1]
