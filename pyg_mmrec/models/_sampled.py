@@ -31,37 +31,77 @@ __all__ = ["UserItemSample", "ItemNeighbourhood", "PresentWeights", "cached_neig
 class UserItemSample:
     r"""The sampled computation graph of a batch over a user–item graph.
 
+    Shapes are static (see :class:`~pyg_mmrec.nn.SampledSubgraph`): the
+    seed users and the seed items get segments of ``users.numel()`` and
+    ``items.numel()`` rows of :math:`\mathcal{D}_0` (sorted unique ids, then
+    padding that repeats the last one, so ``searchsorted`` on
+    :attr:`user_ids` / :attr:`item_ids` finds the real rows), and nothing
+    here reads a device value on the host.
+
     Args:
         sampler (LayerwiseSampler): the model's sampler (``fanout``).
         conv: the :class:`~pyg_mmrec.nn.LightGCNConv` whose normalised graph
             :math:`\hat{A}` is sampled (e.g. this epoch's pruned graph).
         users, items (Tensor): the batch's global ids (any shape, duplicates
-            allowed).
+            allowed; drawn from the training graph, so not range-checked).
 
     Attributes:
         sub (SampledSubgraph): the sample; :math:`\mathcal{D}_0` holds the
-            sorted unique users, then the sorted unique items.
+            users' segment, then the items' segment.
         user_ids, item_ids (Tensor): global ids of the seed users / items (the
-            rows of the partial output).
-        user_nodes, item_nodes (Tensor): global user / item ids of all sampled
-            nodes, at positions ``user_pos`` / ``item_pos`` of ``sub.n_id``.
+            rows of the partial output, padded as above).
+        is_user (Tensor): bool ``[len(n_id)]``, whether a sampled node is a user.
+        user_index, item_index (Tensor): ``[len(n_id)]`` user / item id to
+            read for every sampled node (a seed's id where the node is of the
+            other kind or padding: rows of the batch, whose gradients get exact
+            zeros), see :meth:`gather`.
     """
 
     def __init__(self, sampler: LayerwiseSampler, conv, users: Tensor, items: Tensor) -> None:
         U = conv.num_users
         self.conv, self.num_users = conv, U
-        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
-        sub = sampler.sample(conv.adj, seeds)
+        users, items = users.reshape(-1), items.reshape(-1)
+        seeds = torch.cat([users, items + U])
+        sub = sampler.sample(conv.adj, seeds, groups=[users.numel(), items.numel()],
+                             check_ids=False)
         self.sub = sub
-        is_user = sub.n_id < U
-        self.user_pos = is_user.nonzero().view(-1)
-        self.item_pos = (~is_user).nonzero().view(-1)
-        self.user_nodes = sub.n_id[self.user_pos]
-        self.item_nodes = sub.n_id[self.item_pos] - U
-        d0 = sub.seeds  # sorted: the users, then the items
-        n = int((d0 < U).sum())
+        n = users.numel()
         self.num_seed_users = n
+        d0 = sub.seeds
         self.user_ids, self.item_ids = d0[:n], d0[n:] - U
+        self.is_user = sub.n_id < U
+        real = sub.valid
+        # (no seed user: user 0, whose row then gets an exact zero gradient)
+        first_user = d0[:1] if n > 0 else torch.zeros_like(d0[:1])
+        self.user_index = torch.where(self.is_user & real, sub.n_id, first_user)
+        self.item_index = torch.where(~self.is_user & real, sub.n_id - U, self.item_ids[:1])
+
+    def gather(self, user_fn: Callable[[Tensor], Tensor],
+               item_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        r"""The ``[len(n_id), F]`` input of the sampled nodes: ``user_fn(ids)``
+        / ``item_fn(ids)`` return the rows of user / item ids (e.g. ID
+        embeddings); both are read for every node and one is kept."""
+        u, i = user_fn(self.user_index), item_fn(self.item_index)
+        return torch.where(self.is_user.unsqueeze(-1), u, i.to(u.dtype))
+
+    # the compact node lists below (positions of the users / items) have
+    # data-dependent sizes: a host read each; models that keep the step on the
+    # device use `gather`, `user_index` and `item_index` instead
+    @property
+    def user_pos(self) -> Tensor:
+        return (self.is_user & self.sub.valid).nonzero().view(-1)
+
+    @property
+    def item_pos(self) -> Tensor:
+        return (~self.is_user & self.sub.valid).nonzero().view(-1)
+
+    @property
+    def user_nodes(self) -> Tensor:
+        return self.sub.n_id[self.user_pos]
+
+    @property
+    def item_nodes(self) -> Tensor:
+        return self.sub.n_id[self.item_pos] - self.num_users
 
     @property
     def num_nodes(self) -> int:
@@ -69,17 +109,15 @@ class UserItemSample:
 
     def joint(self, user_rows: Tensor, item_rows: Tensor) -> Tensor:
         r"""The ``[len(n_id), F]`` input of the sampled nodes from the rows of
-        :attr:`user_nodes` and :attr:`item_nodes` (every row is written)."""
-        x = user_rows.new_empty(self.num_nodes, user_rows.size(-1))
+        :attr:`user_nodes` and :attr:`item_nodes` (padding rows: zeros)."""
+        x = user_rows.new_zeros(self.num_nodes, user_rows.size(-1))
         x.index_put_((self.user_pos,), user_rows)
         x.index_put_((self.item_pos,), item_rows.to(user_rows.dtype))
         return x
 
     def node_mask(self, item_mask: Tensor) -> Tensor:
         r"""Bool ``[len(n_id)]`` from a global item mask ``[I]`` (users: True)."""
-        mask = torch.ones(self.num_nodes, dtype=torch.bool, device=item_mask.device)
-        mask[self.item_pos] = item_mask[self.item_nodes]
-        return mask
+        return self.is_user | item_mask[self.item_index]
 
     def split(self, h: Tensor) -> Tuple[Tensor, Tensor]:
         r"""``(user rows, item rows)`` of a ``[|D_0|, F]`` seed read-out."""
@@ -158,7 +196,7 @@ class ItemNeighbourhood:
         graph's weights in CSR order when they carry gradients."""
         if self.sampler is None:
             return x_fn(items)
-        sub = self.sampler.sample(self.adj, items)
+        sub = self.sampler.sample(self.adj, items, check_ids=False)
         h = x_fn(sub.n_id)
         mask = None if item_mask is None else item_mask[sub.n_id]
         for j in reversed(range(self.num_layers)):

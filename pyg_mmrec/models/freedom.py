@@ -213,7 +213,7 @@ class FREEDOM(Recommender):
         if self.sampler is None:
             raise RuntimeError("sampled_output: the model was built with fanout=None")
         s = UserItemSample(self.sampler, self._train_conv(), users, items)
-        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        x = s.gather(self.user_embedding, self.item_embedding)
         e_u, e_i = s.propagate(x, combine="mean")
         if self.mm_graph is not None:
             ei, w = self.mm_graph
@@ -236,10 +236,16 @@ class FREEDOM(Recommender):
         if self.reg_weight and self.modalities:
             modal = u.new_zeros(())
             for m in self.modalities:
+                # BPR over the triples whose two items have the modality: a masked
+                # mean (no boolean indexing, whose size would be read on the host)
                 ok = self.mask(m)[pos] & self.mask(m)[neg]
-                if ok.any():
-                    h = out.item_modal[m]
-                    modal = modal + bpr_loss(u[ok], h[rp[ok]], h[rn[ok]])
+                h = out.item_modal[m]
+                diff = (u * h[rp]).sum(-1) - (u * h[rn]).sum(-1)
+                risk = torch.where(ok, -torch.nn.functional.logsigmoid(diff),
+                                   torch.zeros_like(diff))
+                count = ok.sum()
+                modal = modal + torch.where(count > 0, risk.sum() / count.clamp(min=1),
+                                            torch.zeros_like(modal))
             terms["modal_bpr"] = self.reg_weight * modal
         return terms
 

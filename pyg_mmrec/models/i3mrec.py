@@ -647,12 +647,15 @@ class I3MRec(Recommender):
         U, d = self.num_users, self.embedding_size
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
         conv = self._active_conv()
-        sub = self.sampler.sample(conv.adj, seeds)
+        sub = self.sampler.sample(conv.adj, seeds, groups=[users.numel(), items.numel()],
+                                  check_ids=False)
+        # still compact node lists (host reads); padding rows stay zero below
         is_user = sub.n_id < U
-        uid, iid = is_user.nonzero().view(-1), (~is_user).nonzero().view(-1)
+        uid = (is_user & sub.valid).nonzero().view(-1)
+        iid = (~is_user & sub.valid).nonzero().view(-1)
         g_user, g_item = sub.n_id[uid], sub.n_id[iid] - U
-        d0 = sub.seeds  # sorted: the users, then the items
-        n_su = int((d0 < U).sum())
+        d0 = sub.seeds  # the users' segment, then the items' (sorted, padded)
+        n_su = users.numel()
         user_ids, item_ids = d0[:n_su], d0[n_su:] - U
         e_u = self.user_embedding(user_ids)
         e_u_hat = F.normalize(self.user_embedding(g_user), dim=-1)
@@ -661,14 +664,14 @@ class I3MRec(Recommender):
         if self.options.collaborative.id_branch == "embedding":
             item_base = self.item_embedding(item_ids)
         elif self.options.collaborative.id_branch == "lightgcn":
-            x = e_u.new_empty(sub.n_id.numel(), d)
+            x = e_u.new_zeros(sub.n_id.numel(), d)
             x.index_put_((uid,), self.user_embedding(g_user))
             x.index_put_((iid,), self.item_embedding(g_item))
             h = sub.propagate(x)
             user_base, item_base = h[:n_su], h[n_su:]
 
         def propagate(m: str, h0: Tensor, present: Tensor) -> Tuple[Tensor, Tensor]:
-            x = e_u_hat.new_empty(sub.n_id.numel(), d)  # every row is written below
+            x = e_u_hat.new_zeros(sub.n_id.numel(), d)  # padding rows stay zero
             x.index_put_((uid,), e_u_hat)
             x.index_put_((iid,), h0)
             node_mask = torch.ones(sub.n_id.numel(), dtype=torch.bool, device=x.device)

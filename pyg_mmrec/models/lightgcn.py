@@ -83,7 +83,7 @@ class LightGCN(Recommender):
         if self.sampler is None:
             raise RuntimeError("sampled_forward: the model was built with fanout=None")
         s = UserItemSample(self.sampler, self.conv, users, items)
-        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        x = s.gather(self.user_embedding, self.item_embedding)
         h = s.sub.propagate(x, combine="mean")[s.sub.seed_index]
         n_u = users.numel()
         return h[:n_u].view(*users.shape, -1), h[n_u:].view(*items.shape, -1)
@@ -94,7 +94,7 @@ class LightGCN(Recommender):
         if self.sampler is None:
             raise RuntimeError("sampled_output: the model was built with fanout=None")
         s = UserItemSample(self.sampler, self.conv, users, items)
-        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        x = s.gather(self.user_embedding, self.item_embedding)
         u, i = s.propagate(x, combine="mean")
         return RecOutput(user=u, item=i, user_ids=s.user_ids, item_ids=s.item_ids)
 

@@ -86,12 +86,15 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float)
+                    state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p,
                                                            memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = int(state["step"])
+                # a Python int: the bias corrections are host numbers, and reading a
+                # tensor counter would be a host read per step (older checkpoints
+                # hold a CPU tensor: converted once)
+                t = int(state["step"]) + 1
+                state["step"] = t
                 step_size = lr / (1 - b1 ** t)
                 bc2_sqrt = math.sqrt(1 - b2 ** t)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -111,10 +114,26 @@ class LazyAdam(torch.optim.Optimizer):
     @staticmethod
     def _sparse_update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, lr: float, b1: float,
                        b2: float, eps: float, wd: float, bc2_sqrt: float) -> None:
-        g = g.coalesce()  # duplicate rows summed, indices unique
-        idx, val = g.indices()[0], g.values()
-        if idx.numel() == 0:
+        # The rows of the gradient are summed per distinct index without
+        # ``coalesce()`` (its output size depends on the data: a host read on a
+        # GPU): a sort of the indices (the default sort, as ``coalesce``: on the
+        # CPU the same sums bit for bit), the first occurrence of every
+        # index, segment sums into ``n`` slots (``n`` = the gradient's rows, known
+        # on the host). Slots past the number of distinct indices repeat the
+        # last distinct row, so every write below is either unique or writes
+        # the same numbers twice (the result does not depend on the order).
+        idx, val = g._indices()[0], g._values()
+        n = idx.numel()
+        if n == 0:
             return
+        sorted_idx, order = torch.sort(idx)
+        first = torch.ones(n, dtype=torch.bool, device=idx.device)
+        first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+        segment = torch.cumsum(first, 0) - 1
+        sums = val.new_zeros(n, *val.shape[1:]).index_add_(0, segment, val[order])
+        distinct = sorted_idx.new_zeros(n).scatter_(0, segment, sorted_idx)
+        slot = torch.minimum(torch.arange(n, device=idx.device), segment[-1])
+        idx, val = distinct[slot], sums[slot]
         if wd:
             val = val + wd * p.index_select(0, idx)
         m_rows = m.index_select(0, idx).lerp_(val, 1 - b1)
@@ -122,4 +141,4 @@ class LazyAdam(torch.optim.Optimizer):
         m.index_copy_(0, idx, m_rows)
         v.index_copy_(0, idx, v_rows)
         denom = (v_rows.sqrt() / bc2_sqrt).add_(eps)
-        p.index_add_(0, idx, m_rows / denom, alpha=-lr)
+        p.index_copy_(0, idx, p.index_select(0, idx).add_(m_rows / denom, alpha=-lr))

@@ -246,6 +246,8 @@ class Trainer:
         self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
                                   num_neg=self.train_cfg["num_neg"], seed=self.seed)
         self._switch_inputs = data.eval_inputs_differ()
+        #: (epoch, batch, loss) of the first non-finite loss, kept on the device
+        self._first_nonfinite: Optional[Tensor] = None
         #: what computes the batch loss (replace by a DDP-wrapped BatchLoss for multi-process)
         self.loss_module: torch.nn.Module = BatchLoss(self.model)
         if self.device.type != "cpu" and data.train_features:
@@ -506,26 +508,51 @@ class Trainer:
                 q = neg[sl].to(self.device)
                 terms = self.train_step(u, p, q, epoch, b)
                 for k, v in terms.items():
+                    # float64 sums on the device (the values stay there): the same
+                    # numbers as summing Python floats, read once per epoch
+                    if isinstance(v, Tensor):
+                        v = v.detach().to(torch.float64)
                     self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
                 self._epoch_batches += 1
                 self.batch += 1
                 bar.update(1)
-                if bar.n % 10 == 0 and not bar.disable:
-                    bar.set_postfix(loss=f"{terms['loss']:.4f}")
+                if bar.n % 10 == 0 and not bar.disable:  # a host read per refresh only
+                    self._check_finite()
+                    bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
                 self.on_batch_end(epoch, b)
                 if self.should_stop() and self.batch < num_batches:
+                    self._check_finite()
                     self._epoch_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self._interrupt(epoch)
+            self._check_finite()
         finally:
             self._epoch_seconds += time.perf_counter() - t0
             bar.close()
         self.on_epoch_end(epoch)
 
-    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+    def _check_finite(self) -> None:
+        """Raises if a step of this epoch had a non-finite loss (one host read of the
+        flag the steps keep on the device; see :meth:`train_step`)."""
+        bad = self._first_nonfinite
+        if bad is None:
+            return
+        self._first_nonfinite = None
+        epoch, batch, loss = (float(v) for v in bad.tolist())
+        if epoch >= 0:
+            raise RuntimeError(f"non-finite loss at epoch {int(epoch)}, batch {int(batch)}: "
+                               f"loss {loss} (try a lower lr or grad_clip)")
+
+    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int
+                   ) -> Dict[str, Any]:
         r"""One training step on the batch of triples ``(u[k], p[k], q[k])``:
         the estimator step (if the model has auxiliary parameters), then the
-        main step; returns the loss values to log (after :meth:`sync_batch`).
+        main step; returns the loss values to log (after :meth:`sync_batch`):
+        0-dim tensors on the device in one process (the step never waits for
+        the device: the loop sums them there and reads the sums once per
+        epoch), Python floats with several processes. A non-finite loss is
+        noted on the device and raised at the next host read (progress
+        refresh, checkpoint, end of the epoch), naming its epoch and batch.
         Subclasses may wrap it (e.g. to time it); the hooks are the place to
         change what it does.
 
@@ -552,21 +579,44 @@ class Trainer:
         if not isinstance(loss, Tensor) or not loss.requires_grad:
             raise RuntimeError(f"{type(model).__name__}.loss: the terms {sorted(terms)} do not "
                                "depend on any trainable parameter")
-        if not torch.isfinite(loss):
-            vals = {k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in terms.items()}
-            raise RuntimeError(f"non-finite loss at epoch {epoch}, batch {b}: {vals} "
-                               "(try a lower lr or grad_clip)")
+        self._note_finite(loss.detach(), epoch, b)
         loss.backward()
         self.reduce_gradients(self.main_params, n)
         if t["grad_clip"] is not None:
             torch.nn.utils.clip_grad_norm_(self.main_params, t["grad_clip"])
         self.optimizer.step()
-        out = {"loss": float(loss.detach())}
-        out.update({f"loss/{k}": float(v.detach() if isinstance(v, Tensor) else v)
+        out = {"loss": loss.detach()}
+        out.update({f"loss/{k}": v.detach() if isinstance(v, Tensor) else v
                     for k, v in terms.items()})
         if self.aux_optimizer is not None and aux is not None:
-            out["loss/aux"] = float(aux.detach())
+            out["loss/aux"] = aux.detach()
+        if self.world_size > 1:  # the processes exchange host values anyway
+            out = {k: float(v) for k, v in out.items()}
         return self.sync_batch(out, n)
+
+    def _note_finite(self, loss: Tensor, epoch: int, b: int) -> None:
+        # (epoch, batch, loss) of the first non-finite loss of the epoch, kept on the
+        # device (a check per step would wait for the device at every step); read by
+        # _check_finite at every progress refresh, before a checkpoint and at the
+        # end of the epoch, which raises
+        here = torch.stack([torch.full_like(loss, epoch, dtype=torch.float64),
+                            torch.full_like(loss, b, dtype=torch.float64),
+                            loss.to(torch.float64)])
+        first = self._first_nonfinite
+        if first is None:
+            first = torch.full_like(here, -1.0)
+        take = (first[0] < 0) & ~torch.isfinite(loss)
+        self._first_nonfinite = torch.where(take, here, first)
+
+    def _host_sums(self) -> Dict[str, float]:
+        """The epoch's loss sums as Python floats (one host read for all of them)."""
+        keys = sorted(self._epoch_sums)
+        on_device = [k for k in keys if isinstance(self._epoch_sums[k], Tensor)]
+        out = {k: float(self._epoch_sums[k]) for k in keys if k not in on_device}
+        if on_device:
+            values = torch.stack([self._epoch_sums[k].reshape(()) for k in on_device])
+            out.update(zip(on_device, values.tolist()))
+        return out
 
     # --------------------------------------------------------------- checkpoint
     def state_dict(self) -> Dict[str, Any]:
@@ -579,7 +629,7 @@ class Trainer:
             "rng_epoch_start": self._rng_epoch_start if self.batch > 0 else None,
             "epoch": self.epoch,
             "batch": self.batch,
-            "epoch_sums": dict(self._epoch_sums),
+            "epoch_sums": self._host_sums(),
             "epoch_batches": self._epoch_batches,
             "epoch_seconds": self._epoch_seconds,
             "best_state": self.best_state,
@@ -707,7 +757,7 @@ class Trainer:
             self.train_seconds += self._epoch_seconds
             nb = max(1, self._epoch_batches)
             record: Dict[str, Any] = {"epoch": epoch, "seconds": round(self._epoch_seconds, 4)}
-            record.update({k: v / nb for k, v in sorted(self._epoch_sums.items())})
+            record.update({k: v / nb for k, v in sorted(self._host_sums().items())})
             last = epoch == t["epochs"] - 1
             stop = False
             if (epoch + 1) % t["eval_every"] == 0 or last:

@@ -73,8 +73,14 @@ def test_i3mrec_large_fanout_matches_full_forward(id_branch, item_graph):
     full.eval(), sampled.eval()  # no fusion dropout: deterministic comparison
     ref = full.forward()
     users, items = torch.tensor([3, 1, 3, 7]), torch.tensor([5, 0, 59, 5, 12])
-    out, uid, iid = sampled.sampled_forward(users, items)
-    assert torch.equal(uid, torch.tensor([1, 3, 7])) and torch.equal(iid, torch.tensor([0, 5, 12, 59]))
+    out, uid_rows, iid_rows = sampled.sampled_forward(users, items)
+    # sorted unique ids, then padding rows (static shapes) that repeat the last id
+    uid, iid = torch.tensor([1, 3, 7]), torch.tensor([0, 5, 12, 59])
+    assert torch.equal(uid_rows.unique(), uid) and torch.equal(iid_rows.unique(), iid)
+    out.user, out.item = out.user[torch.searchsorted(uid_rows, uid)], \
+        out.item[torch.searchsorted(iid_rows, iid)]
+    out.item_modal = {m: h[torch.searchsorted(iid_rows, iid)] for m, h in out.item_modal.items()}
+    out.user_modal = {m: h[torch.searchsorted(uid_rows, uid)] for m, h in out.user_modal.items()}
     assert torch.allclose(out.user, ref.user[uid], atol=1e-5)
     assert torch.allclose(out.item, ref.item[iid], atol=1e-5)
     for m in sampled.modalities:

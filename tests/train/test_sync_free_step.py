@@ -1,0 +1,132 @@
+"""The training step stays on the device: no host synchronisation per step
+(value reads, data-dependent output sizes), counted on the CPU with
+:mod:`pyg_mmrec.utils.sync_debug`, for full-graph and sampled training."""
+import pytest
+import torch
+from test_trainer import cfg, tiny_data
+
+from pyg_mmrec.models.freedom import FREEDOM
+from pyg_mmrec.models.i3mrec import I3MRec
+from pyg_mmrec.models.lightgcn import LightGCN
+from pyg_mmrec.train import Trainer
+from pyg_mmrec.utils import SyncMonitor, assert_no_sync
+
+
+# ------------------------------------------------------------ the detector itself
+class _ReadsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        g.sum().item()  # planted: a host read in the backward pass
+        return g * 2
+
+
+def test_monitor_counts_every_kind_of_sync():
+    x = torch.randn(6, requires_grad=True)
+    with SyncMonitor() as mon:
+        s = x.sum()
+        s.item()
+        bool(s > 0)
+        int(s.detach())
+        float(s)
+        x.tolist()
+        x.nonzero()
+        torch.unique(x)
+        x[x > 0]
+        x.masked_select(x > 0)
+        x.detach().cpu()
+        x.detach().numpy()
+        torch.repeat_interleave(torch.arange(3), torch.tensor([1, 2, 3]))
+    kinds = [e.kind for e in mon.events]
+    assert mon.count == 12, mon.report()
+    assert kinds[:4] == ["item", "__bool__", "__int__", "__float__"]
+    assert all("test_sync_free_step.py" in e.where for e in mon.events)
+
+
+def test_monitor_ignores_static_shape_code():
+    x = torch.randn(6, 3, requires_grad=True)
+    idx = torch.tensor([0, 2, 2])
+    with assert_no_sync():
+        y = x[idx] * torch.where(x[idx] > 0, 1.0, 0.5)
+        torch.repeat_interleave(torch.arange(3), torch.tensor([1, 2, 3]), output_size=6)
+        s, order = torch.sort(idx)
+        torch.cumsum(s, 0)
+        y.sum().backward()
+
+
+def test_monitor_sees_the_backward_pass_and_raises():
+    x = torch.randn(4, requires_grad=True)
+    with pytest.raises(AssertionError, match="_local_scalar_dense"):
+        with assert_no_sync():
+            _ReadsInBackward.apply(x).sum().backward()
+
+
+# ------------------------------------------------------------ training steps
+def _trainer(model, data, **kw):
+    return Trainer(model, data, cfg(epochs=1, batch_size=16, **kw))
+
+
+def _batches(tr, n=2):
+    users, pos, neg = tr.sampler.sample(0)
+    return [(users[k * 16:(k + 1) * 16], pos[k * 16:(k + 1) * 16], neg[k * 16:(k + 1) * 16])
+            for k in range(n)]
+
+
+def _model(name, data):
+    torch.manual_seed(0)
+    ei, U, I = data.train_edge_index, data.num_users, data.num_items
+    feats, masks = data.train_features, data.train_masks
+    if name == "lightgcn_full":
+        return LightGCN(U, I, ei, embedding_size=8, n_layers=2)
+    if name == "lightgcn":
+        return LightGCN(U, I, ei, embedding_size=8, n_layers=2, fanout=[3, 2])
+    if name == "freedom":
+        return FREEDOM(U, I, ei, feats, masks, embedding_size=8, feat_embed_dim=8, knn_k=3,
+                       n_mm_layers=1, dropout=0.3, fanout=[3, 2])
+    if name == "i3mrec":
+        return I3MRec(U, I, ei, feats, masks, embedding_size=8, n_layers=2, fanout=[3, 2])
+    raise KeyError(name)
+
+
+def _step_syncs(name, plant=False):
+    data = tiny_data(modalities=("image", "text"))
+    model = _model(name, data)
+    tr = _trainer(model, data)
+    model.train()
+    model.on_epoch_start(0)
+    (u0, p0, q0), (u1, p1, q1) = _batches(tr)
+    tr.train_step(u0, p0, q0, 0, 0)  # first step: optimiser state, per-graph caches
+    if plant:
+        loss = model.loss
+
+        def planted(*a, **kw):
+            terms = loss(*a, **kw)
+            terms["bpr"].item()  # e.g. a debugging print left in the step
+            return terms
+        model.loss = planted
+    with SyncMonitor() as mon:
+        out = tr.train_step(u1, p1, q1, 0, 1)
+    assert all(isinstance(v, torch.Tensor) for v in out.values())
+    return mon
+
+
+@pytest.mark.parametrize("name", ["lightgcn_full", "lightgcn", "freedom", pytest.param(
+    "i3mrec", marks=pytest.mark.xfail(strict=True, reason="I3MRec's sampled graph and "
+                                      "auxiliary loss still read sizes on the host"))])
+def test_training_step_makes_no_host_sync(name):
+    mon = _step_syncs(name)
+    assert mon.count == 0, f"{name}:\n{mon.report()}"
+
+
+def test_planted_item_in_the_step_is_caught():
+    mon = _step_syncs("lightgcn", plant=True)
+    assert mon.count == 1 and mon.events[0].kind == "item", mon.report()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sync_debug_mode_is_set_inside():
+    with SyncMonitor():
+        assert torch.cuda.get_sync_debug_mode() == 1
