@@ -105,6 +105,8 @@ def _exact_topk(queries: Tensor, base: Tensor, k: int, chunk_size: int,
             rows = torch.arange(stop - start, device=device)
             sim[rows, self_cols[start:stop]] = float("-inf")
         top = sim.topk(k, dim=-1)
+        # free the block before the next one is allocated: one block alive, not two
+        del sim
         nbrs.append(top.indices)
         sims.append(top.values)
     if not nbrs:
