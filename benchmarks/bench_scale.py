@@ -24,8 +24,8 @@ frozen item–item kNN graph exactly over the batch items' neighbourhood (at
 most :math:`k` rows per item and modality).
 
 FREEDOM's item–item kNN graphs are built once, at construction. The exact
-search is :math:`O(I^2 F)` (about an hour per modality at 800k items on one
-core), so with ``--knn-method auto`` (the default) they are built with
+search is :math:`O(I^2 F)` (4x per doubling of the catalogue, the largest cost
+of the run at tens of millions of interactions on one core), so with ``--knn-method auto`` (the default) they are built with
 ``knn_method=faiss`` (an approximate inverted-file search,
 :func:`pyg_mmrec.data.knn.knn_graph`) when faiss is installed and the catalogue
 has at least ``--knn-faiss-from`` items, exactly otherwise. The builder and its

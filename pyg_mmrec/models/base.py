@@ -315,7 +315,8 @@ class Recommender(torch.nn.Module):
         items only. Old items' representations therefore stay unchanged unless
         a model documents otherwise (its class docstring, "New items").
         Cost: models with kNN item graphs rebuild them over the grown
-        catalogue, as at construction (:math:`O(I^2 F)`; the anchors' part
+        catalogue, as at construction (:math:`O(I^2 F)`, or about
+        :math:`O(I^{1.5} F)` with ``knn_method="faiss"``; the anchors' part
         comes out identical); the others only append rows.
 
         Args:
