@@ -241,6 +241,7 @@ def test_knn_faiss_weights_differentiable_and_anchored():
 
 def test_knn_method_errors(monkeypatch):
     import sys
+
     from pyg_mmrec.errors import MissingExtraError
     x = torch.randn(10, 3)
     with pytest.raises(ValueError, match="method: expected one of"):

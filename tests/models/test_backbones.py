@@ -289,6 +289,7 @@ def test_knn_method_faiss_builds_the_same_graphs_on_a_small_catalogue(name):
 
 def test_knn_method_faiss_without_the_package(monkeypatch):
     import sys
+
     from pyg_mmrec.errors import MissingExtraError
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed
     edge_index, feats, masks = make_data(2, False)
