@@ -28,8 +28,9 @@ search is :math:`O(I^2 F)` (4x per doubling of the catalogue, the largest cost
 of the run at tens of millions of interactions on one core), so with
 ``--knn-method auto`` (the default) they are built with ``knn_method=faiss``
 (an approximate inverted-file search, :func:`pyg_mmrec.data.knn.knn_graph`)
-when faiss is installed and the catalogue has at least ``--knn-faiss-from`` items, exactly otherwise. The builder and its
-time are reported in their own columns, not in ``build`` nor in ``s/step``.
+when faiss is installed and the catalogue has at least ``--knn-faiss-from``
+items, exactly otherwise. The builder and its time are reported in their own
+columns, not in ``build`` nor in ``s/step``.
 On these random features the approximate graphs are not close to the exact
 ones (no cluster structure): the benchmark measures cost, not graph quality.
 
