@@ -74,9 +74,10 @@ class LATTICE(Recommender):
         n_ui_layers (int): LightGCN layers (2).
         knn_k (int): :math:`k` (10).
         knn_method (str): neighbour search of the kNN graphs (the raw-feature
-            and the learned ones): ``"exact"`` (default, :math:`O(I^2 F)`) or ``"faiss"`` (approximate, an
-            inverted-file index, :math:`O(I^{1.5} F)`; needs ``pip install
-            faiss-cpu``); see :func:`~pyg_mmrec.data.knn.knn_graph`.
+            and the learned ones): ``"exact"`` (default, :math:`O(I^2 F)`) or
+            ``"faiss"`` (approximate, an inverted-file index,
+            :math:`O(I^{1.5} F)`; needs ``pip install faiss-cpu``); see
+            :func:`~pyg_mmrec.data.knn.knn_graph`.
         lambda_coeff (float): :math:`\lambda`, weight of the raw-feature graph (0.9).
         reg_weight (float): L2 weight on the batch representations.
         fanout (list of int, optional): neighbours sampled per node at each
