@@ -119,7 +119,8 @@ if __name__ == "__main__":  # also under pip; importing the file (tests) builds 
             "pyg-ext": ["torch-scatter", "torch-sparse"],
             "plot": ["matplotlib"],
             "tensorboard": ["tensorboard"],
-            "faiss": ["faiss-cpu"],  # benchmarks/bench_recommend.py compares against its exact search
+            # knn_method: faiss (approximate kNN item graphs); bench_recommend.py's comparison
+            "faiss": ["faiss-cpu"],
             "dev": ["ruff"],  # make lint
             "features": [
                 "sentence-transformers",

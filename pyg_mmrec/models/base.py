@@ -208,6 +208,11 @@ class Recommender(torch.nn.Module):
         dev = self.train_edge_index.device
         return mk if mk.device == dev else mk.to(dev)
 
+    #: neighbour search of :meth:`item_knn_graph` (``"exact"`` or ``"faiss"``,
+    #: see :func:`~pyg_mmrec.data.knn.knn_graph`); kNN models take it as the
+    #: hyper-parameter ``knn_method``
+    knn_method: str = "exact"
+
     def item_knn_graph(self, x: Tensor, k: int, mask: Optional[Tensor] = None,
                        ) -> Tuple[Tensor, Tensor]:
         r"""The top-:math:`k` cosine item–item graph of ``x`` (see
@@ -215,9 +220,11 @@ class Recommender(torch.nn.Module):
         from the anchor items only (the first :attr:`num_anchor_items`): the
         graph of the anchors is exactly the one built before any
         :meth:`add_items`, and appended items get their :math:`k` nearest
-        anchors without entering any anchor's neighbour list."""
+        anchors without entering any anchor's neighbour list. The search is
+        :attr:`knn_method`."""
         from ..data.knn import knn_graph_anchored  # keeps `import models` light
-        return knn_graph_anchored(x, k, mask, self.num_anchor_items)
+        return knn_graph_anchored(x, k, mask, self.num_anchor_items,
+                                  method=self.knn_method)
 
     # -------------------------------------------------------------- new items
     def _no_content_path(self) -> ValueError:
@@ -308,7 +315,8 @@ class Recommender(torch.nn.Module):
         items only. Old items' representations therefore stay unchanged unless
         a model documents otherwise (its class docstring, "New items").
         Cost: models with kNN item graphs rebuild them over the grown
-        catalogue, as at construction (:math:`O(I^2 F)`; the anchors' part
+        catalogue, as at construction (:math:`O(I^2 F)`, or about
+        :math:`O(I^{1.5} F)` with ``knn_method="faiss"``; the anchors' part
         comes out identical); the others only append rows.
 
         Args:

@@ -6,7 +6,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..data.knn import mask_key, normalize_edge_weight
+from ..data.knn import check_knn_method, mask_key, normalize_edge_weight
 from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
@@ -101,6 +101,10 @@ class FREEDOM(Recommender):
         n_mm_layers (int): :math:`L_m` (1).
         n_ui_layers (int): :math:`L` (2).
         knn_k (int): :math:`k` (10).
+        knn_method (str): neighbour search of the kNN graphs: ``"exact"``
+            (default, :math:`O(I^2 F)`) or ``"faiss"`` (approximate, an
+            inverted-file index, :math:`O(I^{1.5} F)`; needs ``pip install
+            faiss-cpu``); see :func:`~pyg_mmrec.data.knn.knn_graph`.
         modal_weights (dict, optional): :math:`\beta_m` (MMRec: image 0.1,
             text 0.9); see :func:`modality_weights`.
         dropout (float): :math:`\rho`, fraction of interactions pruned (0.8/0.9).
@@ -117,7 +121,7 @@ class FREEDOM(Recommender):
                  n_mm_layers: int = 1, n_ui_layers: int = 2, knn_k: int = 10,
                  modal_weights: Optional[Mapping[str, float]] = None,
                  dropout: float = 0.8, reg_weight: float = 1e-3,
-                 fanout: Optional[List[int]] = None) -> None:
+                 fanout: Optional[List[int]] = None, knn_method: str = "exact") -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if feat_embed_dim != embedding_size:
             raise ValueError(f"feat_embed_dim: must equal embedding_size ({embedding_size}) "
@@ -129,6 +133,7 @@ class FREEDOM(Recommender):
             raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
         self.embedding_size, self.n_mm_layers = int(embedding_size), int(n_mm_layers)
         self.n_ui_layers, self.knn_k = int(n_ui_layers), int(knn_k)
+        self.knn_method = check_knn_method(knn_method)
         self.dropout, self.reg_weight = float(dropout), float(reg_weight)
         self.beta = modality_weights(self.modalities, modal_weights, "modal_weights")
 

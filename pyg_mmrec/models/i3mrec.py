@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import mask_key, normalize_edge_weight
+from ..data.knn import check_knn_method, mask_key, normalize_edge_weight
 from ..nn.edge_pruning import resample_pruned_conv
 from ..nn.infonce import InfoNCE
 from ..nn.invariance import IRMPenalty, VRExPenalty, bpr_risk
@@ -303,6 +303,9 @@ class I3MRec(Recommender):
                 term is zero and it keeps the collaborative read-out; the graph is
                 rebuilt when the masks change (cached per mask).
             knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
+            knn_method (str): the neighbour search of those graphs: ``"exact"``
+                or ``"faiss"`` (approximate, for large catalogues; see
+                :func:`~pyg_mmrec.data.knn.knn_graph`).
             item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
             edge_dropout (float): beyond the reference, FREEDOM's denoising: at
                 every epoch, training propagates (the ID branch and every
@@ -329,6 +332,7 @@ class I3MRec(Recommender):
         self.options = opts = I3MRecOptions.from_flat(hparams, base=options)
         prop, risk, ib = opts.propagation, opts.risk, opts.bottleneck
         fusion, collab = opts.fusion, opts.collaborative
+        self.knn_method = check_knn_method(collab.knn_method)  # faiss installed?
         d, n_layers = prop.embedding_size, prop.n_layers
         self.embedding_size, self.n_layers = d, n_layers  # as every model names them
 

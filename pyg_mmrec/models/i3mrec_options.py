@@ -31,6 +31,9 @@ from ..nn.fanout import check_fanout
 
 ID_BRANCHES = ("none", "embedding", "lightgcn")
 ITEM_GRAPHS = ("none", "knn")
+# pyg_mmrec.data.knn.KNN_METHODS, repeated so that reading the options imports no torch
+# (the model checks at construction that faiss is installed)
+KNN_METHODS = ("exact", "faiss")
 PENALTIES = ("vrex", "irm")
 MIN_INFO_BOUNDS = ("club", "kl")
 INFONCE_SCALINGS = ("mean", "sum_plus_sixth")
@@ -311,6 +314,8 @@ class CollaborativeOptions(_Group):
             environment adds its modality's frozen kNN item–item smoothing of
             the item IDs (needs an ``id_branch``).
         knn_k (int): :math:`k` of ``item_graph="knn"``. (FREEDOM: 10)
+        knn_method (str): neighbour search of those graphs, ``"exact"`` or
+            ``"faiss"`` (approximate; see :func:`~pyg_mmrec.data.knn.knn_graph`).
         item_graph_layers (int): :math:`L_S \geq 1`. (FREEDOM: 1)
         edge_dropout (float): FREEDOM's degree-sensitive pruning: fraction of
             the training interactions removed at every epoch (0 = none).
@@ -319,6 +324,7 @@ class CollaborativeOptions(_Group):
     id_branch: str = "none"
     item_graph: str = "none"
     knn_k: int = 10
+    knn_method: str = "exact"
     item_graph_layers: int = 1
     edge_dropout: float = 0.0
 
@@ -330,6 +336,7 @@ class CollaborativeOptions(_Group):
                              "id_branch 'embedding' or 'lightgcn', got id_branch 'none'")
         self._set(id_branch=id_branch, item_graph=item_graph,
                   knn_k=_integer("knn_k", self.knn_k, 1),
+                  knn_method=_choice("knn_method", self.knn_method, KNN_METHODS),
                   item_graph_layers=_integer("item_graph_layers", self.item_graph_layers, 1),
                   edge_dropout=_fraction("edge_dropout", self.edge_dropout))
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import mask_key, normalize_edge_weight
+from ..data.knn import check_knn_method, mask_key, normalize_edge_weight
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from ._sampled import UserItemSample, cached_neighbourhood
@@ -73,6 +73,11 @@ class LATTICE(Recommender):
         n_layers (int): :math:`L_i`, item–item layers (1).
         n_ui_layers (int): LightGCN layers (2).
         knn_k (int): :math:`k` (10).
+        knn_method (str): neighbour search of the kNN graphs (the raw-feature
+            and the learned ones): ``"exact"`` (default, :math:`O(I^2 F)`) or
+            ``"faiss"`` (approximate, an inverted-file index,
+            :math:`O(I^{1.5} F)`; needs ``pip install faiss-cpu``); see
+            :func:`~pyg_mmrec.data.knn.knn_graph`.
         lambda_coeff (float): :math:`\lambda`, weight of the raw-feature graph (0.9).
         reg_weight (float): L2 weight on the batch representations.
         fanout (list of int, optional): neighbours sampled per node at each
@@ -84,7 +89,8 @@ class LATTICE(Recommender):
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, feat_embed_dim: int = 64, n_layers: int = 1,
                  n_ui_layers: int = 2, knn_k: int = 10, lambda_coeff: float = 0.9,
-                 reg_weight: float = 1e-4, fanout: Optional[List[int]] = None) -> None:
+                 reg_weight: float = 1e-4, fanout: Optional[List[int]] = None,
+                 knn_method: str = "exact") -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if not 0.0 <= lambda_coeff <= 1.0:
             raise ValueError(f"lambda_coeff: expected a value in [0, 1], got {lambda_coeff}")
@@ -92,6 +98,7 @@ class LATTICE(Recommender):
             raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
         self.embedding_size, self.n_layers = int(embedding_size), int(n_layers)
         self.n_ui_layers, self.knn_k = int(n_ui_layers), int(knn_k)
+        self.knn_method = check_knn_method(knn_method)
         self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
 
         d = self.embedding_size

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import mask_key
+from ..data.knn import check_knn_method, mask_key
 from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
@@ -85,6 +85,10 @@ class MGCN(Recommender):
         n_ui_layers (int): LightGCN layers (2).
         n_layers (int): :math:`L`, item–item layers (1).
         knn_k (int): :math:`k` (10).
+        knn_method (str): neighbour search of the kNN graphs: ``"exact"``
+            (default, :math:`O(I^2 F)`) or ``"faiss"`` (approximate, an
+            inverted-file index, :math:`O(I^{1.5} F)`; needs ``pip install
+            faiss-cpu``); see :func:`~pyg_mmrec.data.knn.knn_graph`.
         reg_weight (float): L2 weight (1e-4).
         cl_loss (float): weight of the contrastive term (MMRec grid {1e-3, 1e-2, 1e-1};
             1e-3 by default: 1e-2 stalls the BPR term on ``ml100k_mm``).
@@ -98,7 +102,8 @@ class MGCN(Recommender):
                  masks: Optional[Dict[str, Tensor]] = None, *,
                  embedding_size: int = 64, n_ui_layers: int = 2, n_layers: int = 1,
                  knn_k: int = 10, reg_weight: float = 1e-4, cl_loss: float = 0.001,
-                 temperature: float = 0.2, fanout: Optional[List[int]] = None) -> None:
+                 temperature: float = 0.2, fanout: Optional[List[int]] = None,
+                 knn_method: str = "exact") -> None:
         super().__init__(num_users, num_items, train_edge_index, features, masks)
         if knn_k < 1:
             raise ValueError(f"knn_k: expected >= 1, got {knn_k}")
@@ -106,6 +111,7 @@ class MGCN(Recommender):
             raise ValueError(f"temperature: expected > 0, got {temperature}")
         self.embedding_size, self.n_ui_layers = int(embedding_size), int(n_ui_layers)
         self.n_layers, self.knn_k = int(n_layers), int(knn_k)
+        self.knn_method = check_knn_method(knn_method)
         self.reg_weight, self.cl_loss = float(reg_weight), float(cl_loss)
         self.temperature = float(temperature)
 

@@ -206,6 +206,9 @@ def test_lattice_learned_graph_gets_gradient_once_per_epoch():
     ("lightgcn", {"n_layers": -1}, "n_layers"),
     ("lgmrec", {"keep_rate": 0.0}, "keep_rate"),
     ("freedom", {"feat_embed_dim": 32}, "feat_embed_dim"),
+    ("freedom", {"knn_method": "hnsw"}, "knn_method"),
+    ("lattice", {"knn_method": "annoy"}, "knn_method"),
+    ("mgcn", {"knn_method": None}, "knn_method"),
 ])
 def test_bad_hparams_raise(name, kw, match):
     edge_index, feats, masks = make_data(2, False)
@@ -263,3 +266,32 @@ def test_lightgcn_loss_reads_forward_scores_bit_for_bit(n_layers):
     for g1, g2 in zip(torch.autograd.grad(sum(direct.values()), params),
                       torch.autograd.grad(sum(via_forward.values()), params)):
         torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", KNN_MODELS)
+def test_knn_method_faiss_builds_the_same_graphs_on_a_small_catalogue(name):
+    """On 36 items faiss's index has one list (nlist = I/39 rounded up to 1),
+    so its search is exhaustive: the same graphs and scores as ``exact``."""
+    pytest.importorskip("faiss")
+    torch.manual_seed(0)
+    exact, _ = build(name, 2, masked=True)
+    torch.manual_seed(0)
+    approx, _ = build(name, 2, masked=True, knn_method="faiss")
+    assert approx.knn_method == "faiss" and exact.knn_method == "exact"
+    for (m, e), (_, f) in zip(sorted(_graph_edges(exact).items()),
+                              sorted(_graph_edges(approx).items())):
+        assert {tuple(p) for p in e.t().tolist()} == {tuple(p) for p in f.t().tolist()}, m
+    exact.eval()
+    approx.eval()
+    for a, b in zip(exact.embeddings_for_eval(), approx.embeddings_for_eval()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_knn_method_faiss_without_the_package(monkeypatch):
+    import sys
+
+    from pyg_mmrec.errors import MissingExtraError
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed
+    edge_index, feats, masks = make_data(2, False)
+    with pytest.raises(MissingExtraError, match="knn_method='faiss' .*pip install faiss-cpu"):
+        get_model_class("freedom")(U, I, edge_index, feats, masks, knn_method="faiss")

@@ -78,6 +78,7 @@ def test_flat_keys_go_to_their_groups_and_back():
     ("id_branch", "mlp", "id_branch: expected one of"),
     ("item_graph", "knn", "needs id_branch"),
     ("knn_k", 2.5, "knn_k: expected an integer >= 1"),
+    ("knn_method", "hnsw", "knn_method: expected one of"),
     ("item_graph_layers", 0, "item_graph_layers"),
     ("edge_dropout", -0.1, "edge_dropout: expected a fraction in"),
 ])
