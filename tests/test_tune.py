@@ -15,7 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from pyg_mmrec import tune  # noqa: E402
 from pyg_mmrec.cli import build_parser, main  # noqa: E402
-from pyg_mmrec.config import build_config, config_overrides  # noqa: E402
+from pyg_mmrec.config import ConfigError, build_config, config_overrides  # noqa: E402
 from pyg_mmrec.train import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -435,6 +435,25 @@ def test_a_failing_setting_is_recorded_and_the_search_goes_on(tiny_root, tmp_pat
     assert "non-finite loss" in trials[0].user_attrs["error"]
     assert tune.recover_trials(load(out)) == []  # a failing setting is not retried
     assert (study_dir(out) / "selected.yaml").is_file()
+
+
+class BreakEveryTrial(Trainer):
+    def on_batch_end(self, epoch, batch):
+        super().on_batch_end(epoch, batch)
+        if self.out_dir is not None:  # the cost probe (no folder) runs normally
+            raise ValueError("unknown hyper-parameter(s) ['knn_method']")
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_one_line(tiny_root, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr("pyg_mmrec.tune.search.MAX_FAILED_IN_ROW", 3)
+    out = tmp_path / "out"
+    args = tune_args(tiny_root, out, "--budget", "5m", "--seeds", "1", "--no-final",
+                     "--pruner", "none")
+    with pytest.raises(ConfigError, match=r"last 3 trials .* failed; the latest with: "
+                                          r"ValueError: unknown hyper-parameter"):
+        tune.cmd_tune(args, trainer_cls=BreakEveryTrial)
+    assert [t.state.name for t in load(out).get_trials()] == ["FAIL"] * 3
 
 
 def test_a_trial_ending_anyway_is_complete_not_pruned(tiny_root, tmp_path):

@@ -291,6 +291,8 @@ def _tune(args: argparse.Namespace, trainer_cls) -> int:
             spec["min_trial_seconds"] = min_trial
             try:
                 status = run_workers(spec, trainer_cls)
+            except TuneError as e:
+                raise ConfigError(str(e)) from e
             finally:
                 write_budget(study_dir, spent + time.time() - t_start, spec["budget"])
     else:

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .space import Param
+from .space import Param, TuneError
 from .storage import (LOCK_NAME, LocalLock, _on_stale_trial, counted_trials, open_storage,
                       write_budget)
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
+EXIT_FAILING = 3  # a worker stopped: its trials kept failing (see MAX_FAILED_IN_ROW)
 
 
 def _suggest(trial, p: Param) -> Any:
@@ -163,7 +164,7 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
     deadline = float(spec["deadline"])
     lock = LocalLock(Path(spec["study_dir"]) / LOCK_NAME)
     objective = make_objective(spec, space, deadline, lock, trainer_cls)
-    ran = 0
+    ran = failed_in_row = 0
     while time.time() + float(spec["min_trial_seconds"]) <= deadline:
         lock.acquire()
         try:
@@ -173,6 +174,13 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
             ran += 1
         finally:
             lock.release()
+        error = _latest_error(study)
+        failed_in_row = failed_in_row + 1 if error else 0
+        if failed_in_row >= MAX_FAILED_IN_ROW:
+            # every setting fails the same way (e.g. code or data changed under a running
+            # search): stop instead of burning the budget on trials that fail at once
+            raise TuneError(f"tune: the last {failed_in_row} trials of worker {worker} failed; "
+                            f"the latest with: {error}")
         if _stopped_at_budget(study):
             break  # what is left is less than an epoch of the trial just stopped
         if worker == 0 and "started" in spec:  # a crash loses at most one trial's time
@@ -182,6 +190,21 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
             print(f"[tune w{worker}] {_trial_line(study, spec['metric'])}", file=sys.stderr,
                   flush=True)
     return ran
+
+
+#: a worker stops after this many trials in a row failed by an error of their run
+MAX_FAILED_IN_ROW = 10
+
+
+def _latest_error(study) -> Optional[str]:
+    """The error of this process's latest trial, if it failed by one."""
+    from optuna.trial import TrialState
+    mine = [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("pid") == os.getpid()]
+    if not mine:
+        return None
+    last = max(mine, key=lambda t: t.number)
+    return last.user_attrs.get("error") if last.state == TrialState.FAIL else None
 
 
 def _stopped_at_budget(study) -> bool:
@@ -196,6 +219,9 @@ def _worker_main(spec: Dict[str, Any], worker: int) -> None:  # pragma: no cover
         work(spec, worker)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except TuneError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILING)
 
 
 def _trial_line(study, metric: str) -> str:
@@ -265,6 +291,9 @@ def run_workers(spec: Dict[str, Any], trainer_cls=None) -> int:
     if interrupted or any(c == EXIT_INTERRUPTED for c in codes):
         return EXIT_INTERRUPTED
     bad = [c for c in codes if c]
+    if bad and all(c == EXIT_FAILING for c in bad):
+        raise TuneError("tune: trials kept failing in every worker (their errors are above); "
+                        "fix the setting and run the same command again")
     if bad:
         raise RuntimeError(f"tune: worker process(es) failed with exit code(s) {bad} (see "
                            "their messages above); run the same command again to resume")
