@@ -251,8 +251,11 @@ class MINE(torch.nn.Module):
         if weight is None:
             log_mean_exp = torch.logsumexp(t_marg, 0) - math.log(t_marg.numel())
         else:
+            # (the lowest finite value, not -inf: with no kept row the gradient
+            # of the log-sum-exp stays finite, and the caller weighs it 0)
             keep = weight.to(torch.bool)
-            log_mean_exp = (torch.logsumexp(t_marg.masked_fill(~keep, float("-inf")), 0)
+            low = torch.finfo(t_marg.dtype).min
+            log_mean_exp = (torch.logsumexp(t_marg.masked_fill(~keep, low), 0)
                             - keep.sum().clamp(min=1).to(t_marg.dtype).log())
         return _weighted_mean(t_joint, weight) - log_mean_exp
 
@@ -277,7 +280,7 @@ class MINE(torch.nn.Module):
         # stabilised batch mean of exp(T) (shift by the max, undo afterwards)
         keep = None if weight is None else weight.to(torch.bool)
         t_kept = t_marg.detach() if keep is None else \
-            t_marg.detach().masked_fill(~keep, float("-inf"))
+            torch.where(keep, t_marg.detach(), t_marg.detach().min())
         shift = t_kept.max()
         batch_exp = _weighted_mean((t_marg - shift).exp(), keep)
         with torch.no_grad():
