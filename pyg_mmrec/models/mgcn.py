@@ -176,8 +176,10 @@ class MGCN(Recommender):
         :class:`LightGCNConv` (user rows of ``conv((0, h), item_mask=mask)``)."""
         if self._ru_source is not self.conv.value:
             self._build_user_rows()
+        # cut from the conv's validated CSR: valid by construction, so the op
+        # skips its data checks (host reads of index values at every call)
         adj = CSRAdjacency(self._ru_rowptr, self._ru_col, self._ru_value,
-                           (self.num_users, self.num_items))
+                           (self.num_users, self.num_items), validated=True)
         adj._shared["csc"] = (self._ru_colptr, self._ru_row_t, self._ru_perm)
         out, weight_sum = csr_spmm(adj, h, mask, reduce="sum")
         if not self.conv.renormalize:
