@@ -9,17 +9,19 @@ interacted with in training. Everything is tensor code: membership of
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 
-def epoch_generator(seed: int, epoch: int, *stream: int) -> torch.Generator:
-    """CPU generator seeded from ``(seed, epoch, *stream)`` (mixed by ``numpy.SeedSequence``)."""
+def epoch_generator(seed: int, epoch: int, *stream: int,
+                    device: Optional[Union[str, torch.device]] = None) -> torch.Generator:
+    """Generator (on the CPU unless ``device``) seeded from ``(seed, epoch,
+    *stream)`` (mixed by ``numpy.SeedSequence``)."""
     state = np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in (seed, epoch, *stream)])
-    g = torch.Generator()
+    g = torch.Generator() if device is None else torch.Generator(device=device)
     g.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
     return g
 
@@ -35,10 +37,18 @@ class BPRSampler:
         seed (int): base seed; epoch ``e`` uses a generator seeded from ``(seed, e)``.
         max_rounds (int): resampling rounds before giving up (never reached
             unless a user has interacted with almost every item).
+        device (torch.device, optional): where the graph is kept and the
+            triples are drawn (generators on that device, seeded as on the
+            CPU; a CUDA device draws other numbers than the CPU). An epoch's
+            triples are then on the training device: slicing a batch copies
+            nothing between host and device, and the negatives' redraw loop
+            reads the device once per round, i.e. per epoch, not per step.
+            Default: the CPU.
     """
 
     def __init__(self, train_edge_index: Tensor, num_users: int, num_items: int,
-                 num_neg: int = 1, seed: int = 0, max_rounds: int = 1000) -> None:
+                 num_neg: int = 1, seed: int = 0, max_rounds: int = 1000,
+                 device: Optional[Union[str, torch.device]] = None) -> None:
         if train_edge_index.dim() != 2 or train_edge_index.size(0) != 2:
             raise ValueError(f"train_edge_index: expected [2, E], got "
                              f"{list(train_edge_index.shape)}")
@@ -62,6 +72,15 @@ class BPRSampler:
         if full.numel() > 0:
             raise ValueError(f"train_edge_index: user {int(full[0])} interacted with all "
                              f"{num_items} items; no negative item exists")
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        if self.device.type != "cpu":
+            self.user, self.item = self.user.to(self.device), self.item.to(self.device)
+            self.keys = self.keys.to(self.device)
+
+    def _generator(self, epoch: int, *stream: int) -> torch.Generator:
+        # the CPU's generators exactly as before; another device: its own, same seed
+        return epoch_generator(self.seed, epoch, *stream,
+                               device=None if self.device.type == "cpu" else self.device)
 
     def __len__(self) -> int:
         return self.user.numel()
@@ -85,7 +104,7 @@ class BPRSampler:
     def sample_negatives(self, user: Tensor, g: torch.Generator) -> Tensor:
         r"""Uniform negatives ``[B, num_neg]`` for ``user [B]`` (resampling collisions)."""
         u = user.unsqueeze(1).expand(-1, self.num_neg)
-        neg = torch.randint(0, self.num_items, u.shape, generator=g)
+        neg = torch.randint(0, self.num_items, u.shape, generator=g, device=user.device)
         bad = self.is_positive(u, neg)
         rounds = 0
         while bool(bad.any()):
@@ -94,7 +113,8 @@ class BPRSampler:
                 raise RuntimeError(f"BPRSampler: could not draw negatives for "
                                    f"{int(bad.sum())} entries after {self.max_rounds} rounds")
             idx = bad.nonzero(as_tuple=True)
-            redraw = torch.randint(0, self.num_items, (idx[0].numel(),), generator=g)
+            redraw = torch.randint(0, self.num_items, (idx[0].numel(),), generator=g,
+                                   device=user.device)
             neg[idx] = redraw
             bad[idx] = self.is_positive(u[idx], redraw)
         return neg
@@ -110,17 +130,18 @@ class BPRSampler:
         generator after the permutation, so results are reproducible.
 
         Returns:
-            ``(users [B], pos [B], neg [B] or [B, num_neg])``, ``int64`` on CPU.
+            ``(users [B], pos [B], neg [B] or [B, num_neg])``, ``int64`` on
+            :attr:`device`.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        g = epoch_generator(self.seed, epoch)
-        perm = torch.randperm(len(self), generator=g)
+        g = self._generator(epoch)
+        perm = torch.randperm(len(self), generator=g, device=self.device)
         if drop_last:
             perm = perm[: (len(self) // world_size) * world_size]
         shard = perm[rank::world_size]
         # Per-shard generator for the negatives: independent of the other shards.
-        g_neg = epoch_generator(self.seed, epoch, rank + 1)
+        g_neg = self._generator(epoch, rank + 1)
         users, pos = self.user[shard], self.item[shard]
         neg = self.sample_negatives(users, g_neg)
         return users, pos, (neg.squeeze(1) if self.num_neg == 1 else neg)

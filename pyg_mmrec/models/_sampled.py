@@ -84,36 +84,9 @@ class UserItemSample:
         u, i = user_fn(self.user_index), item_fn(self.item_index)
         return torch.where(self.is_user.unsqueeze(-1), u, i.to(u.dtype))
 
-    # the compact node lists below (positions of the users / items) have
-    # data-dependent sizes: a host read each; models that keep the step on the
-    # device use `gather`, `user_index` and `item_index` instead
-    @property
-    def user_pos(self) -> Tensor:
-        return (self.is_user & self.sub.valid).nonzero().view(-1)
-
-    @property
-    def item_pos(self) -> Tensor:
-        return (~self.is_user & self.sub.valid).nonzero().view(-1)
-
-    @property
-    def user_nodes(self) -> Tensor:
-        return self.sub.n_id[self.user_pos]
-
-    @property
-    def item_nodes(self) -> Tensor:
-        return self.sub.n_id[self.item_pos] - self.num_users
-
     @property
     def num_nodes(self) -> int:
         return self.sub.n_id.numel()
-
-    def joint(self, user_rows: Tensor, item_rows: Tensor) -> Tensor:
-        r"""The ``[len(n_id), F]`` input of the sampled nodes from the rows of
-        :attr:`user_nodes` and :attr:`item_nodes` (padding rows: zeros)."""
-        x = user_rows.new_zeros(self.num_nodes, user_rows.size(-1))
-        x.index_put_((self.user_pos,), user_rows)
-        x.index_put_((self.item_pos,), item_rows.to(user_rows.dtype))
-        return x
 
     def node_mask(self, item_mask: Tensor) -> Tensor:
         r"""Bool ``[len(n_id)]`` from a global item mask ``[I]`` (users: True)."""
@@ -189,7 +162,8 @@ class ItemNeighbourhood:
 
     def rows(self, items: Tensor, x_fn: Callable[[Tensor], Tensor],
              item_mask: Optional[Tensor] = None, edge_value: Optional[Tensor] = None) -> Tensor:
-        r"""Rows ``items`` (sorted unique global ids) of :math:`S^L X`, where
+        r"""Rows ``items`` (global ids, any order, duplicates allowed) of
+        :math:`S^L X`, in the order of ``items``, where
         ``x_fn(ids)`` returns the rows ``ids`` of :math:`X`; ``item_mask``
         (global ``[I]``): missing items send nothing (no renormalisation, as
         :class:`~pyg_mmrec.nn.ItemItemConv` by default); ``edge_value``: the
@@ -201,7 +175,7 @@ class ItemNeighbourhood:
         mask = None if item_mask is None else item_mask[sub.n_id]
         for j in reversed(range(self.num_layers)):
             h = sub.hop(j, h, mask, edge_value=edge_value)
-        return h
+        return h[sub.seed_index]
 
 
 def cached_neighbourhood(store: Dict[object, ItemNeighbourhood], key, adj: CSRAdjacency,

@@ -369,9 +369,14 @@ class Recommender(torch.nn.Module):
 
     def _batch_rows_output(self, users: Tensor, items: Tensor) -> RecOutput:
         r"""The partial output of a graph-free model: :meth:`forward`'s
-        rows of the sorted unique ``users`` and ``items``, read directly
-        (ID embeddings by look-up, so their gradients stay sparse)."""
-        user_ids, item_ids = torch.unique(users.reshape(-1)), torch.unique(items.reshape(-1))
+        rows of the sorted unique ``users`` and ``items`` (padded to the
+        batch's sizes, see :func:`~pyg_mmrec.nn.neighbor_sampling.sorted_unique`),
+        read directly (ID embeddings by look-up, so their gradients stay
+        sparse)."""
+        from ..nn.neighbor_sampling import sorted_unique  # keeps `import models` light
+        # static shapes (no host read): the sorted distinct ids, then padding rows
+        # repeating the largest, which `user_rows` / `item_rows` never return
+        user_ids, item_ids = sorted_unique(users)[0], sorted_unique(items)[0]
         item, item_modal = self.item_rows_of(item_ids)
         return RecOutput(user=self.user_embedding(user_ids), item=item, item_modal=item_modal,
                          user_ids=user_ids, item_ids=item_ids)

@@ -17,8 +17,9 @@ from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.mi_estimators import CLUB, SigmoidCLUBSample
 from ..nn.missing_aware_fusion import MissingAwareFusion
-from ..nn.neighbor_sampling import LayerwiseSampler, present_weight_sum
+from ..nn.neighbor_sampling import LayerwiseSampler, present_weight_sum, sorted_unique
 from ..nn.variational_bottleneck import VariationalBottleneck
+from ._sampled import UserItemSample, cached_neighbourhood
 from .base import Recommender, RecOutput, batch_l2, bpr_loss
 from .i3mrec_options import I3MRecOptions, flat_defaults
 
@@ -357,6 +358,7 @@ class I3MRec(Recommender):
             m: ItemItemConv(normalize="none") for m in self.modalities}
             if collab.item_graph == "knn" else {})
         self._knn_cache: Dict[tuple, tuple] = {}
+        self._hoods: Dict[str, object] = {}  # m -> exact neighbourhood of S^m (sampled steps)
         self.fusion = MissingAwareFusion(d, mode=fusion.fusion_mode,
                                          transform=fusion.fusion_transform,
                                          dropout=fusion.fusion_dropout)
@@ -405,6 +407,7 @@ class I3MRec(Recommender):
                 self.vib.lin_mu.bias.zero_()
         self.z_cache.zero_()
         self.z_cache_ready.fill_(False)
+        self._z_ready: Optional[bool] = False  # host copy of z_cache_ready
 
     def on_inputs_changed(self) -> None:
         # features/masks swapped (train vs test masks): drop what depends on them
@@ -537,26 +540,15 @@ class I3MRec(Recommender):
         return h
 
     def _smoothed_items_at(self, m: str, items: Tensor) -> Tensor:
-        """Rows ``items`` (sorted unique) of :math:`(S^m)^{L_S} E_i`, exactly,
-        from their :math:`L_S`-hop neighbourhood only (embedding look-ups, so
-        sampled steps keep sparse gradients)."""
-        ei, w, rowptr = self._item_graph(m)
-        src = ei[0]
-        hops = [items]
-        edges = []
-        for _ in range(self.options.collaborative.item_graph_layers):
-            t = hops[-1]
-            start, count = rowptr[t], rowptr[t + 1] - rowptr[t]
-            row = torch.repeat_interleave(torch.arange(t.numel(), device=t.device), count)
-            pos = torch.arange(row.numel(), device=t.device) - (count.cumsum(0) - count)[row]
-            e = start[row] + pos
-            nxt = torch.unique(src[e])
-            edges.append((row, torch.searchsorted(nxt, src[e]), w[e]))
-            hops.append(nxt)
-        h = self.item_embedding(hops[-1])
-        for (row, col, val), t in zip(reversed(edges), reversed(hops[:-1])):
-            h = h.new_zeros(t.numel(), h.size(1)).index_add_(0, row, h[col] * val.unsqueeze(-1))
-        return h
+        """Rows ``items`` (any order, duplicates allowed) of
+        :math:`(S^m)^{L_S} E_i`, exactly, from their :math:`L_S`-hop
+        neighbourhood only (embedding look-ups, so sampled steps keep sparse
+        gradients; static shapes, see :class:`ItemNeighbourhood`)."""
+        ei, w, _ = self._item_graph(m)
+        adj = self.item_convs[m]._adjacency(ei, w, self.num_items, None)
+        hood = cached_neighbourhood(self._hoods, m, adj,
+                                    self.options.collaborative.item_graph_layers)
+        return hood.rows(items, self.item_embedding)
 
     def _real_mask(self, index: Optional[Tensor] = None) -> Tensor:
         """:math:`\\mathcal{M}^{real}` as ``[M, I]`` bool (columns ``index`` only;
@@ -647,44 +639,34 @@ class I3MRec(Recommender):
 
     def _sampled_graph(self, users: Tensor, items: Tensor) -> "_Propagation":
         """The batch's ``users`` and ``items`` over one layer-wise neighbour
-        sample of them (exact renormalisation per modality mask)."""
-        U, d = self.num_users, self.embedding_size
-        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + U])
+        sample of them (exact renormalisation per modality mask); static
+        shapes, so nothing here waits for the device: every sampled node gets
+        an input row (:class:`UserItemSample`), the modality inputs are read
+        for every node and kept on the item rows."""
         conv = self._active_conv()
-        sub = self.sampler.sample(conv.adj, seeds, groups=[users.numel(), items.numel()],
-                                  check_ids=False)
-        # still compact node lists (host reads); padding rows stay zero below
-        is_user = sub.n_id < U
-        uid = (is_user & sub.valid).nonzero().view(-1)
-        iid = (~is_user & sub.valid).nonzero().view(-1)
-        g_user, g_item = sub.n_id[uid], sub.n_id[iid] - U
-        d0 = sub.seeds  # the users' segment, then the items' (sorted, padded)
-        n_su = users.numel()
-        user_ids, item_ids = d0[:n_su], d0[n_su:] - U
+        s = UserItemSample(self.sampler, conv, users, items)
+        n_su = s.num_seed_users
+        user_ids, item_ids = s.user_ids, s.item_ids
         e_u = self.user_embedding(user_ids)
-        e_u_hat = F.normalize(self.user_embedding(g_user), dim=-1)
+        e_u_hat = F.normalize(self.user_embedding(s.user_index), dim=-1)
         renorm = conv.renormalize
+        is_user = s.is_user.unsqueeze(-1)
         user_base, item_base = e_u, None  # the parts every environment adds (id_branch)
         if self.options.collaborative.id_branch == "embedding":
             item_base = self.item_embedding(item_ids)
         elif self.options.collaborative.id_branch == "lightgcn":
-            x = e_u.new_zeros(sub.n_id.numel(), d)
-            x.index_put_((uid,), self.user_embedding(g_user))
-            x.index_put_((iid,), self.item_embedding(g_item))
-            h = sub.propagate(x)
+            h = s.sub.propagate(s.gather(self.user_embedding, self.item_embedding))
             user_base, item_base = h[:n_su], h[n_su:]
 
         def propagate(m: str, h0: Tensor, present: Tensor) -> Tuple[Tensor, Tensor]:
-            x = e_u_hat.new_zeros(sub.n_id.numel(), d)  # padding rows stay zero
-            x.index_put_((uid,), e_u_hat)
-            x.index_put_((iid,), h0)
-            node_mask = torch.ones(sub.n_id.numel(), dtype=torch.bool, device=x.device)
-            node_mask[iid] = present
-            h = sub.propagate(x, node_mask, row_sum=conv.row_sum if renorm else None,
-                              present_sum=self._node_present_sum(m) if renorm else None)
+            # h0, present: one row per sampled node (input_items), kept on the items
+            x = torch.where(is_user, e_u_hat, h0.to(e_u_hat.dtype))
+            h = s.sub.propagate(x, s.is_user | present,
+                                row_sum=conv.row_sum if renorm else None,
+                                present_sum=self._node_present_sum(m) if renorm else None)
             return h[:n_su], h[n_su:]
 
-        return _Propagation(user_base, item_base, propagate, input_items=g_item,
+        return _Propagation(user_base, item_base, propagate, input_items=s.item_index,
                             user_ids=user_ids, item_ids=item_ids)
 
     def _stack(self, item_modal: Dict[str, Tensor], index: Optional[Tensor] = None) -> Tensor:
@@ -704,13 +686,12 @@ class I3MRec(Recommender):
         an item that had at least one present modality keeps at least one."""
         keep = real & (torch.rand(real.shape, device=real.device) >= self.options.fusion.mask_prob)
         lost = real.any(0) & ~keep.any(0)
-        if bool(lost.any()):
-            # revive one present modality, uniformly at random
-            score = torch.rand(real.shape, device=real.device).masked_fill(~real, -1.0)
-            pick = score.argmax(0)
-            cols = lost.nonzero().squeeze(-1)
-            keep[pick[cols], cols] = True
-        return keep
+        # revive one present modality, uniformly at random, where all were dropped
+        # (drawn for every item: a branch on `lost.any()` would wait for the device)
+        score = torch.rand(real.shape, device=real.device).masked_fill(~real, -1.0)
+        pick = score.argmax(0)
+        revive = torch.arange(real.size(0), device=real.device).unsqueeze(-1) == pick
+        return keep | (revive & lost)
 
     # ------------------------------------------------------------------ loss
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor,
@@ -727,6 +708,7 @@ class I3MRec(Recommender):
             with torch.no_grad():
                 self.z_cache.copy_(out.item)
                 self.z_cache_ready.fill_(True)
+            self._z_ready = True
         u, p, n = out.user[users], out.item[pos], out.item[neg]
         terms: Dict[str, Tensor] = {"bpr_fused": bpr_loss(u, p, n)}
         terms.update(self._environment_terms(out, users, pos, neg))
@@ -763,19 +745,26 @@ class I3MRec(Recommender):
         and ``club`` or ``kl`` (:math:`\min I(Z; X)`). ``item_ids``: global id
         of each row of ``out`` when it holds a sampled batch's rows only."""
         opts = self.options.bottleneck
-        # rows of `out`: every batch positive once, or all of them (the reference)
-        items = torch.unique(pos) if opts.ib_items == "unique" else pos.reshape(-1)
+        # rows of `out`: every batch positive once, or all of them (the reference);
+        # "once" with static shapes: the sorted rows, duplicates kept with weight 0
+        if opts.ib_items == "unique":
+            items, keep, _ = sorted_unique(pos)
+        else:
+            items, keep = pos.reshape(-1), None
         items_g = items if item_ids is None else item_ids[items]
         real = self._real_mask(items_g)
         terms: Dict[str, Tensor] = {}
+        # (a single distinct row gives an InfoNCE of exactly 0)
         if self.options.fusion.use_masked_fusion and opts.max_info_coeff and items.numel() > 1:
             terms["infonce"] = opts.max_info_coeff * self.infonce.multi_view(
-                self._masked_views(out, items, real), scaling=opts.infonce_scaling)
+                self._masked_views(out, items, real), scaling=opts.infonce_scaling, weight=keep)
         if opts.min_info_coeff and self.vib is not None:
-            kl = self.vib.kl_divergence(out.extras["z_mu"][items], out.extras["z_logvar"][items])
+            kl = self.vib.kl_divergence(out.extras["z_mu"][items], out.extras["z_logvar"][items],
+                                        mask=keep)
             terms["kl"] = opts.min_info_coeff * kl
         elif opts.min_info_coeff:
-            club = self._club_terms(out.item, items_g, real, upper_bound=True, rows=items)
+            club = self._club_terms(out.item, items_g, real, upper_bound=True, rows=items,
+                                    keep=keep)
             if club is not None:
                 terms["club"] = opts.min_info_coeff * club
         return terms
@@ -821,29 +810,43 @@ class I3MRec(Recommender):
         return self.fusion.project(pooled)
 
     def _club_terms(self, z: "Tensor | Dict[str, Tensor]", items: Tensor, real: Tensor,
-                    upper_bound: bool, rows: Optional[Tensor] = None) -> Optional[Tensor]:
+                    upper_bound: bool, rows: Optional[Tensor] = None,
+                    keep: Optional[Tensor] = None) -> Optional[Tensor]:
         """Mean over modalities of the CLUB bound (or the estimators' loss) on
         the items of ``items`` whose modality is really present (``rows``: their
         rows in ``z`` when ``z`` does not cover all items; ``z`` may be one
-        target per modality)."""
+        target per modality; ``keep``: bool, the rows that count, e.g. first
+        occurrences). Static shapes: the rows that do not count stay in with
+        weight 0, and a modality with fewer than two counted rows adds nothing
+        to the mean (0 when none has two)."""
         rows = items if rows is None else rows
         club_batch = self.options.bottleneck.club_batch
-        vals = []
+        vals, counted = [], []
         for k, m in enumerate(self.modalities):
-            sel = real[k].nonzero().view(-1)
-            if sel.numel() > club_batch:  # a uniform subset, not the lowest item ids
-                sel = sel[torch.randperm(sel.numel(), device=sel.device)[:club_batch]]
-            if sel.numel() < 2:  # nothing to contrast for this modality here
+            w = real[k] if keep is None else real[k] & keep
+            n = w.numel()
+            if n < 2:  # nothing to contrast here (a host number)
                 continue
-            x = self._x(m)[items[sel]]
-            zm = (z[m] if isinstance(z, dict) else z)[rows[sel]]
+            sel = None
+            if n > club_batch:  # a uniform subset of the counted rows, not the lowest ids
+                score = torch.rand(n, device=w.device).masked_fill(~w, -1.0)
+                sel = score.topk(club_batch).indices
+                w = w[sel]
+            x = self._x(m)[items if sel is None else items[sel]]
+            zm = (z[m] if isinstance(z, dict) else z)[rows if sel is None else rows[sel]]
             est = self.club[m]
             if upper_bound:
                 vals.append(est.mi_upper_bound(
-                    x, zm, through_estimator=self.options.bottleneck.club_main_update))
+                    x, zm, through_estimator=self.options.bottleneck.club_main_update, weight=w))
             else:
-                vals.append(est.learning_loss(x, zm))
-        return torch.stack(vals).mean() if vals else None
+                vals.append(est.learning_loss(x, zm, weight=w))
+            counted.append(w.sum() >= 2)
+        if not vals:
+            return None
+        ok = torch.stack(counted)
+        v = torch.stack(vals)
+        v = torch.where(ok, v, torch.zeros_like(v))
+        return v.sum() / ok.sum().clamp(min=1).to(v.dtype)
 
     def auxiliary_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Optional[Tensor]:
         r"""Negative log-likelihood of every modality's :math:`q_m(Z \mid X^m)`
@@ -852,24 +855,38 @@ class I3MRec(Recommender):
         ib = self.options.bottleneck
         if not (ib.use_ib and ib.min_info_coeff and len(self.club)) or self.club_fit is not None:
             return None  # nothing to fit, or fitted at epoch start (club_fit="per_epoch")
-        items = torch.unique(pos)
+        # every batch positive once (static shapes: duplicates kept with weight 0)
+        items, keep, _ = sorted_unique(pos)
+        arange = torch.arange(items.numel(), device=items.device)
         if ib.club_fit_pairs == "projection":
             # the estimators predict W_m X^m: no representation of Z is needed
             return self._club_terms(self._club_targets(items), items, self._real_mask(items),
-                                    upper_bound=False,
-                                    rows=torch.arange(items.numel(), device=items.device))
+                                    upper_bound=False, rows=arange, keep=keep)
         if self.sampler is not None and self.training:
             # sampled training keeps no Z of all items: a fresh sampled Z of the batch items
+            # (its rows: the sorted unique items, padded as `items`)
             with torch.no_grad():
                 z = self.sampled_forward(pos.new_empty(0), items)[0].item
             return self._club_terms(z, items, self._real_mask(items), upper_bound=False,
-                                    rows=torch.arange(items.numel(), device=items.device))
-        if bool(self.z_cache_ready):
+                                    rows=arange, keep=keep)
+        if self._z_cache_ready():
             z = self.z_cache
         else:
             with torch.no_grad():
                 z = self.forward().item
-        return self._club_terms(z, items, self._real_mask(items), upper_bound=False)
+        return self._club_terms(z, items, self._real_mask(items), upper_bound=False, keep=keep)
+
+    def _z_cache_ready(self) -> bool:
+        """Whether :attr:`z_cache` holds a training step's :math:`Z`: the buffer
+        (checkpointed) read once after construction or loading, then followed
+        on the host (a read per step would wait for the device)."""
+        if self._z_ready is None:
+            self._z_ready = bool(self.z_cache_ready)
+        return self._z_ready
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._z_ready = None  # the loaded buffer is read at the next use
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> Tuple[Tensor, Tensor]:
@@ -884,6 +901,7 @@ class I3MRec(Recommender):
         # z_cache holds Z of the last training step; the grown rows were never
         # computed, so the estimators' next step takes a fresh forward pass
         self.z_cache_ready.fill_(False)
+        self._z_ready = False
 
 
 __all__ = ["I3MRec", "I3MRecOptions"]

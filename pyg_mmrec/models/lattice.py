@@ -219,7 +219,7 @@ class LATTICE(Recommender):
             raise RuntimeError("sampled_output: the model was built with fanout=None")
         graphs = self._graphs() if self.modalities else {}
         s = UserItemSample(self.sampler, self.conv, users, items)
-        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        x = s.gather(self.user_embedding, self.item_embedding)
         e_u, e_i = s.propagate(x, combine="mean")
         if not self.modalities:
             return RecOutput(user=e_u, item=e_i, user_ids=s.user_ids, item_ids=s.item_ids)

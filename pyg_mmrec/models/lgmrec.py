@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.knn import mask_key
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.missing_aware_conv import MissingAwareConv
+from ..nn.neighbor_sampling import sorted_unique
 from ._sampled import PresentWeights, UserItemSample
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
@@ -264,9 +264,11 @@ class LGMRec(Recommender):
         the graph and the mask, so :math:`X^m_U` and the user logits of any
         user are exact row products."""
         f, mk = self.feature(m), self.mask(m)
-        key = mask_key(mk)
+        # the stored mask object, not its content: hashing the content reads it
+        # on the host at every step (new inputs are new tensors)
+        key = self._masks[m]
         hit = self._user_sums.get(m)
-        if hit is None or hit[0] != key or hit[1].device != f.device or hit[3] is not f:
+        if hit is None or hit[0] is not key or hit[1].device != f.device or hit[3] is not f:
             total, count = self.user_sum((f, None), self.item_to_user, mk,
                                          size=(self.num_items, self.num_users),
                                          return_weight_sum=True)
@@ -317,7 +319,7 @@ class LGMRec(Recommender):
         s = UserItemSample(self.sampler, self.conv, users,
                            torch.cat([items.reshape(-1), lam_items]))
         n_u = s.num_seed_users
-        ego = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        ego = s.gather(self.user_embedding, self.item_embedding)
         e = self._sampled_layers(s, ego, self.n_ui_layers, "mean")
         ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
         if not self.modalities:
@@ -329,13 +331,14 @@ class LGMRec(Recommender):
         for m in self.modalities:
             f, mk = self.feature(m), self.mask(m)
             f_u, count = self._user_feature_sums(m)
-            x_u = static_linear(f_u, self.item_trs[m], cache=self._feature_cache,
-                                key=("users", m), rows=s.user_nodes) / count[s.user_nodes]
-            x_i = static_linear(f, self.item_trs[m], cache=self._feature_cache, key=m,
-                                rows=s.item_nodes)
-            x_i = x_i * mk[s.item_nodes].unsqueeze(-1).to(x_i.dtype)
-            x = self._sampled_layers(s, s.joint(x_u, x_i), self.n_mm_layers, "last",
-                                     first_mask=mk, key=m)
+            x = s.gather(
+                lambda rows, m=m, f_u=f_u, count=count: static_linear(
+                    f_u, self.item_trs[m], cache=self._feature_cache, key=("users", m),
+                    rows=rows) / count[rows],
+                lambda rows, m=m, f=f, mk=mk: static_linear(
+                    f, self.item_trs[m], cache=self._feature_cache, key=m, rows=rows)
+                * mk[rows].unsqueeze(-1).to(f.dtype))
+            x = self._sampled_layers(s, x, self.n_mm_layers, "last", first_mask=mk, key=m)
             item_modal[m], user_modal[m] = x[n_u:], x[:n_u]
             local = local + F.normalize(x, dim=-1)
             h_i, h_u = assign[m]
@@ -364,16 +367,20 @@ class LGMRec(Recommender):
         if self.cl_weight and len(self.modalities) > 1:
             cl = u.new_zeros(())
             # a row repeated in the batch adds the same term again: evaluate each
-            # distinct row once, weighted by its multiplicity (same sum)
-            uu, u_cnt = users.unique(return_counts=True)
+            # distinct row once, weighted by its multiplicity (same sum); static
+            # shapes: padding rows and items without both modalities count 0
+            uu, _, u_inv = sorted_unique(users)
+            u_cnt = torch.zeros(uu.numel(), device=uu.device).scatter_add_(
+                0, u_inv.reshape(-1), torch.ones(u_inv.numel(), device=uu.device))
+            pi, _, p_inv = sorted_unique(pos)
             for a, b in combinations(self.modalities, 2):
                 hu_a, hu_b = out.extras[f"hyper_user/{a}"], out.extras[f"hyper_user/{b}"]
                 hi_a, hi_b = out.extras[f"hyper_item/{a}"], out.extras[f"hyper_item/{b}"]
                 cl = cl + _triple_ssl(hu_a, hu_b, uu, u_cnt, self.tau)
-                both = self.mask(a)[pos] & self.mask(b)[pos]
-                if both.any():
-                    pi, p_cnt = pos[both].unique(return_counts=True)
-                    cl = cl + _triple_ssl(hi_a, hi_b, pi, p_cnt, self.tau)
+                both = (self.mask(a)[pos] & self.mask(b)[pos]).reshape(-1)
+                p_cnt = torch.zeros(pi.numel(), device=pi.device).scatter_add_(
+                    0, p_inv.reshape(-1), both.float())
+                cl = cl + _triple_ssl(hi_a, hi_b, pi, p_cnt, self.tau)
             terms["cl"] = self.cl_weight * cl
         return terms
 

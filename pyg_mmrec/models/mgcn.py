@@ -11,16 +11,24 @@ from ..data.knn import check_knn_method, mask_key
 from ..nn.adjacency import CSRAdjacency, csr_spmm
 from ..nn.item_item_conv import ItemItemConv
 from ..nn.lightgcn_conv import LightGCNConv
+from ..nn.neighbor_sampling import sorted_unique
 from ._sampled import PresentWeights, UserItemSample, cached_neighbourhood
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_l2_terms
 
 
-def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
-    r"""InfoNCE with in-batch negatives on cosine similarity."""
+def info_nce(view1: Tensor, view2: Tensor, temperature: float,
+             keep: Optional[Tensor] = None) -> Tensor:
+    r"""InfoNCE with in-batch negatives on cosine similarity; ``keep`` (bool
+    ``[N]``): the rows that take part (the others are neither anchors nor
+    negatives), the loss of those rows alone with static shapes."""
     v1, v2 = F.normalize(view1, dim=-1), F.normalize(view2, dim=-1)
     logits = v1 @ v2.t() / temperature
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    if keep is None:
+        return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    w = keep.to(logits.dtype)
+    lse = torch.logsumexp(logits.masked_fill(~keep.unsqueeze(0), float("-inf")), dim=1)
+    return ((lse - logits.diagonal()) * w).sum() / w.sum().clamp(min=1)
 
 
 class MGCN(Recommender):
@@ -168,8 +176,10 @@ class MGCN(Recommender):
         :class:`LightGCNConv` (user rows of ``conv((0, h), item_mask=mask)``)."""
         if self._ru_source is not self.conv.value:
             self._build_user_rows()
+        # cut from the conv's validated CSR: valid by construction, so the op
+        # skips its data checks (host reads of index values at every call)
         adj = CSRAdjacency(self._ru_rowptr, self._ru_col, self._ru_value,
-                           (self.num_users, self.num_items))
+                           (self.num_users, self.num_items), validated=True)
         adj._shared["csc"] = (self._ru_colptr, self._ru_row_t, self._ru_perm)
         out, weight_sum = csr_spmm(adj, h, mask, reduce="sum")
         if not self.conv.renormalize:
@@ -253,19 +263,19 @@ class MGCN(Recommender):
         if self.sampler is None:
             raise RuntimeError("sampled_output: the model was built with fanout=None")
         s = UserItemSample(self.sampler, self.conv, users, items)
-        x = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        x = s.gather(self.user_embedding, self.item_embedding)
         c_u, c_i = s.propagate(x, combine="mean")
         content = torch.cat([c_u, c_i])
         ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
         if not self.modalities:
             return RecOutput(user=c_u, item=c_i, extras={
                 "side": torch.zeros_like(content), "content": content}, **ids)
-        # items whose \bar{h}^m is read: the batch items and the first hop's items
-        n1 = s.sub.sizes[1]
-        hop_items = s.item_pos < n1
-        need = torch.unique(s.item_nodes[hop_items])
-        at_seeds = torch.searchsorted(need, s.item_ids)
-        at_hop = torch.searchsorted(need, s.item_nodes[hop_items])
+        # items whose \bar{h}^m is read: the first hop's nodes D_1 (the batch
+        # items among them); one row per node of D_1, static shapes (user and
+        # padding rows read a batch item and are zeroed below)
+        n1, n0 = s.sub.sizes[1], s.sub.sizes[0]
+        need = s.item_index[:n1]
+        hop_items = (~s.is_user[:n1] & s.sub.valid[:n1]).unsqueeze(-1)
         n_u = s.num_seed_users
         views, present, item_modal, user_modal = [], [], {}, {}
         ones_u = torch.ones(n_u, dtype=torch.bool, device=c_u.device)
@@ -278,10 +288,9 @@ class MGCN(Recommender):
             hood = cached_neighbourhood(self._hoods, m, adj, self.n_layers)
             h_need = hood.rows(need, lambda rows, m=m: self._purified(m, rows), item_mask=mk)
             # users aggregate their sampled present items (the sample's first hop)
-            x1 = h_need.new_zeros(n1, h_need.size(1))
-            x1[s.item_pos[hop_items]] = h_need[at_hop]
+            x1 = torch.where(hop_items, h_need, torch.zeros_like(h_need))
             h_u = s.hop(0, x1, item_mask=mk, present=self._present, key=m)[:n_u]
-            h_i = h_need[at_seeds]
+            h_i = h_need[n_u:n0]  # D_0's item segment: the rows of item_ids
             item_modal[m], user_modal[m] = h_i, h_u
             views.append(torch.cat([h_u, h_i]))
             present.append(torch.cat([ones_u, mk[s.item_ids]]))
@@ -300,10 +309,13 @@ class MGCN(Recommender):
             # each user / positive item once: a repeated row would be its own negative;
             # side / content hold the output's user rows, then its item rows
             side, content, U = out.extras["side"], out.extras["content"], out.user.size(0)
-            ub, ib = out.user_rows(users.unique()), out.item_rows(pos.unique()) + U
+            # (static shapes: the duplicates stay as rows of weight 0)
+            uu, u_first, _ = sorted_unique(users)
+            pu, p_first, _ = sorted_unique(pos)
+            ub, ib = out.user_rows(uu), out.item_rows(pu) + U
             terms["cl"] = self.cl_loss * (
-                info_nce(side[ib], content[ib], self.temperature)
-                + info_nce(side[ub], content[ub], self.temperature))
+                info_nce(side[ib], content[ib], self.temperature, p_first)
+                + info_nce(side[ub], content[ub], self.temperature, u_first))
         return terms
 
     # ------------------------------------------------------------- new items

@@ -81,10 +81,12 @@ class _ModalityGCN(torch.nn.Module):
         r""":meth:`initial` for the nodes of a sampled step only (rows in
         ``sample.sub.n_id`` order): the same numbers as those rows of the
         full :meth:`initial`."""
-        rows = sample.item_nodes
-        x_i = static_linear(feat, self.mlp.weight.t(), self.mlp.bias, cache, "feat", rows=rows)
-        x_i = x_i * mask[rows].unsqueeze(-1).to(feat.dtype)
-        return _l2_normalize(sample.joint(self.preference[sample.user_nodes], x_i))
+        def item_rows(rows: Tensor) -> Tensor:
+            x_i = static_linear(feat, self.mlp.weight.t(), self.mlp.bias, cache, "feat",
+                                rows=rows)
+            return x_i * mask[rows].unsqueeze(-1).to(feat.dtype)
+
+        return _l2_normalize(sample.gather(lambda rows: self.preference[rows], item_rows))
 
     def message(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""``(x W_l^T, x W'^T_l + b'_l)`` from one product (both read the same
@@ -239,7 +241,7 @@ class MMGCN(Recommender):
             raise RuntimeError("sampled_output: the model was built with fanout=None")
         s = UserItemSample(self.sampler, self.ui_conv, users, items)
         sizes, L = s.sub.sizes, self.n_layers
-        id_emb = s.joint(self.user_embedding(s.user_nodes), self.item_embedding(s.item_nodes))
+        id_emb = s.gather(self.user_embedding, self.item_embedding)
         xs: List[Tensor] = []
         for m in self.modalities:
             g, mk = self.gcns[m], self.mask(m)

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.nn import Linear, Module, ModuleDict
 
 from ..nn.variational_bottleneck import StackedVariationalBottleneck
+from ..nn.neighbor_sampling import sorted_unique
 from .base import Recommender, RecOutput
 
 
@@ -280,7 +281,7 @@ class MRdIB(Recommender):
         self.mi_batch = mi_batch
         self.seed = int(seed)
         self._generators: Dict[str, torch.Generator] = {}
-        self._mi_cache: List[Tuple[str, Tensor, Tensor]] = []
+        self._mi_cache: List[Tuple[str, Tensor, Tensor, Optional[Tensor]]] = []
         self.code_modalities: List[str] = []
         if not self.enabled:
             return  # no modules at all: literally the bare backbone
@@ -311,6 +312,9 @@ class MRdIB(Recommender):
             self.estimators = ModuleDict({self._pair_key(m, n): self._make_estimator(k, mi_hidden)
                                           for m, n in self.pairs})
         self.register_buffer("_noise_step", torch.zeros((), dtype=torch.long))
+        # host copy of _noise_step, which decides on the host whether a step is a
+        # plug-in step: the buffer is read once after construction or loading
+        self._noise_step_host: Optional[int] = 0
 
     # ---------------------------------------------------------------- set-up
     def _infer_dims(self, in_channels: Optional[Dict[str, int]]):
@@ -370,8 +374,9 @@ class MRdIB(Recommender):
         re-seed the private noise stream from (seed, step) and return True.
         The counter is a buffer, so a resumed checkpoint replays the same
         steps and noise."""
-        step = int(self._noise_step)
+        step = self._host_step()
         self._noise_step += 1
+        self._noise_step_host = step + 1
         if step % self.every:
             return False
         self._generator(device).manual_seed(self.seed * 1_000_003 + step + 7919)
@@ -379,7 +384,16 @@ class MRdIB(Recommender):
 
     def _is_plugin_step(self) -> bool:
         """Whether the next :meth:`loss` call evaluates the plug-in's terms."""
-        return int(self._noise_step) % self.every == 0
+        return self._host_step() % self.every == 0
+
+    def _host_step(self) -> int:
+        if self._noise_step_host is None:
+            self._noise_step_host = int(self._noise_step)
+        return self._noise_step_host
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._noise_step_host = None  # the loaded counter is read at the next use
 
     def _from_backbone(self, x: Tensor) -> Tensor:
         """A backbone representation as the plug-in's terms see it: its
@@ -514,8 +528,10 @@ class MRdIB(Recommender):
             # the sampler shuffles the triples: a prefix is an unbiased sub-sample
             users, pos, neg = users[: self.sub_batch], pos[: self.sub_batch], neg[: self.sub_batch]
         neg2 = neg.view(users.numel(), -1)                                    # [B, n]
-        items, ip, ineg = self._batch_items(pos, neg2, partial=out.item_ids is not None)
+        items, ip, ineg, first = self._batch_items(pos, neg2, partial=out.item_ids is not None)
         Z, MU, LV, P = self._codes(out, items, sample=self.training and self.stochastic)
+        if first is not None:  # padding rows of `items` (repeated ids) count nowhere
+            P = P & first.unsqueeze(1)
         # The terms in this order (the trainer sums them in it). Each is scaled
         # by its weight times `every`, so that the amortised objective keeps
         # its expectation.
@@ -540,18 +556,21 @@ class MRdIB(Recommender):
         return terms
 
     def _batch_items(self, pos: Tensor, neg2: Tensor, partial: bool = False
-                     ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
-        """``(items, pos_rows, neg_rows)``: the items to encode (``None``: all;
-        never for a ``partial`` output, which holds the batch's rows only) and
-        the rows of each triple's positive ``[B]`` and negatives ``[B, n]``
-        among them."""
+                     ) -> Tuple[Optional[Tensor], Tensor, Tensor, Optional[Tensor]]:
+        """``(items, pos_rows, neg_rows, first)``: the items to encode
+        (``None``: all; never for a ``partial`` output, which holds the
+        batch's rows only), the rows of each triple's positive ``[B]`` and
+        negatives ``[B, n]`` among them, and which rows of ``items`` are real
+        (static shapes: ``items`` is the sorted distinct ids padded with
+        repeats of the last, see
+        :func:`~pyg_mmrec.nn.neighbor_sampling.sorted_unique`)."""
         B = pos.numel()
         if not partial and 2 * neg2.numel() + 2 * B >= self.num_items:
             # the batch touches most items: encoding all rows is cheaper than
             # gathering h_m (whose backward scatters into [I, d_m] anyway)
-            return None, pos, neg2
-        items, inv = torch.unique(torch.cat([pos, neg2.reshape(-1)]), return_inverse=True)
-        return items, inv[:B], inv[B:].view_as(neg2)
+            return None, pos, neg2, None
+        items, first, inv = sorted_unique(torch.cat([pos, neg2.reshape(-1)]))
+        return items, inv[:B], inv[B:].view_as(neg2), first
 
     # ------------------------------------------------------------ the terms
     # Each returns its term times `scale` (weight x every). The scale multiplies
@@ -637,42 +656,55 @@ class MRdIB(Recommender):
         r"""Mean MI estimate over modality pairs (rows with both codes, at most
         ``mi_batch`` of them) of the stacked codes ``Z [N, M, k]``; caches the
         detached inputs for the estimator's own step."""
-        vals, cache = [], []
+        # static shapes: the rows without both codes stay in with weight 0 (a
+        # pair with fewer than two counted rows adds nothing to the mean)
+        vals, counted, cache = [], [], []
         idx = {m: j for j, m in enumerate(self.code_modalities)}
+        N = Z.size(0)
         for m, n in self.pairs:
             a, b = idx[m], idx[n]
-            rows = (P[:, a] & P[:, b]).nonzero().view(-1)
-            if rows.numel() < 2:
+            w = P[:, a] & P[:, b]
+            if N < 2:
                 continue
-            if rows.numel() > self.mi_batch:
-                perm = torch.randperm(rows.numel(), generator=self._generator(rows.device),
-                                      device=rows.device)
-                rows = rows[perm[: self.mi_batch]]
+            rows = torch.arange(N, device=Z.device)
+            if N > self.mi_batch:  # a uniform subset of the counted rows
+                score = torch.rand(N, generator=self._generator(Z.device), device=Z.device)
+                rows = score.masked_fill(~w, -1.0).topk(self.mi_batch).indices
+                w = w[rows]
             x, y = Z[rows, a], Z[rows, b]
             key = self._pair_key(m, n)
-            vals.append(self.mi_estimate(key, x, y))
-            cache.append((key, x.detach(), y.detach()))
+            vals.append(self.mi_estimate(key, x, y, w))
+            counted.append(w.sum() >= 2)
+            cache.append((key, x.detach(), y.detach(), w))
         self._mi_cache = cache
-        return torch.stack(vals).mean() if vals else None
+        if not vals:
+            return None
+        ok, v = torch.stack(counted), torch.stack(vals)
+        v = torch.where(ok, v, torch.zeros_like(v))
+        return v.sum() / ok.sum().clamp(min=1).to(v.dtype)
 
     # The estimator's inputs wait in _mi_cache from one plug-in step to the next:
     # checkpoint them, or a resumed run would skip one estimator step.
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"mi_cache": [(key, x, y) for key, x, y in self._mi_cache]}
+        return {"mi_cache": [tuple(entry) for entry in self._mi_cache]}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("mi_cache"), list):
             raise ValueError("MRdIB: checkpoint has no valid '_extra_state' (mi_cache)")
-        self._mi_cache = [(str(k), x, y) for k, x, y in state["mi_cache"]]
+        # (key, x, y, weight); entries without a weight count every row
+        self._mi_cache = [(str(e[0]), e[1], e[2], e[3] if len(e) > 3 else None)
+                          for e in state["mi_cache"]]
 
-    def mi_estimate(self, key: str, x: Tensor, y: Tensor) -> Tensor:
-        """The estimate minimised by the main loss for one modality pair. By the
+    def mi_estimate(self, key: str, x: Tensor, y: Tensor,
+                    weight: Optional[Tensor] = None) -> Tensor:
+        """The estimate minimised by the main loss for one modality pair (on
+        the rows where ``weight``, bool, is set; default all). By the
         estimators' contract (:mod:`pyg_mmrec.nn.mi_estimators`) it is
         differentiable in ``x`` and ``y`` only: the estimator's parameters are
         constants here and are trained by :meth:`auxiliary_loss` alone."""
         est = self.estimators[key]
         fn = getattr(est, "mi_upper_bound", None) or getattr(est, "mi_estimate")
-        return fn(x, y)
+        return fn(x, y, weight=weight)
 
     def auxiliary_parameters(self) -> Iterable[torch.nn.Parameter]:
         params = list(self.backbone.auxiliary_parameters())
@@ -687,7 +719,7 @@ class MRdIB(Recommender):
         # The estimator learns on the (detached) codes of the previous plug-in
         # step; before the first one there are none, and running the backbone
         # here would consume its RNG (dropout): the first step is skipped.
-        losses = [self.estimators[key].learning_loss(x, y) for key, x, y in self._mi_cache]
+        losses = [self.estimators[key].learning_loss(x, y, w) for key, x, y, w in self._mi_cache]
         if not losses:
             return total
         own = torch.stack(losses).mean()

@@ -2,7 +2,7 @@ r"""The InfoNCE contrastive loss between aligned views, with a correctly
 averaged multi-view variant."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +59,24 @@ class InfoNCE(torch.nn.Module):
             raise ValueError(f"InfoNCE: expected {name} of shape [N, d], got {list(view.shape)}")
         return F.normalize(view, dim=-1) if self.normalize else view
 
-    def _both_ways(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def _both_ways(self, a: Tensor, b: Tensor, weight: Optional[Tensor] = None
+                   ) -> tuple[Tensor, Tensor]:
         r"""``(L(a, b), L(b, a))`` from one similarity matrix: the row-wise and
-        the column-wise log-sum-exp of :math:`S = a b^\top / \tau`."""
+        the column-wise log-sum-exp of :math:`S = a b^\top / \tau`; ``weight``
+        (bool ``[N]``): rows taking part, the others are neither anchors nor
+        negatives (the loss of the kept rows alone, with static shapes)."""
         s = (a / self.temperature) @ b.t()
         pos = s.diagonal()
-        return ((torch.logsumexp(s, dim=1) - pos).mean(),
-                (torch.logsumexp(s, dim=0) - pos).mean())
+        if weight is None:
+            return ((torch.logsumexp(s, dim=1) - pos).mean(),
+                    (torch.logsumexp(s, dim=0) - pos).mean())
+        keep = weight.to(torch.bool)
+        w = keep.to(s.dtype)
+        count = w.sum().clamp(min=1)
+        by_row = torch.logsumexp(s.masked_fill(~keep.unsqueeze(0), float("-inf")), dim=1)
+        by_col = torch.logsumexp(s.masked_fill(~keep.unsqueeze(1), float("-inf")), dim=0)
+        # (a left-out row's log-sum-exp is finite as long as one row is kept)
+        return (((by_row - pos) * w).sum() / count, ((by_col - pos) * w).sum() / count)
 
     def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
         a, b = self._prepare(anchor, "anchor"), self._prepare(positive, "positive")
@@ -76,7 +87,7 @@ class InfoNCE(torch.nn.Module):
         return 0.5 * (ab + ba) if self.symmetric else ab
 
     def multi_view(self, views: Union[Sequence[Tensor], Tensor],
-                   scaling: str = "mean") -> Tensor:
+                   scaling: str = "mean", weight: Optional[Tensor] = None) -> Tensor:
         r""":math:`\mathcal{L}(v_a, v_b)` over all ordered pairs :math:`a \neq b`
         of ``views`` (a sequence of, or a stacked ``[V, N, d]`` tensor of,
         :math:`V \geq 2` aligned views). Each unordered pair costs one
@@ -90,6 +101,9 @@ class InfoNCE(torch.nn.Module):
                 weighting of the I3-MRec reference code (which adds a sixth of
                 the sum to the sum; :math:`7\times` the mean for 3 views,
                 :math:`49\times` for 7). (default: :obj:`"mean"`)
+            weight (Tensor, optional): bool ``[N]``, the rows that take part
+                (e.g. the first occurrence of every item): the loss of those
+                rows alone, without a data-dependent shape. (default: all)
         """
         if scaling not in ("mean", "sum_plus_sixth"):
             raise ValueError(f"InfoNCE.multi_view: scaling must be 'mean' or 'sum_plus_sixth', "
@@ -104,7 +118,7 @@ class InfoNCE(torch.nn.Module):
         total = vs[0].new_zeros(())
         for i in range(len(vs)):
             for j in range(i + 1, len(vs)):
-                ab, ba = self._both_ways(vs[i], vs[j])
+                ab, ba = self._both_ways(vs[i], vs[j], weight)
                 total = total + ab + ba
         if scaling == "sum_plus_sixth":
             return total * (7.0 / 6.0)

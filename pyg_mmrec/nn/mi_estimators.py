@@ -10,6 +10,11 @@ Both follow the same two-optimiser protocol used by the models in this package:
 * ``est.learning_loss(x, y)`` trains the estimator itself; ``x`` and ``y`` are
   detached, so minimising it (with a separate optimiser, in alternation) never
   moves the representations.
+
+Every method takes an optional ``weight`` (bool ``[N]``): the estimate on
+the kept rows alone (the left-out rows are neither samples nor negatives),
+so that a caller can drop rows (duplicates, missing modalities) without a
+data-dependent shape, i.e. without waiting for the device.
 """
 from __future__ import annotations
 
@@ -47,6 +52,29 @@ def _check_pair(x: Tensor, y: Tensor, x_dim: int, y_dim: int, who: str) -> None:
     if x.size(0) < 2:
         raise ValueError(f"{who}: need at least 2 samples to contrast joint and "
                          f"marginal pairs, got {x.size(0)}")
+
+
+def _weighted_mean(x: Tensor, weight: Optional[Tensor], dim: int = 0,
+                   keepdim: bool = False) -> Tensor:
+    """Mean of ``x`` over ``dim`` where ``weight`` (bool or 0/1 ``[N]``) is
+    set; the plain mean without ``weight``."""
+    if weight is None:
+        return x.mean(dim, keepdim=keepdim)
+    w = weight.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return (x * w).sum(dim, keepdim=keepdim) / w.sum().clamp(min=1)
+
+
+def _permutation(n: int, weight: Optional[Tensor], device: torch.device) -> Tensor:
+    r"""A uniformly random permutation of the rows, or with ``weight`` (bool
+    ``[n]``) of the kept rows among themselves (the others map to left-out
+    rows): the negatives of the kept rows alone, with a static shape."""
+    if weight is None:
+        return torch.randperm(n, device=device)
+    keep = weight.to(torch.bool)
+    keys = torch.rand(n, device=device) + (~keep).to(torch.float)  # kept rows first, shuffled
+    shuffled = torch.argsort(keys)
+    slots = torch.sort((~keep).to(torch.uint8), stable=True).indices  # kept positions first
+    return torch.empty_like(shuffled).scatter_(0, slots, shuffled)
 
 
 def _frozen(module: torch.nn.Module) -> Dict[str, Tensor]:
@@ -118,19 +146,20 @@ class CLUB(torch.nn.Module):
         log_var = self.max_log_var * torch.tanh(raw / self.max_log_var)
         return mu, log_var
 
-    def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         r"""Mean :math:`\log q_\theta(y_i \mid x_i)` (with constants), a scalar."""
         _check_pair(x, y, self.x_dim, self.y_dim, "CLUB.log_likelihood")
         mu, log_var = self._moments(x, frozen=False)
         ll = -0.5 * ((y - mu).pow(2) / log_var.exp() + log_var + math.log(2 * math.pi))
-        return ll.sum(-1).mean()
+        return _weighted_mean(ll.sum(-1), weight)
 
-    def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def learning_loss(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         r"""Negative log-likelihood of :math:`q_\theta(y \mid x)` on detached
         inputs; minimise it with the estimator's own optimiser."""
-        return -self.log_likelihood(x.detach(), y.detach())
+        return -self.log_likelihood(x.detach(), y.detach(), weight)
 
-    def mi_upper_bound(self, x: Tensor, y: Tensor, through_estimator: bool = False) -> Tensor:
+    def mi_upper_bound(self, x: Tensor, y: Tensor, through_estimator: bool = False,
+                       weight: Optional[Tensor] = None) -> Tensor:
         r"""The CLUB estimate (scalar); differentiable in ``x`` and ``y`` only
         (also in the estimator's parameters with ``through_estimator=True``)."""
         _check_pair(x, y, self.x_dim, self.y_dim, "CLUB.mi_upper_bound")
@@ -139,14 +168,15 @@ class CLUB(torch.nn.Module):
         # log q(y_i|x_i) up to terms that cancel in the difference
         positive = -0.5 * ((y - mu).pow(2) * inv_var).sum(-1)
         if self.sample:
-            perm = torch.randperm(y.size(0), device=y.device)
+            perm = _permutation(y.size(0), weight, y.device)
             negative = -0.5 * ((y[perm] - mu).pow(2) * inv_var).sum(-1)
         else:
             # mean_j (y_j - mu_i)^2 = E[y^2] - 2 mu_i E[y] + mu_i^2   (per dimension)
-            y_mean, y_sq_mean = y.mean(0, keepdim=True), y.pow(2).mean(0, keepdim=True)
+            y_mean = _weighted_mean(y, weight, keepdim=True)
+            y_sq_mean = _weighted_mean(y.pow(2), weight, keepdim=True)
             sq = y_sq_mean - 2 * mu * y_mean + mu.pow(2)
             negative = -0.5 * (sq * inv_var).sum(-1)
-        return (positive - negative).mean()
+        return _weighted_mean(positive - negative, weight)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Alias of :meth:`mi_upper_bound`."""
@@ -206,8 +236,9 @@ class MINE(torch.nn.Module):
         self.ema_exp.zero_()
         self.ema_ready.fill_(False)
 
-    def _scores(self, x: Tensor, y: Tensor, frozen: bool) -> tuple[Tensor, Tensor]:
-        perm = torch.randperm(y.size(0), device=y.device)
+    def _scores(self, x: Tensor, y: Tensor, frozen: bool,
+                weight: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        perm = _permutation(y.size(0), weight, y.device)
         xy = torch.cat([torch.cat([x, y], -1), torch.cat([x, y[perm]], -1)], 0)
         if frozen:
             t = functional_call(self.critic, _frozen(self.critic), (xy,)).squeeze(-1)
@@ -216,43 +247,53 @@ class MINE(torch.nn.Module):
         return t[: x.size(0)], t[x.size(0):]
 
     @staticmethod
-    def _dv(t_joint: Tensor, t_marg: Tensor) -> Tensor:
-        log_mean_exp = torch.logsumexp(t_marg, 0) - math.log(t_marg.numel())
-        return t_joint.mean() - log_mean_exp
+    def _dv(t_joint: Tensor, t_marg: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        if weight is None:
+            log_mean_exp = torch.logsumexp(t_marg, 0) - math.log(t_marg.numel())
+        else:
+            # (the lowest finite value, not -inf: with no kept row the gradient
+            # of the log-sum-exp stays finite, and the caller weighs it 0)
+            keep = weight.to(torch.bool)
+            low = torch.finfo(t_marg.dtype).min
+            log_mean_exp = (torch.logsumexp(t_marg.masked_fill(~keep, low), 0)
+                            - keep.sum().clamp(min=1).to(t_marg.dtype).log())
+        return _weighted_mean(t_joint, weight) - log_mean_exp
 
-    def mi_lower_bound(self, x: Tensor, y: Tensor) -> Tensor:
+    def mi_lower_bound(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         r"""The Donsker–Varadhan estimate (scalar); differentiable in ``x`` and
         ``y`` only (the critic is used as a constant)."""
         _check_pair(x, y, self.x_dim, self.y_dim, "MINE.mi_lower_bound")
-        return self._dv(*self._scores(x, y, frozen=True))
+        return self._dv(*self._scores(x, y, frozen=True, weight=weight), weight)
 
-    def mi_estimate(self, x: Tensor, y: Tensor) -> Tensor:
+    def mi_estimate(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         """Alias of :meth:`mi_lower_bound`."""
-        return self.mi_lower_bound(x, y)
+        return self.mi_lower_bound(x, y, weight)
 
-    def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def learning_loss(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         r"""Loss of the critic on detached inputs (minimise it): the negative DV
         bound, whose gradient uses a running mean of :math:`e^{T}` in the
         denominator (the bias correction of MINE) when ``ema_decay > 0``."""
         _check_pair(x, y, self.x_dim, self.y_dim, "MINE.learning_loss")
-        t_joint, t_marg = self._scores(x.detach(), y.detach(), frozen=False)
+        t_joint, t_marg = self._scores(x.detach(), y.detach(), frozen=False, weight=weight)
         if self.ema_decay == 0.0 or not self.training:
-            return -self._dv(t_joint, t_marg)
+            return -self._dv(t_joint, t_marg, weight)
         # stabilised batch mean of exp(T) (shift by the max, undo afterwards)
-        shift = t_marg.detach().max()
-        batch_exp = (t_marg - shift).exp().mean()
+        keep = None if weight is None else weight.to(torch.bool)
+        t_kept = t_marg.detach() if keep is None else \
+            torch.where(keep, t_marg.detach(), t_marg.detach().min())
+        shift = t_kept.max()
+        batch_exp = _weighted_mean((t_marg - shift).exp(), keep)
         with torch.no_grad():
             cur = batch_exp.detach() * shift.exp()
-            if bool(self.ema_ready):
-                self.ema_exp.mul_(self.ema_decay).add_((1 - self.ema_decay) * cur)
-            else:
-                self.ema_exp.copy_(cur)
-                self.ema_ready.fill_(True)
+            # (on the device: a branch on ema_ready would wait for it)
+            self.ema_exp.copy_(torch.where(
+                self.ema_ready, self.ema_exp * self.ema_decay + (1 - self.ema_decay) * cur, cur))
+            self.ema_ready.fill_(True)
             denom = self.ema_exp.clamp_min(1e-12)
         # value: -DV bound; gradient: -(∇E[T_joint] - ∇E[e^T]/ema)
         surrogate = batch_exp * (shift - denom.log()).exp()
-        grad_part = -(t_joint.mean() - surrogate)
-        value = -self._dv(t_joint, t_marg)
+        grad_part = -(_weighted_mean(t_joint, keep) - surrogate)
+        value = -self._dv(t_joint, t_marg, weight)
         # straight-through: report the DV value, back-propagate the corrected gradient
         return grad_part + (value - grad_part).detach()
 
@@ -323,24 +364,25 @@ class SigmoidCLUBSample(torch.nn.Module):
                     functional_call(self.log_var, _frozen(self.log_var), (xs,)))
         return self.mu(xs), self.log_var(xs)
 
-    def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def learning_loss(self, x: Tensor, y: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         r"""The fit's loss on detached inputs (see the class description)."""
         _check_pair(x, y, self.x_dim, self.y_dim, "SigmoidCLUBSample.learning_loss")
         mu, log_var = self.moments(x.detach())
         ys = torch.sigmoid(y.detach())
-        return ((mu - ys).pow(2) / log_var.exp() + log_var).sum(-1).mean()
+        return _weighted_mean(((mu - ys).pow(2) / log_var.exp() + log_var).sum(-1), weight)
 
-    def mi_upper_bound(self, x: Tensor, y: Tensor, through_estimator: bool = False) -> Tensor:
+    def mi_upper_bound(self, x: Tensor, y: Tensor, through_estimator: bool = False,
+                       weight: Optional[Tensor] = None) -> Tensor:
         r"""The sampled bound (scalar); differentiable in ``x`` and ``y``, and
         in the estimator's parameters with ``through_estimator=True``."""
         _check_pair(x, y, self.x_dim, self.y_dim, "SigmoidCLUBSample.mi_upper_bound")
         mu, log_var = self.moments(x, frozen=not through_estimator)
         ys = torch.sigmoid(y)
         inv_var = (-log_var).exp()
-        perm = torch.randperm(ys.size(0), device=ys.device)
+        perm = _permutation(ys.size(0), weight, ys.device)
         positive = -((mu - ys).pow(2) * inv_var).sum(-1)
         negative = -((mu - ys[perm]).pow(2) * inv_var).sum(-1)
-        return 0.5 * (positive - negative).mean()
+        return 0.5 * _weighted_mean(positive - negative, weight)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Alias of :meth:`mi_upper_bound`."""

@@ -22,7 +22,7 @@ from pyg_mmrec.ops import masked_spmm
 from .fanout import check_fanout  # noqa: F401  (re-exported; light, no torch)
 
 __all__ = ["check_fanout", "LayerwiseSampler", "SampledSubgraph", "present_weight_sum",
-           "exact_sampler", "renormalize_rows"]
+           "exact_sampler", "renormalize_rows", "sorted_unique"]
 
 _COMBINE = ("mean", "sum", "last")
 
@@ -400,6 +400,20 @@ class LayerwiseSampler:
             buf = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
             self._local = buf
         return buf
+
+
+def sorted_unique(ids: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""``torch.unique`` with a static shape (no host read): for ``ids`` of
+    any shape, ``(sorted [n], first [n], inverse [*ids.shape])`` with
+    ``n = ids.numel()``: the sorted distinct ids, then padding rows that
+    repeat the largest one (so ``searchsorted`` finds the real row of an id),
+    ``first`` ``True`` on the distinct rows (use it as a 0/1 weight where
+    ``unique`` would drop the duplicates) and the row of every input id."""
+    flat = ids.reshape(-1)
+    if flat.numel() == 0:
+        return flat, torch.zeros(0, dtype=torch.bool, device=flat.device), ids.long()
+    uniq, first, index = _unique_segments(flat, [flat.numel()])
+    return uniq, first, index.view(ids.shape)
 
 
 def _unique_segments(seeds: Tensor, groups: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:

@@ -243,8 +243,11 @@ class Trainer:
         if data.cold is not None and self.world_size > 1:
             raise RuntimeError("the new-item protocol (cold_items) is not supported with "
                                "several processes yet")
+        # the epoch's triples drawn on the training device: a step's batch is a
+        # slice there, with no copy between host and device
         self.sampler = BPRSampler(data.train_edge_index, data.num_users, data.num_items,
-                                  num_neg=self.train_cfg["num_neg"], seed=self.seed)
+                                  num_neg=self.train_cfg["num_neg"], seed=self.seed,
+                                  device=self.device)
         self._switch_inputs = data.eval_inputs_differ()
         #: (epoch, batch, loss) of the first non-finite loss, kept on the device
         self._first_nonfinite: Optional[Tensor] = None

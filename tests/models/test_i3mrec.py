@@ -249,7 +249,8 @@ def test_club_batch_draws_a_uniform_subset_of_the_batch_items(monkeypatch):
     model = build(club_batch=4)
     seen = []
 
-    def record(self, x, z):
+    def record(self, x, z, weight=None):
+        assert weight is None or bool(weight.all())  # more present items than club_batch
         seen.append(x)
         return x.sum() * 0.0
 
@@ -366,3 +367,26 @@ def test_edge_dropout_trains_on_a_pruned_graph_and_evaluates_on_the_full_one():
     torch.manual_seed(6)
     model.on_epoch_start(1)  # a fresh draw every epoch
     assert not torch.allclose(model.forward().user, out.user, atol=1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["vclub", "kl"])
+def test_unique_ib_items_with_zero_weight_duplicates_equal_removing_them(estimator):
+    # ib_items="unique" keeps the batch's duplicates as rows of weight 0 (static
+    # shapes, no host read): the terms equal those of the deduplicated positives
+    hp = dict(infonce_views="all_subsets", ib_items="unique", max_info_coeff=1.0,
+              min_info_coeff=1.0, club_batch=64)
+    hp.update(min_info="kl") if estimator == "kl" else hp.update(club_estimator="vclub")
+    model = build(**hp).eval()  # no dropout: the same numbers twice
+    out = model.forward()
+    pos = torch.tensor([5, 3, 5, 9, 3, 3, 12, 40, 5, 0])
+    dedup = torch.unique(pos)
+    with_dups, removed = model._bottleneck_terms(out, pos, None), \
+        model._bottleneck_terms(out, dedup, None)
+    assert set(with_dups) == set(removed) and "infonce" in removed
+    for k in removed:
+        assert torch.allclose(with_dups[k], removed[k], atol=1e-6, rtol=1e-5), k
+    if estimator == "vclub":
+        users = torch.zeros(pos.numel(), dtype=torch.long)
+        a = model.auxiliary_loss(users, pos, pos)
+        b = model.auxiliary_loss(users[:dedup.numel()], dedup, dedup)
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -124,9 +124,10 @@ def test_batch_rows_keep_duplicates(monkeypatch):
     seen = []
     original = InfoNCE.multi_view
 
-    def record(self, views, scaling="mean"):
-        seen.append(views[0].size(0))
-        return original(self, views, scaling)
+    def record(self, views, scaling="mean", weight=None):
+        # rows taking part: "unique" keeps the duplicates as rows of weight 0
+        seen.append(views[0].size(0) if weight is None else int(weight.sum()))
+        return original(self, views, scaling, weight)
 
     monkeypatch.setattr(InfoNCE, "multi_view", record)
     users, pos, neg = random_batch(U, I, 1, 32)

@@ -5,9 +5,8 @@ import pytest
 import torch
 from test_trainer import cfg, tiny_data
 
-from pyg_mmrec.models.freedom import FREEDOM
-from pyg_mmrec.models.i3mrec import I3MRec
-from pyg_mmrec.models.lightgcn import LightGCN
+from pyg_mmrec.models import get_model_class
+from pyg_mmrec.models.mrdib import MRdIB
 from pyg_mmrec.train import Trainer
 from pyg_mmrec.utils import SyncMonitor, assert_no_sync
 
@@ -75,20 +74,34 @@ def _batches(tr, n=2):
             for k in range(n)]
 
 
+_HP = {
+    "freedom": dict(embedding_size=8, feat_embed_dim=8, knn_k=3, n_mm_layers=1, dropout=0.3),
+    "lattice": dict(embedding_size=8, feat_embed_dim=8, knn_k=3, n_layers=2),
+    "mgcn": dict(embedding_size=8, knn_k=3, n_layers=2, cl_loss=0.1),
+    "lgmrec": dict(embedding_size=8, feat_embed_dim=8, keep_rate=0.5, hyper_sample=None,
+                   cl_weight=0.1, reg_weight=1e-3),
+    "mmgcn": dict(embedding_size=8, dim_latent=8),
+    "i3mrec": dict(embedding_size=8, n_layers=2),
+    "lightgcn": dict(embedding_size=8, n_layers=2),
+    "bpr": dict(embedding_size=8),
+    "vbpr": dict(embedding_size=8, drop_missing=True),
+}
+_LAYERS = {"bpr": 1, "vbpr": 1}
+
+
 def _model(name, data):
     torch.manual_seed(0)
     ei, U, I = data.train_edge_index, data.num_users, data.num_items
     feats, masks = data.train_features, data.train_masks
-    if name == "lightgcn_full":
-        return LightGCN(U, I, ei, embedding_size=8, n_layers=2)
-    if name == "lightgcn":
-        return LightGCN(U, I, ei, embedding_size=8, n_layers=2, fanout=[3, 2])
-    if name == "freedom":
-        return FREEDOM(U, I, ei, feats, masks, embedding_size=8, feat_embed_dim=8, knn_k=3,
-                       n_mm_layers=1, dropout=0.3, fanout=[3, 2])
-    if name == "i3mrec":
-        return I3MRec(U, I, ei, feats, masks, embedding_size=8, n_layers=2, fanout=[3, 2])
-    raise KeyError(name)
+    full = name.endswith("_full")
+    base = name[:-len("_full")] if full else name
+    plugin = base.startswith("mrdib_")
+    base = base[len("mrdib_"):] if plugin else base
+    hp = dict(_HP[base])
+    if not full:
+        hp["fanout"] = [3] * _LAYERS.get(base, 2)
+    model = get_model_class(base)(U, I, ei, feats, masks, **hp)
+    return MRdIB(model, latent_dim=8, mi_hidden=8, seed=1) if plugin else model
 
 
 def _step_syncs(name, plant=False):
@@ -113,9 +126,12 @@ def _step_syncs(name, plant=False):
     return mon
 
 
-@pytest.mark.parametrize("name", ["lightgcn_full", "lightgcn", "freedom", pytest.param(
-    "i3mrec", marks=pytest.mark.xfail(strict=True, reason="I3MRec's sampled graph and "
-                                      "auxiliary loss still read sizes on the host"))])
+SAMPLED = ["lightgcn", "i3mrec", "freedom", "lattice", "mgcn", "lgmrec", "mmgcn",
+           "mrdib_freedom", "bpr", "vbpr"]
+FULL = [f"{name}_full" for name in SAMPLED]
+
+
+@pytest.mark.parametrize("name", SAMPLED + FULL)
 def test_training_step_makes_no_host_sync(name):
     mon = _step_syncs(name)
     assert mon.count == 0, f"{name}:\n{mon.report()}"
@@ -124,6 +140,16 @@ def test_training_step_makes_no_host_sync(name):
 def test_planted_item_in_the_step_is_caught():
     mon = _step_syncs("lightgcn", plant=True)
     assert mon.count == 1 and mon.events[0].kind == "item", mon.report()
+
+
+def test_sampler_draws_on_the_training_device():
+    data = tiny_data(modalities=("image", "text"))
+    tr = _trainer(_model("lightgcn", data), data)
+    assert tr.sampler.device == tr.device
+    users, pos, neg = tr.sampler.sample(0)
+    assert users.device == pos.device == neg.device == tr.device
+    with assert_no_sync():  # a step's batch: a slice, no copy
+        users[:16], pos[:16], neg[:16]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
