@@ -586,7 +586,9 @@ class GlobalBatchShards:
         if 0 < tail < world_size:
             n -= tail
         sl = slice(rank, n, world_size)
-        return users[sl], pos[sl], neg[sl]
+        # contiguous copies: the batches are slices of these, and strided views
+        # slow down (and warn in) kernels such as searchsorted
+        return users[sl].contiguous(), pos[sl].contiguous(), neg[sl].contiguous()
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.sampler!r}, B={self.global_batch_size})"
