@@ -58,6 +58,21 @@ seeded identically on every rank and stays identical). When the epoch's last
 global batch has fewer than :math:`W` triples they are dropped (every rank must
 run the same number of steps).
 
+**Sampled training** (``fanout``: sparse embedding gradients, stepped with
+:class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation graph of its own share of every global batch,
+on a random stream of its own: the step runs under
+:func:`torch.random.fork_rng`, seeded from one draw of the shared global RNG and
+the rank, so the samples of the ranks are independent while the global RNG
+advances identically everywhere (per-epoch randomness such as FREEDOM's graph
+pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
+everyone's). The embedding gradients are *not* densified (that would cost
+:math:`O((U + I) d)` per step and make the lazy optimiser touch every row):
+:func:`all_reduce_sparse_gradients` all-gathers each rank's coalesced rows and
+values (padded to the longest, sizes first) and builds on every rank the same
+sparse weighted sum over the union of the rows, so the lazy optimiser updates
+exactly those rows, identically on every rank. A step then exchanges
+:math:`O(W \max_r \text{nnz}_r\, d)` numbers.
+
 **Failures.** Every collective carries the process-group timeout
 (``--dist-timeout``, default :data:`DEFAULT_TIMEOUT` s). A rank that raises or
 dies closes its connections, so the others fail at their next collective with a

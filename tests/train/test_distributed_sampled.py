@@ -25,10 +25,10 @@ def tiny_data():
     return TrainData(U, I, ei["train"], ei["valid"], ei["test"], feats, masks)
 
 
-def train_cfg(epochs=1):
+def train_cfg(epochs=1, lr=0.01):
     t = train_defaults()
     # 150 training pairs: batches of 32 (16 per rank), the last one 22 = 11 + 11
-    t.update(dict(epochs=epochs, batch_size=32, lr=0.01, topk=[5, 10], metric="recall@10"))
+    t.update(dict(epochs=epochs, batch_size=32, lr=lr, topk=[5, 10], metric="recall@10"))
     return validate_train(t)
 
 
@@ -83,14 +83,14 @@ def _rank_sparse_reduce(out_dir):
     distributed.destroy()
 
 
-def _rank_train(out_dir, name, fanout, epochs, stop_at_batch):
+def _rank_train(out_dir, name, fanout, epochs, stop_at_batch, lr=0.01):
     """Trains `name` on its share of every global batch; writes the history, the
     evaluation of the final weights, rank 0's weights and RNG digests."""
     from pyg_mmrec.train import distributed
     ctx = distributed.init_from_env("cpu", timeout=60)
     data = tiny_data()
     model = make_model(name, data, fanout)
-    tr = DistributedTrainer(model, data, train_cfg(epochs), seed=1,
+    tr = DistributedTrainer(model, data, train_cfg(epochs, lr), seed=1,
                             out_dir=Path(out_dir, "run") if stop_at_batch else None)
     assert isinstance(tr.optimizer, LazyAdam) and tr.sparse_params
     rec = {"rank": ctx.rank}
@@ -180,24 +180,28 @@ def test_two_ranks_sampled_training_matches_one_process(tmp_path, name):
 
 
 def test_two_ranks_with_real_sampling_agree_in_distribution(tmp_path):
-    """fanout [2, 2] (most nodes have more neighbours): the ranks draw other
-    samples than one process, so only the distribution agrees. The epoch's mean
-    loss of one process over 4 sampling streams spreads by about 2e-4 around
-    0.6931 (an epoch from the initial weights barely moves it); 2 ranks must land
-    within 5e-3 of their mean."""
-    assert launch(_rank_train, 2, (str(tmp_path), "LightGCN", [2, 2], 1, 0), timeout=60,
+    """fanout [2, 2] (below most degrees), 3 epochs at lr 0.05: the ranks draw
+    other samples than one process (each rank samples its own 16 triples'
+    graph, from its own stream), so only the distribution of the trajectory can
+    agree. The last epoch's mean loss of one process over 8 sampling streams
+    (the same triples) is 0.559 +- 0.009 (std); 2 ranks must lie within 4 std
+    of that mean. (The exact fan-out ends at 0.516, 4.9 std away: the check
+    sees the sampling, and a wrongly weighted reduction moves the loss too.)"""
+    assert launch(_rank_train, 2, (str(tmp_path), "LightGCN", [2, 2], 3, 0, 0.05), timeout=60,
                   threads=1) == 0
     r0, r1 = read_ranks(tmp_path)
     assert r0["checksums"] == r1["checksums"] and r0["rng"] == r1["rng"]
     losses = []
-    for stream in range(4):
+    for stream in range(8):
         data = tiny_data()
         model = make_model("LightGCN", data, [2, 2])
-        tr = Trainer(model, data, train_cfg(), seed=1)
+        tr = Trainer(model, data, train_cfg(3, 0.05), seed=1)
         torch.manual_seed(100 + stream)  # another sampling stream, the same triples
-        losses.append(tr.fit(test=False).history[0]["loss"])
-    mean = sum(losses) / len(losses)
-    assert r0["history"][0]["loss"] == pytest.approx(mean, abs=5e-3)
+        losses.append(tr.fit(test=False).history[-1]["loss"])
+    losses = torch.tensor(losses)
+    mean, std = float(losses.mean()), float(losses.std())
+    assert 0 < std < 0.03
+    assert abs(r0["history"][-1]["loss"] - mean) <= 4 * std, (r0["history"][-1]["loss"], mean, std)
 
 
 def test_sampled_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
