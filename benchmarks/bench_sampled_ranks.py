@@ -49,10 +49,10 @@ from bench_scale import fmt_size, parse_fanout, parse_size, synthetic  # noqa: E
 def rank_job(out: str, size: int, fanout, batch_size: int, batches: int, reduce: str) -> None:
     """One rank of a job (module level: the spawned ranks import it)."""
     import torch
+
     from pyg_mmrec.config import build_config
     from pyg_mmrec.models import get_model_class
-    from pyg_mmrec.train import TrainData
-    from pyg_mmrec.train import distributed
+    from pyg_mmrec.train import TrainData, distributed
 
     ctx = distributed.init_from_env("cpu")
     U, I, ei, valid, _, _ = synthetic(size)

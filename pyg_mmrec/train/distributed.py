@@ -59,9 +59,9 @@ global batch has fewer than :math:`W` triples they are dropped (every rank must
 run the same number of steps).
 
 **Sampled training** (``fanout``: sparse embedding gradients, stepped with
-:class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation graph of its own share of every global batch,
-on a random stream of its own: the step runs under
-:func:`torch.random.fork_rng`, seeded from one draw of the shared global RNG and
+:class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation
+graph of its own share of every global batch, on a random stream of its own:
+the step runs under :func:`torch.random.fork_rng`, seeded from one draw of the shared global RNG and
 the rank, so the samples of the ranks are independent while the global RNG
 advances identically everywhere (per-epoch randomness such as FREEDOM's graph
 pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
@@ -354,7 +354,7 @@ def _gather_padded(t: Tensor, counts: Sequence[int], group=None) -> List[Tensor]
     padded[:t.size(0)] = t
     parts = [torch.empty_like(padded) for _ in counts]
     _collective("sparse gradient all-gather", lambda: dist.all_gather(parts, padded, group=group))
-    return [part[:n] for part, n in zip(parts, counts)]
+    return [part[:n] for part, n in zip(parts, counts, strict=True)]
 
 
 @torch.no_grad()
@@ -443,7 +443,7 @@ def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: fl
     indices: Dict[int, List[Tensor]] = {}
     for r in range(ws):
         chunks = idx[r].split(counts[r, sparse_ids].tolist())
-        for j, chunk in zip(sparse_ids, chunks):
+        for j, chunk in zip(sparse_ids, chunks, strict=True):
             indices.setdefault(j, []).append(chunk)
     # ... and one for the values of every (device, dtype, row shape) group
     groups: Dict[tuple, List[int]] = {}
@@ -455,7 +455,7 @@ def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: fl
         vals = _gather_padded(torch.cat([mine[j][1] for j in js]), counts[:, js].sum(1).tolist(),
                               group)
         for r in range(ws):
-            for j, chunk in zip(js, vals[r].split(counts[r, js].tolist())):
+            for j, chunk in zip(js, vals[r].split(counts[r, js].tolist()), strict=True):
                 values.setdefault(j, []).append(chunk)
     for j in sparse_ids:
         p = params[j]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import stop_after, tiny_splits
+
 from pyg_mmrec.config import train_defaults, validate_train
 from pyg_mmrec.train import TrainData, Trainer, TrainingInterrupted
 from pyg_mmrec.train.distributed import DistributedTrainer, launch
@@ -71,7 +71,8 @@ def _rank_sparse_reduce(out_dir):
         table_b.grad = sparse([3, 0], [[1., 2., 3.], [4., 5., 6.]], (5, 3))
         mixed.grad = torch.full((4, 2), 2.0)
         dense.grad = torch.tensor([5., 6., 7.])
-    distributed.all_reduce_gradients([table_a, table_b, mixed, dense], weight=3.0 if r == 0 else 1.0,
+    distributed.all_reduce_gradients([table_a, table_b, mixed, dense],
+                                     weight=3.0 if r == 0 else 1.0,
                                      sparse_params=[table_a, table_b, mixed])
     out = {}
     for name, p in [("a", table_a), ("b", table_b), ("mixed", mixed), ("dense", dense)]:
@@ -223,7 +224,7 @@ def test_sampled_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
     assert int(state["step"]) == 2 * 5  # 4 steps on 2 ranks + 1 + 5 steps here
     full_tr, full = one_process("LightGCN", EXACT, epochs=2)
     assert [r["epoch"] for r in resumed.history] == [0, 1]
-    for a, b in zip(resumed.history, full.history):
+    for a, b in zip(resumed.history, full.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     for k, v in full_tr.model.state_dict().items():
         assert torch.allclose(model.state_dict()[k], v, atol=1e-5), k
