@@ -146,6 +146,16 @@ def test_sparse_gradients_are_reduced_sparse_and_identical_on_both_ranks(tmp_pat
                           (3 * torch.tensor([1., 2, 3]) + torch.tensor([5., 6, 7])) / 4)
 
 
+def test_sparse_reduction_without_a_process_group_is_a_no_op():
+    from pyg_mmrec.train.distributed import all_reduce_sparse_gradients
+    table = torch.nn.Parameter(torch.zeros(4, 2))
+    grad = torch.sparse_coo_tensor(torch.tensor([[2, 0, 2]]), torch.ones(3, 2), (4, 2),
+                                   check_invariants=True)
+    table.grad = grad
+    assert all_reduce_sparse_gradients([table], weight=2.0) == []
+    assert table.grad is grad
+
+
 def one_process(name, fanout, epochs=1):
     data = tiny_data()
     model = make_model(name, data, fanout)
