@@ -61,9 +61,9 @@ run the same number of steps).
 **Sampled training** (``fanout``: sparse embedding gradients, stepped with
 :class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation
 graph of its own share of every global batch, on a random stream of its own:
-the step runs under :func:`torch.random.fork_rng`, seeded from one draw of the shared global RNG and
-the rank, so the samples of the ranks are independent while the global RNG
-advances identically everywhere (per-epoch randomness such as FREEDOM's graph
+the step runs under :func:`torch.random.fork_rng`, seeded from one draw of the
+shared global RNG and the rank, so the samples of the ranks are independent
+while the global RNG advances identically everywhere (per-epoch randomness such as FREEDOM's graph
 pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
 everyone's). The embedding gradients are *not* densified (that would cost
 :math:`O((U + I) d)` per step and make the lazy optimiser touch every row):
