@@ -239,3 +239,20 @@ def test_sampled_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     for k, v in full_tr.model.state_dict().items():
         assert torch.allclose(model.state_dict()[k], v, atol=1e-5), k
+
+
+def test_command_line_sampled_i3mrec_on_two_ranks(tmp_path, monkeypatch, capfd):
+    """`--nproc 2` with `fanout`: I3-MRec (sparse ID embeddings and its CLUB
+    estimators' dense optimiser) through the command line; only rank 0 writes."""
+    from test_distributed import base_args, read_log, write_uneven_mmrec
+
+    from pyg_mmrec.cli import main
+    monkeypatch.setenv("PYG_MMREC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = write_uneven_mmrec(tmp_path / "data")
+    out = tmp_path / "runs"
+    assert main(base_args(root, "I3MRec", epochs=1)
+                + ["--out", str(out), "--nproc", "2", "--set", "fanout=[3,3,3]"]) == 0
+    assert capfd.readouterr().out.count("| tiny | i3mrec |") == 1
+    log = read_log(out)
+    assert len(log) == 1 and "loss/club" in log[0] and log[0]["valid"]["recall@10"] >= 0
