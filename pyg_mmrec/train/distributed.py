@@ -58,6 +58,21 @@ seeded identically on every rank and stays identical). When the epoch's last
 global batch has fewer than :math:`W` triples they are dropped (every rank must
 run the same number of steps).
 
+**Sampled training** (``fanout``: sparse embedding gradients, stepped with
+:class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation
+graph of its own share of every global batch, on a random stream of its own:
+the step runs under :func:`torch.random.fork_rng`, seeded from one draw of the
+shared global RNG and the rank, so the samples of the ranks are independent
+while the global RNG advances identically everywhere (per-epoch randomness such as FREEDOM's graph
+pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
+everyone's). The embedding gradients are *not* densified (that would cost
+:math:`O((U + I) d)` per step and make the lazy optimiser touch every row):
+:func:`all_reduce_sparse_gradients` all-gathers each rank's coalesced rows and
+values (padded to the longest, sizes first) and builds on every rank the same
+sparse weighted sum over the union of the rows, so the lazy optimiser updates
+exactly those rows, identically on every rank. A step then exchanges
+:math:`O(W \max_r \text{nnz}_r\, d)` numbers.
+
 **Failures.** Every collective carries the process-group timeout
 (``--dist-timeout``, default :data:`DEFAULT_TIMEOUT` s). A rank that raises or
 dies closes its connections, so the others fail at their next collective with a
@@ -328,23 +343,162 @@ def _buckets(params: Sequence[torch.nn.Parameter], cap_bytes: int
     return out
 
 
+def _gather_padded(t: Tensor, counts: Sequence[int], group=None) -> List[Tensor]:
+    """All-gather the first dimension of ``t`` when its length differs by rank
+    (``counts[r]`` rows on rank ``r``, known to every rank): every rank sends
+    ``t`` padded to the longest, so plain ``all_gather`` works on gloo and NCCL."""
+    longest = max(counts)
+    if longest == 0:  # nothing anywhere: every rank knows it, no message needed
+        return [t.new_zeros((0,) + tuple(t.shape[1:])) for _ in counts]
+    padded = t.new_zeros((longest,) + tuple(t.shape[1:]))
+    padded[:t.size(0)] = t
+    parts = [torch.empty_like(padded) for _ in counts]
+    _collective("sparse gradient all-gather", lambda: dist.all_gather(parts, padded, group=group))
+    return [part[:n] for part, n in zip(parts, counts, strict=True)]
+
+
+@torch.no_grad()
+def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1.0,
+                                group=None) -> List[torch.nn.Parameter]:
+    r"""Replace the *sparse* gradients of ``params`` (e.g. the rows of
+    :class:`torch.nn.Embedding` ``(sparse=True)`` tables a batch looked up) by
+    their weighted mean over ranks, :math:`g \leftarrow \sum_r w_r g_r /
+    \sum_r w_r`, **kept sparse**: the result holds exactly the union of the
+    rows of the ranks' gradients, so a lazy optimiser
+    (:class:`~pyg_mmrec.train.optim.LazyAdam`) updates those rows and no others.
+
+    Each rank coalesces its gradient; the ranks exchange their row counts (one
+    small all-gather), then their row indices and their values scaled by
+    :math:`w_r`, padded to the longest (two all-gathers for all parameters,
+    one more per extra value dtype/row shape); every rank then adds the
+    ranks' rows into the sorted union in rank order. So the result is the same
+    on every rank, bit for bit, and the cost is :math:`O(W \cdot
+    \max_r \text{nnz}_r \cdot d)` per step instead of the
+    :math:`O((U + I) d)` of densifying. A missing gradient (``None``) counts as
+    no rows, as does every row of a rank with :math:`w_r = 0`. All ranks must
+    pass the same parameters, in the same order.
+
+    Args:
+        params: the parameters; only those with ``requires_grad`` are reduced.
+        weight (float): this rank's :math:`w_r` (e.g. its number of triples).
+        group: the process group (default: the global one).
+
+    Returns:
+        The parameters this function did *not* reduce because some rank has a
+        dense gradient for them (or a sparse one with more than one sparse
+        dimension): their local gradients are now dense, ready for
+        :func:`all_reduce_gradients`. The list is the same on every rank.
+    """
+    params = [p for p in params if p.requires_grad]
+    if not is_distributed() or not params:
+        return []
+    if weight < 0:
+        raise ValueError(f"weight: expected >= 0, got {weight}")
+    ws = dist.get_world_size(group)
+    # per parameter: kind (0: no gradient, 1: sparse rows, 2: anything else) and row count
+    grads: List[Optional[Tensor]] = []
+    meta = torch.zeros(2 * len(params) + 1, dtype=torch.float64)
+    for j, p in enumerate(params):
+        g = p.grad
+        if g is None:
+            grads.append(None)
+        elif g.is_sparse and g.sparse_dim() == 1:
+            g = g.coalesce()
+            grads.append(g)
+            meta[j] = 1
+            meta[len(params) + j] = g._nnz() if weight > 0 else 0
+        else:
+            grads.append(None)
+            meta[j] = 2
+    meta[-1] = float(weight)
+    rows = [torch.empty_like(meta) for _ in range(ws)]
+    _collective("sparse gradient sizes", lambda: dist.all_gather(rows, meta, group=group))
+    table = torch.stack(rows)  # [W, 2P+1], identical on every rank
+    total = float(table[:, -1].sum())
+    kinds = table[:, :len(params)].long()
+    counts = table[:, len(params):-1].long()  # [W, P]
+    dense_somewhere = [j for j in range(len(params)) if bool((kinds[:, j] == 2).any())]
+    for j in dense_somewhere:
+        if params[j].grad is not None and params[j].grad.is_sparse:
+            params[j].grad = params[j].grad.coalesce().to_dense()
+    sparse_ids = [j for j in range(len(params))
+                  if j not in dense_somewhere and bool((kinds[:, j] == 1).any())]
+    if not sparse_ids:
+        return [params[j] for j in dense_somewhere]
+    if total <= 0:
+        raise RuntimeError("all_reduce_sparse_gradients: the weights of all ranks sum to 0")
+    device = params[sparse_ids[0]].device
+
+    def local_rows(j: int) -> tuple[Tensor, Tensor]:
+        g, p = grads[j], params[j]
+        if g is None or weight == 0:
+            return (torch.empty(0, dtype=torch.long, device=p.device),
+                    p.new_empty((0,) + tuple(p.shape[1:])))
+        return g._indices()[0], g._values() * weight
+
+    mine = {j: local_rows(j) for j in sparse_ids}
+    # one gather for the indices of every parameter ...
+    per_rank = counts[:, sparse_ids].sum(1).tolist()
+    idx = _gather_padded(torch.cat([mine[j][0].to(device) for j in sparse_ids]), per_rank, group)
+    indices: Dict[int, List[Tensor]] = {}
+    for r in range(ws):
+        chunks = idx[r].split(counts[r, sparse_ids].tolist())
+        for j, chunk in zip(sparse_ids, chunks, strict=True):
+            indices.setdefault(j, []).append(chunk)
+    # ... and one for the values of every (device, dtype, row shape) group
+    groups: Dict[tuple, List[int]] = {}
+    for j in sparse_ids:
+        p = params[j]
+        groups.setdefault((p.device, p.dtype, tuple(p.shape[1:])), []).append(j)
+    values: Dict[int, List[Tensor]] = {}
+    for js in groups.values():
+        vals = _gather_padded(torch.cat([mine[j][1] for j in js]), counts[:, js].sum(1).tolist(),
+                              group)
+        for r in range(ws):
+            for j, chunk in zip(js, vals[r].split(counts[r, js].tolist()), strict=True):
+                values.setdefault(j, []).append(chunk)
+    for j in sparse_ids:
+        p = params[j]
+        union = torch.unique(torch.cat(indices[j]).to(p.device))  # sorted
+        out = p.new_zeros((union.numel(),) + tuple(p.shape[1:]))
+        for r in range(ws):  # a rank's rows are unique: no two adds meet in one call
+            if indices[j][r].numel():
+                out.index_add_(0, torch.searchsorted(union, indices[j][r].to(p.device)),
+                               values[j][r])
+        out.div_(total)
+        p.grad = torch.sparse_coo_tensor(union.unsqueeze(0), out, p.shape,
+                                         check_invariants=False, is_coalesced=True)
+    return [params[j] for j in dense_somewhere]
+
+
 @torch.no_grad()
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1.0,
-                         bucket_cap_mb: float = DEFAULT_BUCKET_MB, group=None) -> None:
+                         bucket_cap_mb: float = DEFAULT_BUCKET_MB, group=None,
+                         sparse_params: Iterable[torch.nn.Parameter] = ()) -> None:
     r"""Replace every gradient by the weighted mean over ranks,
     :math:`g \leftarrow \sum_r w_r g_r / \sum_r w_r` (``weight`` = this rank's
     :math:`w_r`, e.g. its batch size), in buckets of ``bucket_cap_mb``.
 
     A missing gradient (``None``) counts as zero; it stays ``None`` only when it
-    is missing on every rank. No-op without a multi-rank process group.
+    is missing on every rank. The parameters of ``params`` that are also in
+    ``sparse_params`` (the same set on every rank, e.g. the weights of sparse
+    embedding tables) keep sparse gradients
+    (:func:`all_reduce_sparse_gradients`); any other sparse gradient is
+    densified. No-op without a multi-rank process group.
     """
     if not is_distributed():
         return
     if weight < 0:
         raise ValueError(f"weight: expected >= 0, got {weight}")
     params = [p for p in params if p.requires_grad]
+    declared = {id(p) for p in sparse_params}
+    if declared:
+        sparse = [p for p in params if id(p) in declared]
+        if sparse:
+            fallback = {id(p) for p in all_reduce_sparse_gradients(sparse, weight, group)}
+            params = [p for p in params if id(p) not in declared or id(p) in fallback]
     for p in params:
-        if p.grad is not None and p.grad.is_sparse:  # rare (sparse embeddings): densify
+        if p.grad is not None and p.grad.is_sparse:  # undeclared sparse gradient: densify
             p.grad = p.grad.coalesce().to_dense()
     for bucket in _buckets(params, max(1, int(bucket_cap_mb * 2 ** 20))):
         dtype = bucket[0].dtype if bucket[0].dtype.is_floating_point else torch.float32
@@ -447,7 +601,9 @@ class GlobalBatchShards:
         if 0 < tail < world_size:
             n -= tail
         sl = slice(rank, n, world_size)
-        return users[sl], pos[sl], neg[sl]
+        # contiguous copies: the batches are slices of these, and strided views
+        # slow down (and warn in) kernels such as searchsorted
+        return users[sl].contiguous(), pos[sl].contiguous(), neg[sl].contiguous()
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.sampler!r}, B={self.global_batch_size})"
@@ -519,6 +675,9 @@ class DistributedTrainer(Trainer):
         self.sampler = GlobalBatchShards(self.sampler, B)
         self._aux_weight = 0.0
         self._fault = _parse_fault(os.environ.get(FAULT_ENV))
+        from .optim import sparse_parameters
+        #: sampled training: the embedding tables whose gradients stay sparse across ranks
+        self.sparse_params = sparse_parameters(self.model)
         if world_size > 1:
             self._check_same_setup()
             broadcast_parameters([p for p in self.model.parameters()])
@@ -550,7 +709,24 @@ class DistributedTrainer(Trainer):
 
     def reduce_gradients(self, params: List[torch.nn.Parameter], num_triples: int) -> None:
         weight = self._aux_weight if params is self.aux_params else num_triples
-        all_reduce_gradients(params, weight=float(weight), bucket_cap_mb=self.bucket_cap_mb)
+        all_reduce_gradients(params, weight=float(weight), bucket_cap_mb=self.bucket_cap_mb,
+                             sparse_params=self.sparse_params)
+
+    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+        if self.world_size == 1 or not self.sparse_params:
+            return super().train_step(u, p, q, epoch, b)
+        # Sampled training: each rank samples the computation graph of its own
+        # triples, drawing a different number of random numbers. The step runs
+        # on a stream of its own, seeded from one draw of the shared global RNG
+        # and the rank, so that (1) the ranks' samples are independent and (2)
+        # the global RNG advances identically on every rank: per-epoch
+        # randomness (e.g. FREEDOM's graph pruning) stays the same on all ranks
+        # and the checkpoint's RNG state (rank 0's) is every rank's.
+        shared = int(torch.randint(0, 2 ** 62, (1,)))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((shared + self.rank * 0x9E3779B97F4A7C15) % 2 ** 63)
+            return super().train_step(u, p, q, epoch, b)
 
     def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
         # A model may have no estimator loss for a small local batch (e.g. fewer
@@ -860,6 +1036,6 @@ def launch(fn: Callable[..., Optional[int]], nproc: int, args: tuple = (), *,
 
 __all__ = ["DistributedTrainer", "DistContext", "GlobalBatchShards", "PeerFailureError",
            "RankFailedError", "init_from_env", "destroy", "launch",
-           "all_reduce_gradients", "broadcast_parameters",
+           "all_reduce_gradients", "all_reduce_sparse_gradients", "broadcast_parameters",
            "check_consistency", "barrier", "rank_zero_first", "agree", "get_rank_world",
            "is_distributed", "env_world_size", "DEFAULT_TIMEOUT", "FAULT_ENV"]

@@ -2,12 +2,12 @@ r"""Optimisers for sampled (mini-batch) training."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, Tuple
+from typing import Iterable, List, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["LazyAdam", "dense_adam", "has_sparse_parameters"]
+__all__ = ["LazyAdam", "dense_adam", "has_sparse_parameters", "sparse_parameters"]
 
 
 def dense_adam(params: Iterable[Tensor], **kwargs) -> torch.optim.Adam:
@@ -22,10 +22,18 @@ def dense_adam(params: Iterable[Tensor], **kwargs) -> torch.optim.Adam:
     return torch.optim.Adam(params, fused=fused or None, **kwargs)
 
 
+def sparse_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:
+    """The weights of the :class:`torch.nn.Embedding` modules of ``model`` that
+    produce sparse gradients (``sparse=True``), in module order (the same on
+    every rank of a distributed job)."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, torch.nn.Embedding) and m.sparse]
+
+
 def has_sparse_parameters(model: torch.nn.Module) -> bool:
     """Whether some :class:`torch.nn.Embedding` of ``model`` produces sparse
     gradients (``sparse=True``), i.e. it needs :class:`LazyAdam`."""
-    return any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules())
+    return bool(sparse_parameters(model))
 
 
 class LazyAdam(torch.optim.Optimizer):

@@ -269,10 +269,6 @@ class Trainer:
         # sampled training (models with `fanout`) has sparse embedding gradients:
         # update only the batch's rows, so a step does not cost O(num_users + num_items)
         sparse = has_sparse_parameters(self.model)
-        if sparse and self.world_size > 1:
-            raise RuntimeError("sampled training (a model with `fanout`: sparse embedding "
-                               "gradients) is not supported with several processes yet; "
-                               "use fanout=null with --nproc/torchrun")
         adam = LazyAdam if sparse else dense_adam
         self.optimizer = adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.aux_optimizer = (dense_adam(self.aux_params, lr=t["aux_lr"] or t["lr"])

@@ -71,12 +71,6 @@ def test_full_graph_models_keep_torch_adam():
     assert type(Trainer(model, data, cfg()).optimizer) is torch.optim.Adam
 
 
-def test_sampled_training_refuses_several_processes():
-    data = tiny_data()
-    with pytest.raises(RuntimeError, match="fanout"):
-        Trainer(lightgcn(data), data, cfg(), rank=0, world_size=2)
-
-
 def test_eval_max_users_ranks_a_fixed_seeded_subset():
     data = tiny_data()
     model = LightGCN(U, I, data.train_edge_index, embedding_size=8)
