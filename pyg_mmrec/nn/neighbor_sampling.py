@@ -22,7 +22,7 @@ from pyg_mmrec.ops import masked_spmm
 from .fanout import check_fanout  # noqa: F401  (re-exported; light, no torch)
 
 __all__ = ["check_fanout", "LayerwiseSampler", "SampledSubgraph", "present_weight_sum",
-           "exact_sampler", "renormalize_rows", "sorted_unique"]
+           "exact_sampler", "renormalize_rows", "sorted_unique", "sorted_segments"]
 
 _COMBINE = ("mean", "sum", "last")
 
@@ -416,6 +416,23 @@ def sorted_unique(ids: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return uniq, first, index.view(ids.shape)
 
 
+def sorted_segments(ids: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Static-shape grouping of equal ids (no output size depends on the data,
+    so no host read on a GPU): ``(order, segment, distinct, slot)``, all of
+    ``ids``' length :math:`n > 0`. ``order`` sorts ``ids``; ``segment[j]`` is the
+    rank among the distinct ids of ``ids[order[j]]``; ``distinct[:D]`` are the
+    :math:`D` sorted distinct ids (zeros after); ``slot = min(j, D - 1)``, so
+    ``distinct[slot]`` repeats the last distinct id past :math:`D`."""
+    n = ids.numel()
+    sorted_ids, order = torch.sort(ids)
+    first = torch.ones(n, dtype=torch.bool, device=ids.device)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    segment = torch.cumsum(first, 0) - 1
+    distinct = sorted_ids.new_zeros(n).scatter_(0, segment, sorted_ids)  # equal values collide
+    slot = torch.minimum(torch.arange(n, device=ids.device), segment[-1])
+    return order, segment, distinct, slot
+
+
 def _unique_segments(seeds: Tensor, groups: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
     r"""The sorted unique ids of every group of ``seeds`` in a segment of the
     group's size (static shapes: a sort, first occurrences, a cumulative sum):
@@ -426,12 +443,7 @@ def _unique_segments(seeds: Tensor, groups: Sequence[int]) -> Tuple[Tensor, Tens
         n = part.numel()
         if n == 0:
             continue
-        sorted_ids, order = torch.sort(part)
-        first = torch.ones(n, dtype=torch.bool, device=part.device)
-        first[1:] = sorted_ids[1:] != sorted_ids[:-1]
-        rank = torch.cumsum(first, 0) - 1
-        uniq = sorted_ids.new_zeros(n).scatter_(0, rank, sorted_ids)  # equal values collide
-        slot = torch.minimum(torch.arange(n, device=part.device), rank[-1])
+        order, rank, uniq, slot = sorted_segments(part)
         ids.append(uniq[slot])
         valid.append(torch.arange(n, device=part.device) <= rank[-1])
         index.append(torch.empty_like(rank).scatter_(0, order, rank) + offset)

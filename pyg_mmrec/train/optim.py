@@ -134,13 +134,9 @@ class LazyAdam(torch.optim.Optimizer):
         n = idx.numel()
         if n == 0:
             return
-        sorted_idx, order = torch.sort(idx)
-        first = torch.ones(n, dtype=torch.bool, device=idx.device)
-        first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-        segment = torch.cumsum(first, 0) - 1
+        from pyg_mmrec.nn.neighbor_sampling import sorted_segments
+        order, segment, distinct, slot = sorted_segments(idx)
         sums = val.new_zeros(n, *val.shape[1:]).index_add_(0, segment, val[order])
-        distinct = sorted_idx.new_zeros(n).scatter_(0, segment, sorted_idx)
-        slot = torch.minimum(torch.arange(n, device=idx.device), segment[-1])
         idx, val = distinct[slot], sums[slot]
         if wd:
             val = val + wd * p.index_select(0, idx)
