@@ -61,9 +61,9 @@ run the same number of steps).
 **Sampled training** (``fanout``: sparse embedding gradients, stepped with
 :class:`~pyg_mmrec.train.optim.LazyAdam`). Each rank samples the computation
 graph of its own share of every global batch, on a random stream of its own:
-the step runs under :func:`torch.random.fork_rng`, seeded from one draw of the
-shared global RNG and the rank, so the samples of the ranks are independent
-while the global RNG advances identically everywhere (per-epoch randomness such as FREEDOM's graph
+the step runs under :func:`torch.random.fork_rng`, seeded on the host from the
+run's seed, the step and the rank, so the samples of the ranks are independent
+while the global RNG stays identical everywhere (per-epoch randomness such as FREEDOM's graph
 pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
 everyone's). The embedding gradients are *not* densified (that would cost
 :math:`O((U + I) d)` per step and make the lazy optimiser touch every row):
@@ -343,6 +343,20 @@ def _buckets(params: Sequence[torch.nn.Parameter], cap_bytes: int
     return out
 
 
+def _host_all_gather(values: Sequence[float], what: str, group=None) -> List[List[float]]:
+    r"""All-gather a few numbers that live on the host (flags, counts, weights:
+    Python values, never read from a device) -> one list per rank.
+
+    The message is a CPU tensor (``gloo``, also under ``"cpu:gloo,cuda:nccl"``),
+    so reading the result never waits for a GPU: the ranks' hosts meet, the
+    devices' queues keep running. This is the only place where a training step
+    reads a collective's result on the host."""
+    mine = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    _collective(what, lambda: dist.all_gather(parts, mine, group=group))
+    return torch.stack(parts).tolist()
+
+
 def _gather_padded(t: Tensor, counts: Sequence[int], group=None) -> List[Tensor]:
     """All-gather the first dimension of ``t`` when its length differs by rank
     (``counts[r]`` rows on rank ``r``, known to every rank): every rank sends
@@ -357,31 +371,56 @@ def _gather_padded(t: Tensor, counts: Sequence[int], group=None) -> List[Tensor]
     return [part[:n] for part, n in zip(parts, counts, strict=True)]
 
 
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    # (`.to` of a tensor already there is a no-op, but a sync monitor cannot tell)
+    return t if t.device == device else t.to(device)
+
+
+#: kinds of a gradient in the host exchange of :func:`all_reduce_gradients`
+_NO_GRAD, _SPARSE_ROWS, _DENSE = 0, 1, 2
+
+
+def _grad_kind(p: torch.nn.Parameter) -> int:
+    g = p.grad
+    if g is None:
+        return _NO_GRAD
+    return _SPARSE_ROWS if g.is_sparse and g.sparse_dim() == 1 else _DENSE
+
+
 @torch.no_grad()
 def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1.0,
-                                group=None) -> List[torch.nn.Parameter]:
+                                group=None, coalesce: bool = True
+                                ) -> List[torch.nn.Parameter]:
     r"""Replace the *sparse* gradients of ``params`` (e.g. the rows of
     :class:`torch.nn.Embedding` ``(sparse=True)`` tables a batch looked up) by
     their weighted mean over ranks, :math:`g \leftarrow \sum_r w_r g_r /
-    \sum_r w_r`, **kept sparse**: the result holds exactly the union of the
-    rows of the ranks' gradients, so a lazy optimiser
+    \sum_r w_r`, **kept sparse**: the result holds exactly the rows of the
+    ranks' gradients, so a lazy optimiser
     (:class:`~pyg_mmrec.train.optim.LazyAdam`) updates those rows and no others.
 
-    Each rank coalesces its gradient; the ranks exchange their row counts (one
-    small all-gather), then their row indices and their values scaled by
+    The ranks exchange their row counts, kinds and weights (host values, one
+    small CPU all-gather), then their row indices and their values scaled by
     :math:`w_r`, padded to the longest (two all-gathers for all parameters,
-    one more per extra value dtype/row shape); every rank then adds the
-    ranks' rows into the sorted union in rank order. So the result is the same
-    on every rank, bit for bit, and the cost is :math:`O(W \cdot
-    \max_r \text{nnz}_r \cdot d)` per step instead of the
-    :math:`O((U + I) d)` of densifying. A missing gradient (``None``) counts as
-    no rows, as does every row of a rank with :math:`w_r = 0`. All ranks must
-    pass the same parameters, in the same order.
+    one more per extra value dtype/row shape). With ``coalesce=True`` each
+    rank first coalesces its gradient and every rank adds the ranks' rows into
+    the sorted union in rank order: a coalesced result. With
+    ``coalesce=False`` (what :class:`DistributedTrainer` uses) the gradients
+    are sent as they are (an embedding backward leaves one row per lookup,
+    their number known on the host) and the result is the ranks' rows
+    concatenated in rank order, uncoalesced: no output size depends on the
+    data, so nothing waits for the device (``coalesce()`` does on a GPU), at
+    the price of sending repeated rows; :class:`LazyAdam` sums them. Either
+    way the result is the same on every rank, bit for bit, and the cost is
+    :math:`O(W \cdot \max_r \text{nnz}_r \cdot d)` per step instead of the
+    :math:`O((U + I) d)` of densifying. A missing gradient (``None``) counts
+    as no rows, as does every row of a rank with :math:`w_r = 0`. All ranks
+    must pass the same parameters, in the same order.
 
     Args:
         params: the parameters; only those with ``requires_grad`` are reduced.
         weight (float): this rank's :math:`w_r` (e.g. its number of triples).
         group: the process group (default: the global one).
+        coalesce (bool): coalesce the result (see above).
 
     Returns:
         The parameters this function did *not* reduce because some rank has a
@@ -394,55 +433,59 @@ def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: fl
         return []
     if weight < 0:
         raise ValueError(f"weight: expected >= 0, got {weight}")
-    ws = dist.get_world_size(group)
-    # per parameter: kind (0: no gradient, 1: sparse rows, 2: anything else) and row count
-    grads: List[Optional[Tensor]] = []
-    meta = torch.zeros(2 * len(params) + 1, dtype=torch.float64)
-    for j, p in enumerate(params):
-        g = p.grad
-        if g is None:
-            grads.append(None)
-        elif g.is_sparse and g.sparse_dim() == 1:
-            g = g.coalesce()
-            grads.append(g)
-            meta[j] = 1
-            meta[len(params) + j] = g._nnz() if weight > 0 else 0
-        else:
-            grads.append(None)
-            meta[j] = 2
-    meta[-1] = float(weight)
-    rows = [torch.empty_like(meta) for _ in range(ws)]
-    _collective("sparse gradient sizes", lambda: dist.all_gather(rows, meta, group=group))
-    table = torch.stack(rows)  # [W, 2P+1], identical on every rank
-    total = float(table[:, -1].sum())
-    kinds = table[:, :len(params)].long()
-    counts = table[:, len(params):-1].long()  # [W, P]
-    dense_somewhere = [j for j in range(len(params)) if bool((kinds[:, j] == 2).any())]
+    if coalesce:
+        for p in params:
+            if _grad_kind(p) == _SPARSE_ROWS:
+                p.grad = p.grad.coalesce()
+    table = _exchange_grad_meta(params, weight, group)
+    return _reduce_sparse(params, weight, table, group, coalesce)
+
+
+def _exchange_grad_meta(params: Sequence[torch.nn.Parameter], weight: float, group
+                        ) -> List[List[float]]:
+    """Every rank's ``[kind of each gradient..., its row count..., weight]``
+    (host values: a sparse tensor's number of rows is metadata)."""
+    kinds = [_grad_kind(p) for p in params]
+    nnz = [p.grad._nnz() if k == _SPARSE_ROWS and weight > 0 else 0
+           for p, k in zip(params, kinds, strict=True)]
+    return _host_all_gather(kinds + nnz + [float(weight)], "gradient sizes", group)
+
+
+def _reduce_sparse(params: Sequence[torch.nn.Parameter], weight: float,
+                   table: List[List[float]], group, coalesce: bool
+                   ) -> List[torch.nn.Parameter]:
+    # `table`: every rank's [kinds..., row counts..., weight] (_exchange_grad_meta)
+    P, ws = len(params), len(table)
+    kinds = [[int(row[j]) for row in table] for j in range(P)]       # [P][W]
+    counts = [[int(row[P + j]) for j in range(P)] for row in table]  # [W][P]
+    total = sum(row[-1] for row in table)
+    dense_somewhere = [j for j in range(P) if _DENSE in kinds[j]]
     for j in dense_somewhere:
         if params[j].grad is not None and params[j].grad.is_sparse:
             params[j].grad = params[j].grad.coalesce().to_dense()
-    sparse_ids = [j for j in range(len(params))
-                  if j not in dense_somewhere and bool((kinds[:, j] == 1).any())]
+    sparse_ids = [j for j in range(P)
+                  if j not in dense_somewhere and _SPARSE_ROWS in kinds[j]]
     if not sparse_ids:
         return [params[j] for j in dense_somewhere]
     if total <= 0:
         raise RuntimeError("all_reduce_sparse_gradients: the weights of all ranks sum to 0")
     device = params[sparse_ids[0]].device
+    me = dist.get_rank(group)
 
     def local_rows(j: int) -> tuple[Tensor, Tensor]:
-        g, p = grads[j], params[j]
-        if g is None or weight == 0:
+        g, p = params[j].grad, params[j]
+        if counts[me][j] == 0:
             return (torch.empty(0, dtype=torch.long, device=p.device),
                     p.new_empty((0,) + tuple(p.shape[1:])))
         return g._indices()[0], g._values() * weight
 
     mine = {j: local_rows(j) for j in sparse_ids}
     # one gather for the indices of every parameter ...
-    per_rank = counts[:, sparse_ids].sum(1).tolist()
-    idx = _gather_padded(torch.cat([mine[j][0].to(device) for j in sparse_ids]), per_rank, group)
+    per_rank = [sum(counts[r][j] for j in sparse_ids) for r in range(ws)]
+    idx = _gather_padded(torch.cat([_on(mine[j][0], device) for j in sparse_ids]), per_rank, group)
     indices: Dict[int, List[Tensor]] = {}
     for r in range(ws):
-        chunks = idx[r].split(counts[r, sparse_ids].tolist())
+        chunks = idx[r].split([counts[r][j] for j in sparse_ids])
         for j, chunk in zip(sparse_ids, chunks, strict=True):
             indices.setdefault(j, []).append(chunk)
     # ... and one for the values of every (device, dtype, row shape) group
@@ -452,29 +495,35 @@ def all_reduce_sparse_gradients(params: Iterable[torch.nn.Parameter], weight: fl
         groups.setdefault((p.device, p.dtype, tuple(p.shape[1:])), []).append(j)
     values: Dict[int, List[Tensor]] = {}
     for js in groups.values():
-        vals = _gather_padded(torch.cat([mine[j][1] for j in js]), counts[:, js].sum(1).tolist(),
-                              group)
+        vals = _gather_padded(torch.cat([mine[j][1] for j in js]),
+                              [sum(counts[r][j] for j in js) for r in range(ws)], group)
         for r in range(ws):
-            for j, chunk in zip(js, vals[r].split(counts[r, js].tolist()), strict=True):
+            for j, chunk in zip(js, vals[r].split([counts[r][j] for j in js]), strict=True):
                 values.setdefault(j, []).append(chunk)
     for j in sparse_ids:
         p = params[j]
-        union = torch.unique(torch.cat(indices[j]).to(p.device))  # sorted
-        out = p.new_zeros((union.numel(),) + tuple(p.shape[1:]))
-        for r in range(ws):  # a rank's rows are unique: no two adds meet in one call
-            if indices[j][r].numel():
-                out.index_add_(0, torch.searchsorted(union, indices[j][r].to(p.device)),
-                               values[j][r])
-        out.div_(total)
-        p.grad = torch.sparse_coo_tensor(union.unsqueeze(0), out, p.shape,
-                                         check_invariants=False, is_coalesced=True)
+        if coalesce:  # the sorted union, each rank's (unique) rows added in rank order
+            union = torch.unique(_on(torch.cat(indices[j]), p.device))  # sorted
+            out = p.new_zeros((union.numel(),) + tuple(p.shape[1:]))
+            for r in range(ws):  # a rank's rows are unique: no two adds meet in one call
+                if indices[j][r].numel():
+                    out.index_add_(0, torch.searchsorted(union, _on(indices[j][r], p.device)),
+                                   values[j][r])
+            p.grad = torch.sparse_coo_tensor(union.unsqueeze(0), out.div_(total), p.shape,
+                                             check_invariants=False, is_coalesced=True)
+        else:  # the ranks' rows one after the other (sizes known on the host)
+            rows = _on(torch.cat(indices[j]), p.device)
+            vals = torch.cat(values[j]).div_(total)  # on p's device: its group's
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, p.shape,
+                                             check_invariants=False, is_coalesced=False)
     return [params[j] for j in dense_somewhere]
 
 
 @torch.no_grad()
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1.0,
                          bucket_cap_mb: float = DEFAULT_BUCKET_MB, group=None,
-                         sparse_params: Iterable[torch.nn.Parameter] = ()) -> None:
+                         sparse_params: Iterable[torch.nn.Parameter] = (),
+                         coalesce: bool = True) -> None:
     r"""Replace every gradient by the weighted mean over ranks,
     :math:`g \leftarrow \sum_r w_r g_r / \sum_r w_r` (``weight`` = this rank's
     :math:`w_r`, e.g. its batch size), in buckets of ``bucket_cap_mb``.
@@ -483,8 +532,11 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1
     is missing on every rank. The parameters of ``params`` that are also in
     ``sparse_params`` (the same set on every rank, e.g. the weights of sparse
     embedding tables) keep sparse gradients
-    (:func:`all_reduce_sparse_gradients`); any other sparse gradient is
-    densified. No-op without a multi-rank process group.
+    (:func:`all_reduce_sparse_gradients`, with ``coalesce``); any other sparse
+    gradient is densified. The ranks first exchange which gradients they have,
+    their row counts and their weights (one small all-gather of host values);
+    after it nothing is read from the device. No-op without a multi-rank
+    process group.
     """
     if not is_distributed():
         return
@@ -492,37 +544,45 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float = 1
         raise ValueError(f"weight: expected >= 0, got {weight}")
     params = [p for p in params if p.requires_grad]
     declared = {id(p) for p in sparse_params}
-    if declared:
-        sparse = [p for p in params if id(p) in declared]
-        if sparse:
-            fallback = {id(p) for p in all_reduce_sparse_gradients(sparse, weight, group)}
-            params = [p for p in params if id(p) not in declared or id(p) in fallback]
     for p in params:
-        if p.grad is not None and p.grad.is_sparse:  # undeclared sparse gradient: densify
-            p.grad = p.grad.coalesce().to_dense()
+        if p.grad is not None and p.grad.is_sparse:
+            if id(p) not in declared:  # undeclared sparse gradient: densify
+                p.grad = p.grad.coalesce().to_dense()
+            elif coalesce and _grad_kind(p) == _SPARSE_ROWS:
+                p.grad = p.grad.coalesce()
+    if not params:
+        return
+    table = _exchange_grad_meta(params, weight, group)
+    P = len(params)
+    total = sum(row[-1] for row in table)
+    # whether some rank has a gradient for the parameter (known from the exchange)
+    present = {id(p): any(int(row[j]) != _NO_GRAD for row in table)
+               for j, p in enumerate(params)}
+    sparse = [j for j in range(P) if id(params[j]) in declared]
+    if sparse:
+        sub = [[row[j] for j in sparse] + [row[P + j] for j in sparse] + [row[-1]]
+               for row in table]
+        fallback = {id(p) for p in _reduce_sparse([params[j] for j in sparse], weight, sub,
+                                                  group, coalesce)}
+        params = [p for p in params if id(p) not in declared or id(p) in fallback]
+    params = [p for p in params if present[id(p)]]  # none anywhere: stays None everywhere
+    if params and total <= 0:
+        raise RuntimeError("all_reduce_gradients: the weights of all ranks sum to 0")
     for bucket in _buckets(params, max(1, int(bucket_cap_mb * 2 ** 20))):
         dtype = bucket[0].dtype if bucket[0].dtype.is_floating_point else torch.float32
-        n = sum(p.numel() for p in bucket)
-        # [grads..., one presence flag per parameter, the weight]
-        flat = torch.zeros(n + len(bucket) + 1, dtype=dtype, device=bucket[0].device)
+        flat = torch.zeros(sum(p.numel() for p in bucket), dtype=dtype,
+                           device=bucket[0].device)
         off = 0
-        for j, p in enumerate(bucket):
+        for p in bucket:
             if p.grad is not None:
                 flat[off:off + p.numel()].copy_(p.grad.reshape(-1)).mul_(weight)
-                flat[n + j] = 1.0
             off += p.numel()
-        flat[-1] = weight
         _collective("gradient all-reduce", lambda: dist.all_reduce(flat, group=group))
-        total = float(flat[-1])
-        if total <= 0:
-            raise RuntimeError("all_reduce_gradients: the weights of all ranks sum to 0")
+        flat.div_(total)
         off = 0
-        for j, p in enumerate(bucket):
+        for p in bucket:
             g = flat[off:off + p.numel()].view_as(p)
             off += p.numel()
-            if float(flat[n + j]) == 0:
-                continue  # no rank has a gradient for p
-            g.div_(total)
             if p.grad is None:
                 p.grad = g.clone()
             else:
@@ -627,6 +687,20 @@ def _parse_fault(text: Optional[str]) -> Optional[Dict[str, Any]]:
     return spec
 
 
+def _step_seed(base: int, epoch: int, batch: int, rank: int) -> int:
+    """A seed for the sampling stream of ``rank`` at ``(epoch, batch)``: the
+    splitmix64 finaliser of the four numbers, so nearby steps and ranks get
+    unrelated streams."""
+    mask = 2 ** 64 - 1
+    x = base & mask
+    for v in (epoch, batch, rank):
+        x = (x ^ (v + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        x ^= x >> 31
+    return x % 2 ** 63
+
+
 class DistributedTrainer(Trainer):
     r"""A :class:`~pyg_mmrec.train.Trainer` for one rank of a data-parallel job.
 
@@ -674,6 +748,7 @@ class DistributedTrainer(Trainer):
         self.train_cfg["batch_size"] = B // world_size  # local share of each global batch
         self.sampler = GlobalBatchShards(self.sampler, B)
         self._aux_weight = 0.0
+        self._step_at = (0, 0)  # (epoch, batch) of the running step
         self._fault = _parse_fault(os.environ.get(FAULT_ENV))
         from .optim import sparse_parameters
         #: sampled training: the embedding tables whose gradients stay sparse across ranks
@@ -709,23 +784,26 @@ class DistributedTrainer(Trainer):
 
     def reduce_gradients(self, params: List[torch.nn.Parameter], num_triples: int) -> None:
         weight = self._aux_weight if params is self.aux_params else num_triples
+        # uncoalesced sparse rows: no output size depends on the data (LazyAdam sums
+        # repeated rows), so the reduction never waits for the device
         all_reduce_gradients(params, weight=float(weight), bucket_cap_mb=self.bucket_cap_mb,
-                             sparse_params=self.sparse_params)
+                             sparse_params=self.sparse_params, coalesce=False)
 
-    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, float]:
+    def train_step(self, u: Tensor, p: Tensor, q: Tensor, epoch: int, b: int) -> Dict[str, Any]:
+        self._step_at = (epoch, b)  # where the global loss of sync_batch is noted
         if self.world_size == 1 or not self.sparse_params:
             return super().train_step(u, p, q, epoch, b)
         # Sampled training: each rank samples the computation graph of its own
         # triples, drawing a different number of random numbers. The step runs
-        # on a stream of its own, seeded from one draw of the shared global RNG
-        # and the rank, so that (1) the ranks' samples are independent and (2)
-        # the global RNG advances identically on every rank: per-epoch
-        # randomness (e.g. FREEDOM's graph pruning) stays the same on all ranks
-        # and the checkpoint's RNG state (rank 0's) is every rank's.
-        shared = int(torch.randint(0, 2 ** 62, (1,)))
+        # on a stream of its own, seeded on the host from the run's seed, the
+        # step and the rank (no draw to read back), so that (1) the ranks'
+        # samples are independent and (2) the global RNG is left as it was, the
+        # same on every rank: per-epoch randomness (e.g. FREEDOM's graph
+        # pruning) stays the same on all ranks and the checkpoint's RNG state
+        # (rank 0's) is every rank's.
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed((shared + self.rank * 0x9E3779B97F4A7C15) % 2 ** 63)
+            torch.manual_seed(_step_seed(torch.initial_seed(), epoch, b, self.rank))
             return super().train_step(u, p, q, epoch, b)
 
     def auxiliary_loss(self, u: Tensor, p: Tensor, q: Tensor) -> Optional[Tensor]:
@@ -737,10 +815,8 @@ class DistributedTrainer(Trainer):
         self._aux_weight = float(u.numel())
         if self.world_size == 1:
             return aux
-        flag = torch.tensor([0.0 if aux is None else 1.0], dtype=torch.float64)
-        _collective("auxiliary-loss agreement",
-                    lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX))
-        if float(flag) == 0.0:
+        flags = _host_all_gather([0.0 if aux is None else 1.0], "auxiliary-loss agreement")
+        if not any(row[0] for row in flags):
             return None
         if aux is None:
             self._aux_weight = 0.0
@@ -750,32 +826,42 @@ class DistributedTrainer(Trainer):
             return zero
         return aux
 
-    def sync_batch(self, out: Dict[str, float], num_triples: int) -> Dict[str, float]:
+    def _note_finite(self, loss: Tensor, epoch: int, b: int) -> None:
+        # with several ranks the *global* loss is noted (sync_batch): every rank
+        # then holds the same record and raises at the same read
+        if self.world_size == 1:
+            super()._note_finite(loss, epoch, b)
+
+    def sync_batch(self, out: Dict[str, Any], num_triples: int) -> Dict[str, Any]:
         if self.world_size == 1:
             return out
-        # The global-batch loss values for the log, and the stop consensus.
-        # Terms may differ between ranks (a model can skip a term on a small
-        # local batch): a header says whether the key sets agree; if not, the
-        # dictionaries themselves are exchanged (missing term = 0).
+        # The global-batch loss values, kept on the device: one all-reduce of
+        # the stacked values weighted by the ranks' triples, read by the loop
+        # once per epoch / progress refresh. Before it, the ranks exchange host
+        # values only: their numbers of triples, their stop requests (the
+        # stop consensus) and a checksum of their term names (a model may skip
+        # a term on a small local batch; then the names themselves are
+        # exchanged, and a missing term counts as 0).
         keys = sorted(out)
-        n = float(num_triples)
-        header = torch.tensor([n, float(self._stop_requested),
-                               float(zlib.crc32("\0".join(keys).encode()))], dtype=torch.float64)
-        rows = [torch.empty_like(header) for _ in range(self.world_size)]
-        _collective("loss all-gather", lambda: dist.all_gather(rows, header))
-        rows_t = torch.stack(rows)
-        total = float(rows_t[:, 0].sum())
-        self._stop_agreed = bool(rows_t[:, 1].max() > 0)
-        if bool((rows_t[:, 2] == rows_t[0, 2]).all()):
-            vec = torch.tensor([out[k] * n for k in keys], dtype=torch.float64)
-            _collective("loss all-reduce", lambda: dist.all_reduce(vec))
-            return {k: float(vec[i]) / total for i, k in enumerate(keys)}
-        every: List[Any] = [None] * self.world_size
-        _collective("loss all-gather", lambda: dist.all_gather_object(every, (n, out)))
-        merged: Dict[str, float] = {}
-        for n_r, out_r in every:
-            for k, v in out_r.items():
-                merged[k] = merged.get(k, 0.0) + v * n_r / total
+        crc = zlib.crc32("\0".join(keys).encode())
+        rows = _host_all_gather([num_triples, float(self._stop_requested), crc], "loss header")
+        total = sum(row[0] for row in rows)
+        self._stop_agreed = any(row[1] > 0 for row in rows)
+        if any(row[2] != crc for row in rows):
+            every: List[Any] = [None] * self.world_size
+            _collective("loss term names", lambda: dist.all_gather_object(every, keys))
+            keys = sorted(set().union(*every))
+        some = next(iter(out.values()))
+        device = some.device if isinstance(some, Tensor) else self.device
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        vec = torch.stack([torch.as_tensor(out[k], device=device).to(torch.float64).reshape(())
+                           if k in out else zero for k in keys]).mul_(float(num_triples))
+        _collective("loss all-reduce", lambda: dist.all_reduce(vec))
+        vec = vec.div_(total)
+        merged = dict(zip(keys, vec.unbind(), strict=True))
+        if "loss" in merged:
+            epoch, b = self._step_at
+            Trainer._note_finite(self, merged["loss"], epoch, b)
         return merged
 
     def on_epoch_end(self, epoch: int) -> None:

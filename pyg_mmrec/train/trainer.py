@@ -359,9 +359,9 @@ class Trainer:
                 batch (the weight of its gradient in an average over ranks).
         """
 
-    def sync_batch(self, terms: Dict[str, float], num_triples: int) -> Dict[str, float]:
-        r"""Called after every optimiser step with the batch's loss values;
-        returns the values to log. The place where processes exchange
+    def sync_batch(self, terms: Dict[str, Any], num_triples: int) -> Dict[str, Any]:
+        r"""Called after every optimiser step with the batch's loss values
+        (0-dim tensors on the device); returns the values to log. The place where processes exchange
         per-batch state: distributed training averages the values over the
         global batch and agrees on a pending stop request (see
         :meth:`should_stop`). The default returns ``terms`` unchanged.
@@ -547,9 +547,10 @@ class Trainer:
         r"""One training step on the batch of triples ``(u[k], p[k], q[k])``:
         the estimator step (if the model has auxiliary parameters), then the
         main step; returns the loss values to log (after :meth:`sync_batch`):
-        0-dim tensors on the device in one process (the step never waits for
-        the device: the loop sums them there and reads the sums once per
-        epoch), Python floats with several processes. A non-finite loss is
+        0-dim tensors on the device (the step never waits for the device: the
+        loop sums them there and reads the sums once per epoch; with several
+        processes they are the global batch's, reduced on the device by
+        :class:`~pyg_mmrec.train.distributed.DistributedTrainer`). A non-finite loss is
         noted on the device and raised at the next host read (progress
         refresh, checkpoint, end of the epoch), naming its epoch and batch.
         Subclasses may wrap it (e.g. to time it); the hooks are the place to
@@ -589,8 +590,6 @@ class Trainer:
                     for k, v in terms.items()})
         if self.aux_optimizer is not None and aux is not None:
             out["loss/aux"] = aux.detach()
-        if self.world_size > 1:  # the processes exchange host values anyway
-            out = {k: float(v) for k, v in out.items()}
         return self.sync_batch(out, n)
 
     def _note_finite(self, loss: Tensor, epoch: int, b: int) -> None:

@@ -116,6 +116,31 @@ def _rank_train(out_dir, name, fanout, epochs, stop_at_batch, lr=0.01):
     distributed.destroy()
 
 
+def _rank_step_syncs(out_dir):
+    """Counts, with SyncMonitor, the synchronising calls of two steps of sampled
+    LightGCN (fanout [2, 2]) on this rank: a full global batch and the epoch's
+    last, uneven one (11 + 11 triples)."""
+    from pyg_mmrec.train import distributed
+    from pyg_mmrec.utils import SyncMonitor
+    ctx = distributed.init_from_env("cpu", timeout=60)
+    data = tiny_data()
+    model = make_model("LightGCN", data, [2, 2])
+    tr = DistributedTrainer(model, data, train_cfg(), seed=1)
+    model.train()
+    users, pos, neg = tr.sampler.sample(0, ctx.rank, ctx.world_size)
+    bs = tr.train_cfg["batch_size"]
+    steps = {}
+    for b in (0, 1, 4):  # batch 0 warms up (optimiser state, caches)
+        sl = slice(b * bs, (b + 1) * bs)
+        with SyncMonitor() as mon:
+            out = tr.train_step(users[sl], pos[sl], neg[sl], 0, b)
+        steps[b] = {"events": [[e.kind, e.where] for e in mon.events],
+                    "tensors": all(isinstance(v, torch.Tensor) for v in out.values()),
+                    "loss": float(out["loss"]), "n": int(users[sl].numel())}
+    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(steps))
+    distributed.destroy()
+
+
 def read_ranks(out_dir, n=2):
     return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(n)]
 
@@ -256,3 +281,26 @@ def test_command_line_sampled_i3mrec_on_two_ranks(tmp_path, monkeypatch, capfd):
     assert capfd.readouterr().out.count("| tiny | i3mrec |") == 1
     log = read_log(out)
     assert len(log) == 1 and "loss/club" in log[0] and log[0]["valid"]["recall@10"] >= 0
+
+
+def test_two_rank_sampled_step_reads_nothing_from_the_device(tmp_path):
+    """2 gloo ranks, sampled LightGCN: a step (a full global batch, and the
+    epoch's last one, 11 + 11 triples) makes no synchronising call on either
+    rank besides the exchanges of host values (``_host_all_gather``: which
+    gradients a rank has, their row counts and its weight; its number of
+    triples, stop request and loss-term names), whose CPU tensors never were
+    on a device. The loss values come back as tensors, the global batch's on
+    both ranks."""
+    assert launch(_rank_step_syncs, 2, (str(tmp_path),), timeout=60, threads=1) == 0
+    r0, r1 = read_ranks(tmp_path)
+    for rank in (r0, r1):
+        for b in ("1", "4"):
+            step = rank[b]
+            other = [e for e in step["events"] if "(_host_all_gather)" not in e[1]]
+            assert other == [], (b, other)
+            # the gradient sizes and the loss header: one host exchange each
+            assert [e[0] for e in step["events"]] == ["tolist", "tolist"], step["events"]
+            assert step["tensors"]
+    assert r0["4"]["n"] == r1["4"]["n"] == 11
+    for b in ("0", "1", "4"):
+        assert r0[b]["loss"] == r1[b]["loss"]  # the global batch's loss on both ranks
