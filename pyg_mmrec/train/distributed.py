@@ -67,11 +67,18 @@ while the global RNG stays identical everywhere (per-epoch randomness such as FR
 pruning stays the same on every rank, and rank 0's RNG in the checkpoint is
 everyone's). The embedding gradients are *not* densified (that would cost
 :math:`O((U + I) d)` per step and make the lazy optimiser touch every row):
-:func:`all_reduce_sparse_gradients` all-gathers each rank's coalesced rows and
-values (padded to the longest, sizes first) and builds on every rank the same
-sparse weighted sum over the union of the rows, so the lazy optimiser updates
-exactly those rows, identically on every rank. A step then exchanges
+:func:`all_reduce_sparse_gradients` all-gathers each rank's rows and values
+(padded to the longest, sizes first, as host values) and builds on every rank the
+same sparse weighted sum (in the trainer uncoalesced, one row per lookup, so that no
+output size depends on the data), so the lazy optimiser updates exactly those
+rows, identically on every rank. A step then exchanges
 :math:`O(W \max_r \text{nnz}_r\, d)` numbers.
+
+**No device reads per step.** The loss terms are all-reduced on the device
+(weighted by the triples) and summed there, read once per epoch; what the ranks
+read on the host per step are host values only (:func:`_host_all_gather`: gradient
+row counts, triples, stop requests, term names), in CPU tensors that never wait
+for a GPU.
 
 **Failures.** Every collective carries the process-group timeout
 (``--dist-timeout``, default :data:`DEFAULT_TIMEOUT` s). A rank that raises or
