@@ -247,20 +247,33 @@ class LayerwiseSampler:
     independently of the size of the graph (below the bound it grows with the
     number of distinct nodes the sample reaches). Randomness comes from torch's global RNG (one
     ``torch.rand`` per hop, one number per edge *slot*), so seeding and
-    checkpointed RNG states replay it. Shapes are static (see
-    :class:`SampledSubgraph`): sampling makes no host read per call.
+    checkpointed RNG states replay it. With ``static_shapes`` (the default
+    on accelerators) shapes are static (see :class:`SampledSubgraph`):
+    sampling makes no host read per call; on the CPU each hop keeps only the
+    nodes it reached (the same real rows, fewer padding rows).
 
     Args:
         fanout (list of int): :math:`f_0, \dots, f_{L-1}`; ``fanout[0]`` is
             the hop next to the seeds.
         num_layers (int, optional): :math:`L`, checked against
             ``len(fanout)``.
+        static_shapes (bool, optional): see :attr:`static_shapes`.
     """
 
-    def __init__(self, fanout: Sequence[int], num_layers: Optional[int] = None) -> None:
+    #: ``True``: every hop's node set has its static capacity (padding rows),
+    #: no host read; ``False``: each hop keeps only the nodes it reached (one
+    #: host read of their count per hop); ``None`` (default): static on
+    #: accelerators, where a host read waits for the device, compact on the
+    #: CPU, where it costs nothing and the padding would cost 2-3x per step
+    static_shapes: Optional[bool] = None
+
+    def __init__(self, fanout: Sequence[int], num_layers: Optional[int] = None,
+                 static_shapes: Optional[bool] = None) -> None:
         if num_layers is None:
             num_layers = len(fanout) if isinstance(fanout, (list, tuple)) else 0
         self.fanout = check_fanout(fanout, num_layers)
+        if static_shapes is not None:
+            self.static_shapes = bool(static_shapes)
         self._local: Optional[Tensor] = None
         self._degree: Optional[Tuple[Tensor, int]] = None
 
@@ -362,6 +375,7 @@ class LayerwiseSampler:
                                                                          device=dev))
         local[N] = -1
         max_deg = self._max_degree(adj)
+        static = self.static_shapes if self.static_shapes is not None else dev.type != "cpu"
         try:
             for f in self.fanout:
                 slots = max(1, min(f, max_deg))
@@ -381,6 +395,8 @@ class LayerwiseSampler:
                 added = nodes.new_zeros(cap + 1)
                 added.scatter_(0, torch.where(first, rank, torch.full_like(rank, cap)), src)
                 count = rank[-1] + 1
+                if not static:  # keep only the reached nodes (a free host read on the CPU)
+                    cap = int(count)
                 added_valid = torch.arange(cap, device=dev) < count
                 nodes = torch.cat([nodes, torch.where(added_valid, added[:cap], nodes[:1])])
                 valid = torch.cat([valid, added_valid])

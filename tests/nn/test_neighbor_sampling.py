@@ -127,7 +127,7 @@ def test_deterministic_per_seed():
 
 def test_cost_bounded_by_fanout():
     conv, _ = graph(num_edges=600)
-    sub = LayerwiseSampler([2, 3]).sample(conv.adj, SEEDS)
+    sub = LayerwiseSampler([2, 3], static_shapes=True).sample(conv.adj, SEEDS)
     n0 = sub.sizes[0]
     # edge slots and node capacities: fixed on the host by the seeds and fan-outs
     assert sub.blocks[0][1].numel() == 2 * n0
@@ -135,6 +135,23 @@ def test_cost_bounded_by_fanout():
     assert sub.sizes[1] == n0 * 3 and sub.sizes[2] == n0 * 3 * 4
     assert torch.equal(sub.blocks[0][0], torch.arange(n0 + 1) * 2)
     assert sub.num_sampled_edges() <= 2 * n0 + 3 * sub.sizes[1]
+
+
+def test_compact_hops_keep_the_reached_nodes_only():
+    conv, _ = graph(num_edges=600)
+    torch.manual_seed(0)
+    static = LayerwiseSampler([2, 3], static_shapes=True).sample(conv.adj, SEEDS)
+    torch.manual_seed(0)
+    compact = LayerwiseSampler([2, 3], static_shapes=False).sample(conv.adj, SEEDS)
+    assert LayerwiseSampler([2]).static_shapes is None  # default: compact on the CPU
+    n0 = compact.sizes[0]
+    # past the seeds every row is a reached node, each once; the static sample pads
+    assert bool(compact.valid[n0:].all())
+    assert compact.n_id[n0:].unique().numel() == compact.sizes[-1] - n0
+    assert compact.sizes[-1] < static.sizes[-1]
+    # hop 0 draws the same numbers (same targets): the same first-hop nodes
+    real = static.n_id[n0:static.sizes[1]][static.valid[n0:static.sizes[1]]]
+    assert torch.equal(compact.n_id[n0:compact.sizes[1]], real)
 
 
 @pytest.mark.parametrize("fanout,layers,match", [

@@ -122,6 +122,8 @@ def _rank_step_syncs(out_dir):
     last, uneven one (11 + 11 triples)."""
     from pyg_mmrec.train import distributed
     from pyg_mmrec.utils import SyncMonitor
+    from pyg_mmrec.nn.neighbor_sampling import LayerwiseSampler
+    LayerwiseSampler.static_shapes = True  # the accelerator path (the CPU default compacts)
     ctx = distributed.init_from_env("cpu", timeout=60)
     data = tiny_data()
     model = make_model("LightGCN", data, [2, 2])

@@ -11,6 +11,14 @@ from pyg_mmrec.train import Trainer
 from pyg_mmrec.utils import SyncMonitor, assert_no_sync
 
 
+@pytest.fixture(autouse=True)
+def _static_shapes(monkeypatch):
+    # the accelerator path: on the CPU the sampler compacts each hop by default
+    # (one free host read of the count per hop)
+    from pyg_mmrec.nn.neighbor_sampling import LayerwiseSampler
+    monkeypatch.setattr(LayerwiseSampler, "static_shapes", True)
+
+
 # ------------------------------------------------------------ the detector itself
 class _ReadsInBackward(torch.autograd.Function):
     @staticmethod
