@@ -247,8 +247,9 @@ def knn_graph(x: Tensor, k: int = 10, mask: Optional[Tensor] = None,
         ``edge_index[1]`` = centre item (target), sorted by target.
     """
     _check_inputs(x, k, mask, chunk_size)
-    method = check_knn_method(method, "method")
+    # the arguments first, then whether the optional package is installed
     nprobe, nlist = _positive_or_none("nprobe", nprobe), _positive_or_none("nlist", nlist)
+    method = check_knn_method(method, "method")
     num_items, device = x.size(0), x.device
     present = (torch.arange(num_items, device=device) if mask is None
                else mask.to(device).nonzero().view(-1))
