@@ -82,6 +82,7 @@ def _rank_sparse_reduce(out_dir):
                       "rows": g._indices()[0].tolist(), "values": g._values().tolist()}
                      if g.is_sparse else {"sparse": False, "values": g.tolist()})
     Path(out_dir, f"rank{r}.json").write_text(json.dumps(out))
+    distributed.barrier()  # leave together: a rank tearing gloo down alone can abort
     distributed.destroy()
 
 
@@ -113,6 +114,7 @@ def _rank_train(out_dir, name, fanout, epochs, stop_at_batch, lr=0.01):
             torch.save(model.state_dict(), Path(out_dir, "weights.pt"))
     rec["rng"] = rng_digest()
     Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(rec))
+    distributed.barrier()  # leave together: a rank tearing gloo down alone can abort
     distributed.destroy()
 
 
@@ -140,6 +142,7 @@ def _rank_step_syncs(out_dir):
                     "tensors": all(isinstance(v, torch.Tensor) for v in out.values()),
                     "loss": float(out["loss"]), "n": int(users[sl].numel())}
     Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(steps))
+    distributed.barrier()  # leave together: a rank tearing gloo down alone can abort
     distributed.destroy()
 
 
