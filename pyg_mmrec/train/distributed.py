@@ -932,7 +932,10 @@ def _entry(fn: Callable, rank: int, env: Dict[str, str], err_file: str, args: tu
         os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(int(rc) if isinstance(rc, int) else 0)
+    # the rank's work is done and flushed: leave without the interpreter's teardown, where
+    # gloo's worker threads can abort the process ("terminate called without an active
+    # exception", signal 6) after a clean run
+    os._exit(int(rc) if isinstance(rc, int) else 0)
 
 
 def _rank_env(rank: int, nproc: int, port: int, timeout: float, threads: int) -> Dict[str, str]:
