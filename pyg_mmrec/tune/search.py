@@ -196,22 +196,26 @@ def work(spec: Mapping[str, Any], worker: int = 0, trainer_cls=None) -> int:
 MAX_FAILED_IN_ROW = 10
 
 
+def _my_latest_trial(study):
+    """This process's latest trial (``None`` before its first)."""
+    mine = [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("pid") == os.getpid()]
+    return max(mine, key=lambda t: t.number) if mine else None
+
+
 def _latest_error(study) -> Optional[str]:
     """The error of this process's latest trial, if it failed by one."""
     from optuna.trial import TrialState
-    mine = [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("pid") == os.getpid()]
-    if not mine:
+    last = _my_latest_trial(study)
+    if last is None or last.state != TrialState.FAIL:
         return None
-    last = max(mine, key=lambda t: t.number)
-    return last.user_attrs.get("error") if last.state == TrialState.FAIL else None
+    return last.user_attrs.get("error")
 
 
 def _stopped_at_budget(study) -> bool:
     """Whether this process's latest trial was stopped by the wall-time budget."""
-    mine = [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("pid") == os.getpid()]
-    return bool(mine) and max(mine, key=lambda t: t.number).user_attrs.get("stopped") == "budget"
+    last = _my_latest_trial(study)
+    return last is not None and last.user_attrs.get("stopped") == "budget"
 
 
 def _worker_main(spec: Dict[str, Any], worker: int) -> None:  # pragma: no cover - subprocess
