@@ -122,27 +122,7 @@ class LazyAdam(torch.optim.Optimizer):
     @staticmethod
     def _sparse_update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, lr: float, b1: float,
                        b2: float, eps: float, wd: float, bc2_sqrt: float) -> None:
-        # The rows of the gradient are summed per distinct index without
-        # ``coalesce()`` (its output size depends on the data: a host read on a
-        # GPU): a sort of the indices (the default sort, as ``coalesce``: on the
-        # CPU the same sums bit for bit), the first occurrence of every
-        # index, segment sums into ``n`` slots (``n`` = the gradient's rows, known
-        # on the host). Slots past the number of distinct indices repeat the
-        # last distinct row, so every write below is either unique or writes
-        # the same numbers twice (the result does not depend on the order).
-        idx, val = g._indices()[0], g._values()
-        n = idx.numel()
-        if n == 0:
-            return
-        from pyg_mmrec.nn.neighbor_sampling import sorted_segments
-        order, segment, distinct, slot = sorted_segments(idx)
-        sums = val.new_zeros(n, *val.shape[1:]).index_add_(0, segment, val[order])
-        idx, val = distinct[slot], sums[slot]
-        if wd:
-            val = val + wd * p.index_select(0, idx)
-        m_rows = m.index_select(0, idx).lerp_(val, 1 - b1)
-        v_rows = v.index_select(0, idx).mul_(b2).addcmul_(val, val, value=1 - b2)
-        m.index_copy_(0, idx, m_rows)
-        v.index_copy_(0, idx, v_rows)
-        denom = (v_rows.sqrt() / bc2_sqrt).add_(eps)
-        p.index_copy_(0, idx, p.index_select(0, idx).add_(m_rows / denom, alpha=-lr))
+        # the gradient stays uncoalesced (repeated rows are summed by the update)
+        from pyg_mmrec.ops.lazy_adam import lazy_adam_rows_
+        lazy_adam_rows_(p, m, v, g._indices()[0], g._values(), step_size=lr, beta1=b1,
+                        beta2=b2, eps=eps, weight_decay=wd, bc2_sqrt=bc2_sqrt)

@@ -26,7 +26,9 @@ that read values or have data-dependent output shapes (a
 operators run inside other operators and in the backward pass). The public
 :func:`~pyg_mmrec.ops.masked_spmm` / ``csr_transpose`` ops of the extension
 count as synchronising unless called with ``trusted=True`` (their data checks
-read index values). When CUDA is available and ``cuda=True``,
+read index values), and so does ``lazy_adam_rows_`` (a CPU kernel that groups
+the indices on the host; on other devices :class:`~pyg_mmrec.train.optim.LazyAdam`
+runs its static-shape reference). When CUDA is available and ``cuda=True``,
 :func:`torch.cuda.set_sync_debug_mode` is also set (``"warn"``) inside the
 block.
 """
@@ -141,6 +143,8 @@ class _DispatchLevel(TorchDispatchMode):
             trusted = kwargs.get("trusted", args[9] if len(args) > 9 else False)
             if not trusted:
                 kind = f"pyg_mmrec.{func.overloadpacket.__name__} (untrusted: data checks)"
+        elif func.namespace == "pyg_mmrec" and func.overloadpacket.__name__ == "lazy_adam_rows_":
+            kind = "pyg_mmrec.lazy_adam_rows_ (its CPU kernel reads the indices on the host)"
         if kind is not None and self.monitor._inside == 0:
             self.monitor._record(kind)
         return func(*args, **kwargs)

@@ -125,7 +125,9 @@ def _rank_step_syncs(out_dir):
     from pyg_mmrec.train import distributed
     from pyg_mmrec.utils import SyncMonitor
     from pyg_mmrec.nn.neighbor_sampling import LayerwiseSampler
+    import pyg_mmrec.ops.lazy_adam as lazy_adam
     LayerwiseSampler.static_shapes = True  # the accelerator path (the CPU default compacts)
+    lazy_adam.LAZY_ADAM_DEVICES = frozenset()  # and lazy Adam's (no host-grouping CPU kernel)
     ctx = distributed.init_from_env("cpu", timeout=60)
     data = tiny_data()
     model = make_model("LightGCN", data, [2, 2])

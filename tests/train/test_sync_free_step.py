@@ -17,6 +17,20 @@ def _static_shapes(monkeypatch):
     # (one free host read of the count per hop)
     from pyg_mmrec.nn.neighbor_sampling import LayerwiseSampler
     monkeypatch.setattr(LayerwiseSampler, "static_shapes", True)
+    # and lazy Adam's static-shape reference (the compiled row update is a CPU kernel
+    # that groups the indices on the host; the detector counts it)
+    monkeypatch.setattr("pyg_mmrec.ops.lazy_adam.LAZY_ADAM_DEVICES", frozenset())
+
+
+def test_the_cpu_lazy_adam_kernel_is_counted():
+    from pyg_mmrec.ops.lazy_adam import _kernel_devices
+    if "cpu" not in _kernel_devices():
+        pytest.skip("pyg_mmrec._C has no lazy_adam_rows_ kernel")
+    p, m, v = torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(4, 2)
+    with SyncMonitor() as mon:
+        torch.ops.pyg_mmrec.lazy_adam_rows_(p, m, v, torch.tensor([1, 1]), torch.ones(2, 2),
+                                            0.1, 0.9, 0.99, 1e-8, 0.0, 1.0)
+    assert any("lazy_adam_rows_" in e.kind for e in mon.events), mon.events
 
 
 # ------------------------------------------------------------ the detector itself
