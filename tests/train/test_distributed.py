@@ -157,6 +157,37 @@ def _rank_returns_code():
     return 5 if os.environ["RANK"] == "1" else 0
 
 
+def _rank_gather_both_ways(out_dir):
+    """_gather_padded on gloo (all-reduce of a slotted zero buffer) and as on NCCL
+    (padded all-gather), with uneven counts (rank 2 sends nothing) and a scale."""
+    import torch.distributed as dist
+    from pyg_mmrec.train import distributed
+    ctx = distributed.init_from_env("cpu", timeout=60)
+    counts = [3, 5, 0]
+    t = torch.arange(counts[ctx.rank] * 2, dtype=torch.float64).view(-1, 2) + 10 * ctx.rank
+    slotted = distributed._gather_padded(t, counts, scale=0.5)
+    backend = dist.get_backend
+    dist.get_backend = lambda group=None: "nccl"  # the all_gather branch, still on gloo
+    try:
+        gathered = distributed._gather_padded(t, counts, scale=0.5)
+    finally:
+        dist.get_backend = backend
+    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(
+        {"slotted": [p.tolist() for p in slotted], "gathered": [p.tolist() for p in gathered]}))
+    distributed.barrier()
+    distributed.destroy()
+
+
+def test_padded_gather_is_the_same_by_all_reduce_and_by_all_gather(tmp_path):
+    from pyg_mmrec.train.distributed import launch
+    assert launch(_rank_gather_both_ways, 3, (str(tmp_path),), timeout=60, threads=1) == 0
+    expected = [[[0.5 * (2 * i + j) + 5 * r for j in range(2)] for i in range(n)]
+                for r, n in enumerate([3, 5, 0])]
+    for f in tmp_path.glob("rank*.json"):
+        rec = json.loads(f.read_text())
+        assert rec["slotted"] == rec["gathered"] == expected
+
+
 def test_launch_runs_a_plain_function_on_every_rank(tmp_path):
     from pyg_mmrec.train.distributed import launch
     assert launch(_rank_all_reduce, 3, (str(tmp_path), 3), timeout=60, threads=1) == 0

@@ -1,0 +1,65 @@
+"""``examples/sampled_vs_full.py``: the commands it hands to the CLI and its verdicts."""
+import json
+
+import pytest
+
+from conftest import load_script
+from pyg_mmrec.cli import build_parser
+from pyg_mmrec.config import build_config
+
+
+@pytest.fixture
+def example():
+    return load_script("examples/sampled_vs_full.py", "sampled_vs_full")
+
+
+def test_commands_are_cli_commands_with_one_fanout_per_layer(example, monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(example.subprocess, "run", lambda cmd, **kw: seen.append(cmd[3:]))
+    monkeypatch.setattr(example, "table", lambda pairs: "")
+    example.main(["--models", ",".join(example.LAYERS), "--out", str(tmp_path)])
+    assert len(seen) == 2 * len(example.LAYERS)
+    for cmd in seen:
+        ns = build_parser().parse_args(cmd)
+        assert ns.command == "train" and ns.seeds == [1, 2, 3] and ns.resume
+        sets = dict(s.split("=", 1) for s in (ns.set or []))
+        name = ns.model + ("+MRdIB" if ns.plugin == "mrdib" else "")
+        if "fanout" not in sets:
+            assert "full" in ns.out
+            continue
+        fanout = json.loads(sets["fanout"])
+        assert fanout == [10] * example.LAYERS[name]
+        hp = build_config(ns.model, {})["hparams"]
+        layers = max(hp.get(k) or 0 for k in ("n_layers", "n_ui_layers", "n_mm_layers"))
+        if ns.model in ("FREEDOM", "LATTICE", "MGCN"):
+            layers = hp["n_ui_layers"]  # their item-item layers are not sampled
+        if ns.model not in ("VBPR", "BPR"):  # no graph: any list
+            assert len(fanout) == layers, (name, fanout, hp)
+
+
+def write_run(root, seed, r20, n20):
+    d = root / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({
+        "config": {"dataset": "toy", "missing": "natural", "model": "lightgcn", "seed": seed},
+        "valid": {"recall@20": 0.2}, "test": {"recall@20": r20, "ndcg@20": n20}}))
+
+
+def test_table_pairs_by_seed_and_calls_a_loss_beyond_one_std(example, tmp_path):
+    full, kept, lost = tmp_path / "full", tmp_path / "kept", tmp_path / "lost"
+    for seed, r in zip((1, 2, 3), (0.20, 0.21, 0.22)):  # full-graph std 0.01
+        write_run(full, seed, r, r / 2)
+        write_run(kept, seed, r - 0.005, r / 2)
+        write_run(lost, seed, r - 0.02, r / 2)
+    out = example.table([("LightGCN", 10, full, kept), ("LightGCN", 10, full, lost),
+                         ("LightGCN", 10, full, tmp_path / "absent")])
+    rows = out.splitlines()[2:]
+    assert "-0.0050 ± 0.0000 (0/0/3)" in rows[0] and rows[0].endswith("| kept |")
+    assert "-0.0200 ± 0.0000 (0/0/3)" in rows[1] and rows[1].endswith("| loses |")
+    assert "not run" in rows[2]
+
+
+def test_unknown_model_is_refused(example, capsys):
+    with pytest.raises(SystemExit):
+        example.main(["--models", "LightGCN,Nope", "--table-only"])
+    assert "--models: unknown ['Nope']" in capsys.readouterr().err
