@@ -1,4 +1,5 @@
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -235,6 +236,28 @@ def test_two_gloo_ranks_match_one_process(tiny_root, tmp_path, capfd):
     assert r1["best_epoch"] == r2["best_epoch"]
     for k in r1["test"]:
         assert r2["test"][k] == pytest.approx(r1["test"][k], abs=1e-6)
+
+
+def test_torchrun_ranks_train_and_leave_cleanly(tiny_root, tmp_path):
+    """The same job under torchrun: both ranks exit 0 (they leave the process group
+    and skip the interpreter's teardown), only rank 0 prints the table."""
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    out = tmp_path / "tr"
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "pyg_mmrec",
+         *base_args(tiny_root), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("| tiny | lightgcn |") == 1
+    assert "terminate called" not in proc.stderr
+    (result,) = list(out.rglob("result.json"))
+    assert json.loads(result.read_text())["test"]
 
 
 def run_bounded(argv, seconds):
