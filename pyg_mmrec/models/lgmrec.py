@@ -226,7 +226,7 @@ class LGMRec(Recommender):
             mm_inputs[m] = torch.cat([agg[:, :d] / count, x_i])
             logits[m] = (logit_i, agg[:, d:])
         e, mm = self._propagate(ego, mm_inputs)
-        e_u, e_i = e[:U], e[U:]
+        e_i = e[U:]  # the hypergraph reads the items only
         local = e
         glob_u, glob_i = 0.0, 0.0
         item_modal, user_modal, hyper_u, hyper_i = {}, {}, {}, {}

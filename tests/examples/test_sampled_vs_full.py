@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from conftest import load_script
+
 from pyg_mmrec.cli import build_parser
 from pyg_mmrec.config import build_config
 
@@ -47,7 +47,7 @@ def write_run(root, seed, r20, n20):
 
 def test_table_pairs_by_seed_and_calls_a_loss_beyond_one_std(example, tmp_path):
     full, kept, lost = tmp_path / "full", tmp_path / "kept", tmp_path / "lost"
-    for seed, r in zip((1, 2, 3), (0.20, 0.21, 0.22)):  # full-graph std 0.01
+    for seed, r in zip((1, 2, 3), (0.20, 0.21, 0.22), strict=True):  # full-graph std 0.01
         write_run(full, seed, r, r / 2)
         write_run(kept, seed, r - 0.005, r / 2)
         write_run(lost, seed, r - 0.02, r / 2)

@@ -48,7 +48,7 @@ def test_rows_match_the_contract_and_others_stay(impl, device):
     idx, val = [t.to(device) for t in gradient()]
     expected = by_hand(p, m, v, idx, val, **KW)
     fn(p, m, v, idx, val, **KW)
-    for got, want, old in zip((p, m, v), expected, before):
+    for got, want, old in zip((p, m, v), expected, before, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         untouched = torch.ones(p.size(0), dtype=torch.bool, device=device)
         untouched[idx] = False
@@ -66,7 +66,7 @@ def test_kernel_equals_reference(dtype, tol, f):
     a, b = [t.clone() for t in (p, m, v)], [t.clone() for t in (p, m, v)]
     lazy_adam_rows_(*a, idx, val, **KW)
     lazy_adam_rows_reference(*b, idx, val, **KW)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
 
 
@@ -89,7 +89,7 @@ def test_empty_gradient_changes_nothing():
     before = [t.clone() for t in (p, m, v)]
     lazy_adam_rows_(p, m, v, torch.empty(0, dtype=torch.long), torch.empty(0, 7,
                     dtype=torch.float64), **KW)
-    assert all(torch.equal(a, b) for a, b in zip((p, m, v), before))
+    assert all(torch.equal(a, b) for a, b in zip((p, m, v), before, strict=True))
 
 
 @requires_kernel
