@@ -73,9 +73,10 @@ def table(pairs) -> str:
         by = {r["metric"]: r for r in rows}
         r20, n20 = by["recall@20"], by["ndcg@20"]
         verdict = "kept"
-        for r in (r20, n20):
-            if r["diff"][0] < -r["mean_b"][1]:
-                verdict = "loses"
+        if len(r20["seeds"]) < 2:  # no seed-to-seed spread to compare with
+            verdict = "n/a (1 seed)"
+        elif any(r["diff"][0] < -r["mean_b"][1] for r in (r20, n20)):
+            verdict = "loses"
         f = lambda ms: f"{ms[0]:.4f} ± {ms[1]:.4f}"  # noqa: E731
         lines.append(
             f"| {name} | [{', '.join([str(fanout)] * LAYERS[name])}] | {len(r20['seeds'])} | "

@@ -51,12 +51,16 @@ def test_table_pairs_by_seed_and_calls_a_loss_beyond_one_std(example, tmp_path):
         write_run(full, seed, r, r / 2)
         write_run(kept, seed, r - 0.005, r / 2)
         write_run(lost, seed, r - 0.02, r / 2)
+    one = tmp_path / "one"
+    write_run(one, 1, 0.10, 0.05)
     out = example.table([("LightGCN", 10, full, kept), ("LightGCN", 10, full, lost),
-                         ("LightGCN", 10, full, tmp_path / "absent")])
+                         ("LightGCN", 10, full, tmp_path / "absent"),
+                         ("LightGCN", 10, full, one)])
     rows = out.splitlines()[2:]
     assert "-0.0050 ± 0.0000 (0/0/3)" in rows[0] and rows[0].endswith("| kept |")
     assert "-0.0200 ± 0.0000 (0/0/3)" in rows[1] and rows[1].endswith("| loses |")
     assert "not run" in rows[2]
+    assert "-0.1000" in rows[3] and rows[3].endswith("| n/a (1 seed) |")  # one pair only
 
 
 def test_unknown_model_is_refused(example, capsys):
