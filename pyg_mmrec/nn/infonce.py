@@ -9,6 +9,58 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+#: the fused pair needs exp(S - max S) not to underflow over a row: with cosine
+#: similarities S spans at most 2 / tau, so tau >= 1/40 keeps it above e^-80
+_FUSED_MIN_TEMPERATURE = 1.0 / 40.0
+
+
+class _PairLoss(torch.autograd.Function):
+    r"""``(L(a, b), L(b, a))`` of :meth:`InfoNCE._both_ways` (``a`` already
+    divided by the temperature) from one exponential of the similarity matrix:
+    :math:`P = \exp(S - c)` with one shift :math:`c = \max S` serves the
+    row-wise and the column-wise log-sum-exp (their sums), and its rows and
+    columns give the gradient, :math:`\partial S = P \odot (u \mathbf{1}^\top +
+    \mathbf{1} v^\top) - \operatorname{diag}(d)`, without the four
+    exponentials and the shifts that two autograd ``logsumexp`` recompute.
+    For bounded similarities only (cosine, see ``_FUSED_MIN_TEMPERATURE``)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, keep: Optional[Tensor]):
+        s = a @ b.t()
+        pos = s.diagonal()
+        c = s.amax()
+        p = torch.exp(s - c)
+        del s
+        if keep is not None:  # left-out rows are neither anchors nor negatives
+            p.mul_(keep.unsqueeze(0)).mul_(keep.unsqueeze(1))
+            count = keep.sum().clamp(min=1)
+        else:
+            count = torch.full((), float(a.size(0)), dtype=a.dtype, device=a.device)
+        tiny = torch.finfo(p.dtype).tiny  # a left-out row sums to 0: finite, weighted 0
+        row, col = p.sum(1), p.sum(0)
+        by_row = torch.log(row.clamp(min=tiny)) + c - pos
+        by_col = torch.log(col.clamp(min=tiny)) + c - pos
+        if keep is not None:
+            by_row, by_col = by_row * keep, by_col * keep
+        ctx.save_for_backward(a, b, p, row, col, count, keep)
+        return by_row.sum() / count, by_col.sum() / count
+
+    @staticmethod
+    def backward(ctx, g_row: Tensor, g_col: Tensor):
+        a, b, p, row, col, count, keep = ctx.saved_tensors
+        tiny = torch.finfo(p.dtype).tiny
+        u = g_row / (count * row.clamp(min=tiny))
+        v = g_col / (count * col.clamp(min=tiny))
+        d = (g_row + g_col) / count
+        if keep is not None:
+            u, v, d = u * keep, v * keep, d * keep
+        ds = p * (u.unsqueeze(1) + v.unsqueeze(0))
+        ds.diagonal().sub_(d)
+        grad_a = ds @ b if ctx.needs_input_grad[0] else None
+        grad_b = ds.t() @ a if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None
+
+
 class InfoNCE(torch.nn.Module):
     r"""The InfoNCE loss from the `"Representation Learning with Contrastive
     Predictive Coding" <https://arxiv.org/abs/1807.03748>`_ paper, used by
@@ -65,6 +117,16 @@ class InfoNCE(torch.nn.Module):
         the column-wise log-sum-exp of :math:`S = a b^\top / \tau`; ``weight``
         (bool ``[N]``): rows taking part, the others are neither anchors nor
         negatives (the loss of the kept rows alone, with static shapes)."""
+        if self.normalize and self.temperature >= _FUSED_MIN_TEMPERATURE:
+            keep = None if weight is None else weight.to(torch.bool).to(a.dtype)
+            return _PairLoss.apply(a / self.temperature, b, keep)
+        return self._both_ways_autograd(a, b, weight)
+
+    def _both_ways_autograd(self, a: Tensor, b: Tensor, weight: Optional[Tensor] = None
+                            ) -> tuple[Tensor, Tensor]:
+        """:meth:`_both_ways` in plain autograd (two ``logsumexp``): for
+        unbounded similarities (``normalize=False``) and as the reference of
+        the fused pair."""
         s = (a / self.temperature) @ b.t()
         pos = s.diagonal()
         if weight is None:

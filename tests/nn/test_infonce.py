@@ -71,3 +71,51 @@ def test_errors():
         InfoNCE()(torch.randn(3), torch.randn(3))
     with pytest.raises(ValueError, match="at least 2 views"):
         InfoNCE().multi_view([torch.randn(3, 2)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_pair_equals_two_logsumexp(dtype, weighted, device):
+    """The fused pair (one exponential for both directions, its own backward) against
+    the plain-autograd pair: values and the gradients of a weighted sum of both."""
+    torch.manual_seed(0)
+    nce = InfoNCE(temperature=0.3)
+    a = torch.nn.functional.normalize(torch.randn(40, 6, dtype=dtype, device=device), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(40, 6, dtype=dtype, device=device), dim=-1)
+    weight = (torch.rand(40, device=device) > 0.3) if weighted else None
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    out, grads = [], []
+    for fn in (nce._both_ways, nce._both_ways_autograd):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        ab, ba = fn(x, y, weight)
+        (0.7 * ab - 1.3 * ba).backward()
+        out.append(torch.stack([ab, ba]).detach())
+        grads.append((x.grad, y.grad))
+    torch.testing.assert_close(out[0], out[1], **tol)
+    for g, h in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(g, h, **tol)
+
+
+def test_fused_pair_gradcheck_and_when_it_is_used(monkeypatch):
+    from pyg_mmrec.nn import infonce
+    a = torch.nn.functional.normalize(torch.randn(9, 3, dtype=torch.float64), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(9, 3, dtype=torch.float64), dim=-1)
+    keep = (torch.arange(9) % 3 != 0).double()
+    assert torch.autograd.gradcheck(
+        lambda x, y: torch.stack(infonce._PairLoss.apply(x / 0.5, y, keep)),
+        (a.clone().requires_grad_(), b.clone().requires_grad_()))
+    calls = []
+    monkeypatch.setattr(infonce._PairLoss, "apply", lambda *args: calls.append(1) or (
+        torch.zeros(()), torch.zeros(())))
+    InfoNCE(temperature=0.5)(a, b)
+    assert calls == [1]
+    InfoNCE(temperature=0.5, normalize=False)(a, b)  # unbounded similarities: plain autograd
+    InfoNCE(temperature=0.01)(a, b)  # exp(S - max S) could underflow a whole row
+    assert calls == [1]
+
+
+def test_fused_pair_with_every_row_left_out_is_finite():
+    a = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1).requires_grad_()
+    ab, ba = InfoNCE(temperature=0.5)._both_ways(a, a.detach(), torch.zeros(5, dtype=torch.bool))
+    (ab + ba).backward()
+    assert float(ab) == 0.0 and float(ba) == 0.0 and torch.isfinite(a.grad).all()
