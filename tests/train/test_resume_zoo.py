@@ -2,10 +2,10 @@
 written mid-epoch (a fresh model, seeded differently, gets everything from the file)."""
 import pytest
 import torch
+from conftest import stop_after
 from test_sync_free_step import FULL, SAMPLED, _model
 from test_trainer import cfg, same, tiny_data
 
-from conftest import stop_after
 from pyg_mmrec.train import Trainer, TrainingInterrupted
 
 
