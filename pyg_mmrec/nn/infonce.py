@@ -37,9 +37,9 @@ class _PairLoss(torch.autograd.Function):
         else:
             count = torch.full((), float(a.size(0)), dtype=a.dtype, device=a.device)
         tiny = torch.finfo(p.dtype).tiny  # a left-out row sums to 0: finite, weighted 0
-        row, col = p.sum(1), p.sum(0)
-        by_row = torch.log(row.clamp(min=tiny)) + c - pos
-        by_col = torch.log(col.clamp(min=tiny)) + c - pos
+        row, col = p.sum(1).clamp_(min=tiny), p.sum(0).clamp_(min=tiny)
+        by_row = torch.log(row) + c - pos
+        by_col = torch.log(col) + c - pos
         if keep is not None:
             by_row, by_col = by_row * keep, by_col * keep
         ctx.save_for_backward(a, b, p, row, col, count, keep)
@@ -48,9 +48,8 @@ class _PairLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_row: Tensor, g_col: Tensor):
         a, b, p, row, col, count, keep = ctx.saved_tensors
-        tiny = torch.finfo(p.dtype).tiny
-        u = g_row / (count * row.clamp(min=tiny))
-        v = g_col / (count * col.clamp(min=tiny))
+        u = g_row / (count * row)
+        v = g_col / (count * col)
         d = (g_row + g_col) / count
         if keep is not None:
             u, v, d = u * keep, v * keep, d * keep

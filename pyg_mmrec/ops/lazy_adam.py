@@ -13,21 +13,12 @@ device without a compiled kernel.
 import torch
 from torch import Tensor
 
-from .masked_spmm import WITH_EXT
+from .masked_spmm import kernel_devices
 
 __all__ = ["lazy_adam_rows_", "lazy_adam_rows_reference", "LAZY_ADAM_DEVICES"]
 
-
-def _kernel_devices() -> frozenset:
-    if not WITH_EXT or not hasattr(torch.ops.pyg_mmrec, "_lazy_adam_rows_kernel"):
-        return frozenset()
-    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
-    return frozenset(d for d in ("cpu", "cuda")
-                     if has_kernel("pyg_mmrec::_lazy_adam_rows_kernel", d.upper()))
-
-
 #: Device types on which :func:`lazy_adam_rows_` runs a compiled kernel.
-LAZY_ADAM_DEVICES = _kernel_devices()
+LAZY_ADAM_DEVICES = kernel_devices("_lazy_adam_rows_kernel")
 
 
 def lazy_adam_rows_reference(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,

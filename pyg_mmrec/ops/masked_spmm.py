@@ -48,17 +48,20 @@ def _load_extension() -> bool:
 WITH_EXT: bool = _load_extension()
 
 
-def _ext_devices() -> frozenset:
-    if not WITH_EXT:
+def kernel_devices(kernel: str) -> frozenset:
+    """Device types on which the loaded extension implements the kernel op
+    ``torch.ops.pyg_mmrec.<kernel>`` (empty without the extension, or with a
+    build that predates the op)."""
+    if not WITH_EXT or not hasattr(torch.ops.pyg_mmrec, kernel):
         return frozenset()
     has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
     # The public ops run on any device; the per-device kernels decide where the op works.
     return frozenset(d for d in ("cpu", "cuda")
-                     if has_kernel("pyg_mmrec::_masked_spmm_kernel", d.upper()))
+                     if has_kernel(f"pyg_mmrec::{kernel}", d.upper()))
 
 
 #: Device types with a compiled kernel (``{"cpu"}``, plus ``"cuda"`` in CUDA builds).
-EXT_DEVICES = _ext_devices()
+EXT_DEVICES = kernel_devices("_masked_spmm_kernel")
 
 
 def _cuda_fallback_message(cuda_available: bool, with_ext: bool, ext_devices) -> Optional[str]:

@@ -376,26 +376,21 @@ def _gather_padded(t: Tensor, counts: Sequence[int], group=None,
     and gloo's all-reduce moves it 2-3x faster than its all-gather (68 MB per
     rank on 2 ranks: 0.12 s against 0.30 s, ``benchmarks/bench_sampled_ranks.py``);
     elsewhere (NCCL) a plain ``all_gather``, which sends half the bytes."""
-    longest = max(counts)
+    longest, n, row = max(counts), t.size(0), tuple(t.shape[1:])
     if longest == 0:  # nothing anywhere: every rank knows it, no message needed
-        return [t.new_zeros((0,) + tuple(t.shape[1:])) for _ in counts]
-    n = t.size(0)
-    if dist.get_backend(group) == "gloo":
-        buf = t.new_zeros((len(counts), longest) + tuple(t.shape[1:]))
-        mine = buf[dist.get_rank(group), :n]
-        if scale is None:
-            mine.copy_(t)
-        else:
-            torch.mul(t, scale, out=mine)
+        return [t.new_zeros((0,) + row) for _ in counts]
+    slotted = dist.get_backend(group) == "gloo"
+    buf = t.new_zeros(((len(counts), longest) if slotted else (longest,)) + row)
+    mine = buf[dist.get_rank(group), :n] if slotted else buf[:n]
+    if scale is None:
+        mine.copy_(t)
+    else:
+        torch.mul(t, scale, out=mine)
+    if slotted:
         _collective("sparse gradient all-gather", lambda: dist.all_reduce(buf, group=group))
         return [buf[r, :c] for r, c in enumerate(counts)]
-    padded = t.new_zeros((longest,) + tuple(t.shape[1:]))
-    if scale is None:
-        padded[:n] = t
-    else:
-        torch.mul(t, scale, out=padded[:n])
-    parts = [torch.empty_like(padded) for _ in counts]
-    _collective("sparse gradient all-gather", lambda: dist.all_gather(parts, padded, group=group))
+    parts = [torch.empty_like(buf) for _ in counts]
+    _collective("sparse gradient all-gather", lambda: dist.all_gather(parts, buf, group=group))
     return [part[:c] for part, c in zip(parts, counts, strict=True)]
 
 
