@@ -364,11 +364,13 @@ def _host_all_gather(values: Sequence[float], what: str, group=None) -> List[Lis
     return torch.stack(parts).tolist()
 
 
-def _gather_padded(t: Tensor, counts: Sequence[int], group=None,
+def _gather_padded(parts: Sequence[Tensor], counts: Sequence[int], group=None,
                    scale: Optional[float] = None) -> List[Tensor]:
-    """All-gather the first dimension of ``t`` when its length differs by rank
-    (``counts[r]`` rows on rank ``r``, known to every rank), each rank's rows
-    multiplied by ``scale`` first when given (fused into the copy).
+    """All-gather the first dimension of ``torch.cat(parts)`` when its length
+    differs by rank (``counts[r]`` rows on rank ``r``, known to every rank),
+    each rank's rows multiplied by ``scale`` first when given. The pieces are
+    written straight into the send buffer (scaled in that copy; an unscaled
+    piece on another device moves in it), never concatenated apart.
 
     Every rank's rows are padded to the longest. On gloo they travel as an
     ``all_reduce`` of a zero buffer ``[W, longest, ...]`` in which each rank
@@ -376,22 +378,28 @@ def _gather_padded(t: Tensor, counts: Sequence[int], group=None,
     and gloo's all-reduce moves it 2-3x faster than its all-gather (68 MB per
     rank on 2 ranks: 0.12 s against 0.30 s, ``benchmarks/bench_sampled_ranks.py``);
     elsewhere (NCCL) a plain ``all_gather``, which sends half the bytes."""
-    longest, n, row = max(counts), t.size(0), tuple(t.shape[1:])
+    first = parts[0]
+    longest, row = max(counts), tuple(first.shape[1:])
     if longest == 0:  # nothing anywhere: every rank knows it, no message needed
-        return [t.new_zeros((0,) + row) for _ in counts]
+        return [first.new_zeros((0,) + row) for _ in counts]
     slotted = dist.get_backend(group) == "gloo"
-    buf = t.new_zeros(((len(counts), longest) if slotted else (longest,)) + row)
-    mine = buf[dist.get_rank(group), :n] if slotted else buf[:n]
-    if scale is None:
-        mine.copy_(t)
-    else:
-        torch.mul(t, scale, out=mine)
+    buf = first.new_zeros(((len(counts), longest) if slotted else (longest,)) + row)
+    mine = buf[dist.get_rank(group)] if slotted else buf
+    start = 0
+    for t in parts:
+        seg = mine[start:start + t.size(0)]
+        if scale is None:
+            seg.copy_(t)
+        else:  # (values: a group shares its device)
+            torch.mul(t, scale, out=seg)
+        start += t.size(0)
     if slotted:
         _collective("sparse gradient all-gather", lambda: dist.all_reduce(buf, group=group))
         return [buf[r, :c] for r, c in enumerate(counts)]
-    parts = [torch.empty_like(buf) for _ in counts]
-    _collective("sparse gradient all-gather", lambda: dist.all_gather(parts, buf, group=group))
-    return [part[:c] for part, c in zip(parts, counts, strict=True)]
+    gathered = [torch.empty_like(buf) for _ in counts]
+    _collective("sparse gradient all-gather",
+                lambda: dist.all_gather(gathered, buf, group=group))
+    return [part[:c] for part, c in zip(gathered, counts, strict=True)]
 
 
 def _on(t: Tensor, device: torch.device) -> Tensor:
@@ -492,7 +500,6 @@ def _reduce_sparse(params: Sequence[torch.nn.Parameter], weight: float,
         return [params[j] for j in dense_somewhere]
     if total <= 0:
         raise RuntimeError("all_reduce_sparse_gradients: the weights of all ranks sum to 0")
-    device = params[sparse_ids[0]].device
     me = dist.get_rank(group)
 
     def local_rows(j: int) -> tuple[Tensor, Tensor]:
@@ -505,7 +512,7 @@ def _reduce_sparse(params: Sequence[torch.nn.Parameter], weight: float,
     mine = {j: local_rows(j) for j in sparse_ids}
     # one gather for the indices of every parameter ...
     per_rank = [sum(counts[r][j] for j in sparse_ids) for r in range(ws)]
-    idx = _gather_padded(torch.cat([_on(mine[j][0], device) for j in sparse_ids]), per_rank, group)
+    idx = _gather_padded([mine[j][0] for j in sparse_ids], per_rank, group)
     indices: Dict[int, List[Tensor]] = {}
     for r in range(ws):
         chunks = idx[r].split([counts[r][j] for j in sparse_ids])
@@ -520,7 +527,7 @@ def _reduce_sparse(params: Sequence[torch.nn.Parameter], weight: float,
     for js in groups.values():
         # w_r / total applied in the copy into the send buffer (coalesced: w_r, and
         # the sum divided by total below, as the rows of one index meet there)
-        vals = _gather_padded(torch.cat([mine[j][1] for j in js]),
+        vals = _gather_padded([mine[j][1] for j in js],
                               [sum(counts[r][j] for j in js) for r in range(ws)], group,
                               scale=weight if coalesce else weight / total)
         for r in range(ws):
