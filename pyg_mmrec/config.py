@@ -437,6 +437,7 @@ _TRAIN_CHECKS = {
     "batch_size": lambda k, v: _positive_int(k, v),
     "lr": lambda k, v: _number(k, v, positive=True),
     "weight_decay": lambda k, v: _number(k, v),
+    "lazy_embeddings": _bool,
     "aux_lr": lambda k, v: _number(k, v, positive=True, allow_none=True),
     "num_neg": lambda k, v: _positive_int(k, v),
     "grad_clip": lambda k, v: _number(k, v, positive=True, allow_none=True),

@@ -7,7 +7,8 @@ from typing import Iterable, List, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["LazyAdam", "dense_adam", "has_sparse_parameters", "sparse_parameters"]
+__all__ = ["LazyAdam", "dense_adam", "dense_embedding_gradients", "has_sparse_parameters",
+           "sparse_parameters"]
 
 
 def dense_adam(params: Iterable[Tensor], **kwargs) -> torch.optim.Adam:
@@ -28,6 +29,17 @@ def sparse_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:
     every rank of a distributed job)."""
     return [m.weight for m in model.modules()
             if isinstance(m, torch.nn.Embedding) and m.sparse]
+
+
+def dense_embedding_gradients(model: torch.nn.Module) -> int:
+    """Switches every :class:`torch.nn.Embedding` of ``model`` with sparse
+    gradients to dense ones (a dense optimiser then moves every row at every
+    step, as in full-graph training); returns how many were switched. The
+    forward pass is unchanged: only the gradient's layout differs."""
+    switched = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    for m in switched:
+        m.sparse = False
+    return len(switched)
 
 
 def has_sparse_parameters(model: torch.nn.Module) -> bool:

@@ -198,7 +198,8 @@ class Trainer:
 
     Models with sparse embedding gradients (sampled training, ``fanout``) are
     stepped with :class:`~pyg_mmrec.train.optim.LazyAdam` (only the batch's
-    rows); ``train["eval_max_users"]`` caps the users ranked per evaluation
+    rows; ``train["lazy_embeddings"] = False`` switches their embeddings to
+    dense gradients and plain Adam, as full-graph training); ``train["eval_max_users"]`` caps the users ranked per evaluation
     (a fixed seeded subset, see :meth:`_eval_target`).
 
     With ``out_dir`` the trainer writes ``metrics.jsonl`` (one JSON line per
@@ -265,9 +266,12 @@ class Trainer:
                             if p.requires_grad and id(p) not in aux_ids]
         self.aux_params = [p for p in aux if p.requires_grad]
         t = self.train_cfg
-        from .optim import LazyAdam, dense_adam, has_sparse_parameters
+        from .optim import LazyAdam, dense_adam, dense_embedding_gradients, has_sparse_parameters
         # sampled training (models with `fanout`) has sparse embedding gradients:
-        # update only the batch's rows, so a step does not cost O(num_users + num_items)
+        # update only the batch's rows, so a step does not cost O(num_users + num_items);
+        # lazy_embeddings=False trades that for full-graph training's dense Adam
+        if not t.get("lazy_embeddings", True):
+            dense_embedding_gradients(self.model)
         sparse = has_sparse_parameters(self.model)
         adam = LazyAdam if sparse else dense_adam
         self.optimizer = adam(self.main_params, lr=t["lr"], weight_decay=t["weight_decay"])

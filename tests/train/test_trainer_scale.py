@@ -96,3 +96,29 @@ def test_eval_max_users_ranks_a_fixed_seeded_subset():
 def test_eval_max_users_validation(value):
     with pytest.raises(ConfigError, match="eval_max_users"):
         build_config("LightGCN", {"eval_max_users": value})
+
+
+def test_lazy_embeddings_false_steps_dense_adam_on_the_same_gradients():
+    """``lazy_embeddings: false``: the sampled model's ID embeddings get dense
+    gradients, equal to the lazy model's sparse ones, and plain Adam."""
+    data = tiny_data()
+    lazy, dense = lightgcn(data), lightgcn(data)
+    tr = Trainer(dense, data, cfg(lazy_embeddings=False))
+    assert type(tr.optimizer) is torch.optim.Adam
+    assert not dense.user_embedding.sparse and not dense.item_embedding.sparse
+    assert isinstance(Trainer(lazy, data, cfg()).optimizer, LazyAdam)
+    u, p, n = (torch.tensor(v) for v in ([0, 3, 3, 7], [1, 2, 5, 9], [11, 4, 0, 20]))
+    grads = []
+    for model in (lazy, dense):
+        torch.manual_seed(5)  # the same neighbour sample
+        sum(model.loss(u, p, n).values()).backward()
+        grads.append(model.item_embedding.weight.grad)
+    assert grads[0].is_sparse and not grads[1].is_sparse
+    assert torch.allclose(grads[0].to_dense(), grads[1], atol=1e-6)
+    assert grads[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_lazy_embeddings_validation(value):
+    with pytest.raises(ConfigError, match="lazy_embeddings"):
+        build_config("LightGCN", {"lazy_embeddings": value})
