@@ -11,7 +11,7 @@ from torch import Tensor
 from ..nn.lightgcn_conv import LightGCNConv
 from ..nn.missing_aware_conv import MissingAwareConv
 from ..nn.neighbor_sampling import sorted_unique
-from ._sampled import PresentWeights, UserItemSample
+from ._sampled import UserItemSample
 from ._static_linear import StaticInputCache, static_linear
 from .base import Recommender, RecOutput, bpr_loss
 
@@ -77,23 +77,26 @@ class LGMRec(Recommender):
     depth; the contrast evaluates each distinct batch row once, weighted by its
     multiplicity (the same sum).
 
-    **Sampled training** (``fanout``, one entry per layer of the deeper of
-    the two propagations, :math:`\max(L, L_m)`): a step computes :math:`z`
-    for the batch's users and items (:meth:`sampled_output`) from one
-    layer-wise neighbour sample of them. *Sampled* (unbiased; exact when
-    every fan-out is at least the maximum degree): :math:`E^c` and
-    :math:`E^m` (first layer masked, exact renormalisation denominators),
-    and the hyperedge embeddings :math:`\Lambda^m`, estimated from
-    ``hyper_sample`` anchor items drawn uniformly with replacement (weight
-    :math:`I/n`; all anchors, exactly, when ``hyper_sample`` is ``None`` or
-    at least their number) whose :math:`E^c` rows join the sample. *Exact*:
-    the users' means :math:`X^m_U` (from per-user sums of the raw features,
-    cached per mask, :math:`O(U F)` memory) and the hyperedge assignments of
-    all users and items, so the Gumbel noise, the dropout and the contrast
-    (which ranks against all users / items) are those of the full model:
-    a step costs :math:`O((U + I) K d + (U + I) F K)` for this part
-    (:math:`K` = ``hyper_num``), no propagation over the graph. ID
-    embeddings get sparse gradients; evaluation propagates the full graph.
+    **Sampled training** (``fanout``, one entry per collaborative layer,
+    :math:`L`): a step computes :math:`z` for the batch's users and items
+    (:meth:`sampled_output`) from one layer-wise neighbour sample of them.
+    *Sampled* (unbiased; exact when every fan-out is at least the maximum
+    degree): :math:`E^c`, and the hyperedge embeddings :math:`\Lambda^m`,
+    estimated from ``hyper_sample`` anchor items drawn uniformly with
+    replacement (weight :math:`I/n`; all anchors, exactly, when
+    ``hyper_sample`` is ``None`` or at least their number) whose :math:`E^c`
+    rows join the sample. *Exact*: the modality graph embeddings
+    :math:`E^m`, which are linear in :math:`W_m` (:math:`E^m = P^m W_m` with
+    :math:`P^m = \hat{A}^{L_m} [F^m_U; F^m_I]` the graph applied to the raw
+    features, built once per mask: :math:`O((U + I) F)` memory, :math:`L_m`
+    sparse products of width :math:`F`), so the normalisation
+    :math:`\mathrm{norm}(E^m)` sees exact rows rather than noisy estimates;
+    and the hyperedge assignments of all users and items, so the Gumbel
+    noise, the dropout and the contrast (which ranks against all users /
+    items) are those of the full model: a step costs :math:`O((U + I) K d +
+    (U + I) F K)` for this part (:math:`K` = ``hyper_num``), no propagation
+    over the graph. ID embeddings get sparse gradients; evaluation
+    propagates the full graph.
 
     Args:
         embedding_size (int): :math:`d` (64).
@@ -108,7 +111,7 @@ class LGMRec(Recommender):
         reg_weight (float): L2 weight (1e-6).
         tau (float): temperature of the assignments and contrast (0.2).
         fanout (list of int, optional): neighbours sampled per node at each
-            hop, ``max(n_ui_layers, n_mm_layers)`` entries; ``None``: full graph.
+            collaborative hop, ``n_ui_layers`` entries; ``None``: full graph.
         hyper_sample (int, optional): sampled training: anchor items drawn per
             step to estimate :math:`\Lambda^m` (1024); ``None``: all (exact).
     """
@@ -142,10 +145,9 @@ class LGMRec(Recommender):
         self.cl_weight, self.reg_weight = float(cl_weight), float(reg_weight)
 
         d = self.embedding_size
-        depth = max(int(n_ui_layers), int(n_mm_layers))
-        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, depth))
-        self._present = PresentWeights()  # exact denominators of sampled masked hops
-        self._user_sums: Dict[str, tuple] = {}  # m -> (mask key, feature sums, counts)
+        self._init_id_embeddings(d, sparse=self._init_sampler(fanout, self.n_ui_layers))
+        self._user_sums: Dict[str, tuple] = {}  # m -> (mask key, feature sums, counts, f)
+        self._propagated: Dict[str, tuple] = {}  # m -> (mask key, f, A^L_m [F_U; F_I])
         self.item_trs = torch.nn.ParameterDict({
             m: torch.nn.Parameter(torch.empty(self._features[m].size(1), d))
             for m in self.modalities})
@@ -276,17 +278,34 @@ class LGMRec(Recommender):
             hit = self._user_sums[m] = (key, total, count, f)
         return hit[1], hit[2]
 
-    def _sampled_layers(self, s: UserItemSample, x: Tensor, num_layers: int, combine: str,
-                        first_mask: Optional[Tensor] = None, key=None) -> Tensor:
-        """``num_layers`` layers over the sample read out at its seeds (the
-        first layer masked with ``first_mask``)."""
+    @torch.no_grad()
+    def _propagated_features(self, m: str) -> Tensor:
+        r"""The modality graph applied to the raw features, ``[U + I, F]``:
+        :math:`P^m = \hat{A}^{L_m} [F^m_U; F^m_I]` (users: mean of their present
+        items' features; first layer masked, as :meth:`forward`). Every step
+        of the modality graph is linear and :math:`W_m` comes first, so
+        :math:`E^m = P^m W_m` exactly: a constant of the graph and the mask,
+        built once per mask (:math:`L_m` sparse products of width :math:`F`)."""
+        f, mk = self.feature(m), self.mask(m)
+        key = self._masks[m]  # the stored mask object (see _user_feature_sums)
+        hit = self._propagated.get(m)
+        if hit is None or hit[0] is not key or hit[1] is not f or hit[2].device != f.device:
+            f_u, count = self._user_feature_sums(m)
+            x = torch.cat([f_u / count, torch.where(mk.unsqueeze(-1), f, torch.zeros_like(f))])
+            for layer in range(self.n_mm_layers):
+                x = self.conv(x, item_mask=mk) if layer == 0 else self.conv(x)
+            hit = self._propagated[m] = (key, f, x)
+        return hit[2]
+
+    def _sampled_layers(self, s: UserItemSample, x: Tensor, num_layers: int) -> Tensor:
+        """``num_layers`` layers over the sample, the mean of the layers read
+        out at its seeds."""
         n0 = s.sub.sizes[0]
         h, total = x, x[:n0]
         for j in reversed(range(num_layers)):
-            mask = first_mask if j == num_layers - 1 else None
-            h = s.hop(j, h, item_mask=mask, present=self._present, key=key)
+            h = s.hop(j, h)
             total = total + h[:n0]
-        return total / (num_layers + 1) if combine == "mean" else h[:n0]
+        return total / (num_layers + 1)
 
     def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
         r"""The partial output of a sampled step (see "Sampled training"):
@@ -320,7 +339,7 @@ class LGMRec(Recommender):
                            torch.cat([items.reshape(-1), lam_items]))
         n_u = s.num_seed_users
         ego = s.gather(self.user_embedding, self.item_embedding)
-        e = self._sampled_layers(s, ego, self.n_ui_layers, "mean")
+        e = self._sampled_layers(s, ego, self.n_ui_layers)
         ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
         if not self.modalities:
             return RecOutput(user=e[:n_u], item=e[n_u:], **ids)
@@ -328,17 +347,11 @@ class LGMRec(Recommender):
         item_modal, user_modal, hyper_u, hyper_i = {}, {}, {}, {}
         glob = 0.0
         e_lam = e[n_u + torch.searchsorted(s.item_ids, lam_items)]
+        rows = torch.cat([s.user_ids, s.item_ids + self.num_users])
         for m in self.modalities:
-            f, mk = self.feature(m), self.mask(m)
-            f_u, count = self._user_feature_sums(m)
-            x = s.gather(
-                lambda rows, m=m, f_u=f_u, count=count: static_linear(
-                    f_u, self.item_trs[m], cache=self._feature_cache, key=("users", m),
-                    rows=rows) / count[rows],
-                lambda rows, m=m, f=f, mk=mk: static_linear(
-                    f, self.item_trs[m], cache=self._feature_cache, key=m, rows=rows)
-                * mk[rows].unsqueeze(-1).to(f.dtype))
-            x = self._sampled_layers(s, x, self.n_mm_layers, "last", first_mask=mk, key=m)
+            # exact: E^m = P^m W_m read at the seeds' rows (no sampling)
+            x = static_linear(self._propagated_features(m), self.item_trs[m],
+                              cache=self._feature_cache, key=("propagated", m), rows=rows)
             item_modal[m], user_modal[m] = x[n_u:], x[:n_u]
             local = local + F.normalize(x, dim=-1)
             h_i, h_u = assign[m]
