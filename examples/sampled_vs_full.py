@@ -5,8 +5,9 @@ and with its default fan-out, and the test metrics are paired by seed.
 Each run is ``python -m pyg_mmrec train`` with the model's YAML defaults,
 ``--epochs`` / ``--patience`` (validation Recall@20 every epoch, test read
 once at the selected epoch); the sampled run adds ``--set fanout=[f, ..., f]``
-with one entry per user–item layer (``DEFAULT_FANOUT``). Runs land in
-``--out/<model>/{full,sampled}`` and are reused when the script runs again.
+with one entry per user–item layer (``DEFAULT_FANOUT``) and any ``--set
+key=value`` given here. Runs land in ``--out/<model>/{full,sampled<f>[,<sets>]}``
+and are reused when the script runs again.
 
 The table gives, per model, both test Recall@20 and NDCG@20 (mean ± std over
 seeds), the paired difference sampled − full (mean ± std of the per-seed
@@ -18,6 +19,7 @@ Usage::
     python examples/sampled_vs_full.py                       # every model, seeds 1-3
     python examples/sampled_vs_full.py --models LightGCN,FREEDOM --seeds 1,2,3
     python examples/sampled_vs_full.py --models LightGCN --fanout 20   # another fan-out
+    python examples/sampled_vs_full.py --models LGMRec --fanout 20 --set hyper_sample=null
     python examples/sampled_vs_full.py --table-only          # print what is already there
 """
 from __future__ import annotations
@@ -44,15 +46,22 @@ def model_args(name: str) -> list[str]:
     return ["--model", name]
 
 
+def sampled_dir(fanout: int, sets) -> str:
+    """The sampled run's directory name: the fan-out, then the extra settings."""
+    return ",".join([f"sampled{fanout}", *sets]).replace("/", "_")
+
+
 def run(name: str, mode: str, fanout: int, args) -> Path:
     out = Path(args.out) / name.replace("+", "_") / (
-        "full" if mode == "full" else f"sampled{fanout}")
+        "full" if mode == "full" else sampled_dir(fanout, args.set))
     cmd = [sys.executable, "-m", "pyg_mmrec", "train", *model_args(name), "--dataset",
            args.dataset, "--root", args.root, "--seeds", args.seeds, "--epochs",
            str(args.epochs), "--patience", str(args.patience), "--out", str(out), "--quiet",
            "--resume"]
     if mode == "sampled":
         cmd += ["--set", "fanout=[" + ",".join([str(fanout)] * LAYERS[name]) + "]"]
+        for kv in args.set:
+            cmd += ["--set", kv]
     if not args.table_only:
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -64,11 +73,12 @@ def table(pairs) -> str:
     lines = ["| model | fan-out | seeds | full R@20 | sampled R@20 | sampled − full R@20 | "
              "full N@20 | sampled N@20 | sampled − full N@20 | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, fanout, full, sampled in pairs:
+    for name, fanout, full, sampled, *sets in pairs:
+        sets = f" {' '.join(sets[0])}" if sets and sets[0] else ""
         try:
             rows = paired_comparison(load_results(sampled), load_results(full))
         except (ValueError, FileNotFoundError) as e:
-            lines.append(f"| {name} | {fanout} | - | (not run: {str(e)[:60]}) |||||||")
+            lines.append(f"| {name} | {fanout}{sets} | - | (not run: {str(e)[:60]}) |||||||")
             continue
         by = {r["metric"]: r for r in rows}
         r20, n20 = by["recall@20"], by["ndcg@20"]
@@ -79,7 +89,8 @@ def table(pairs) -> str:
             verdict = "loses"
         f = lambda ms: f"{ms[0]:.4f} ± {ms[1]:.4f}"  # noqa: E731
         lines.append(
-            f"| {name} | [{', '.join([str(fanout)] * LAYERS[name])}] | {len(r20['seeds'])} | "
+            f"| {name} | [{', '.join([str(fanout)] * LAYERS[name])}]{sets} | "
+            f"{len(r20['seeds'])} | "
             f"{f(r20['mean_b'])} | {f(r20['mean_a'])} | {r20['diff'][0]:+.4f} ± "
             f"{r20['diff'][1]:.4f} ({r20['wins']}/{r20['ties']}/{r20['losses']}) | "
             f"{f(n20['mean_b'])} | {f(n20['mean_a'])} | {n20['diff'][0]:+.4f} ± "
@@ -98,6 +109,9 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--fanout", type=int, default=DEFAULT_FANOUT,
                    help="fan-out of every layer (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another setting of the sampled runs (repeatable), e.g. "
+                        "hyper_sample=null")
     p.add_argument("--out", default="runs/sampled_vs_full")
     p.add_argument("--table-only", action="store_true", help="train nothing, print the table")
     args = p.parse_args(argv)
@@ -107,8 +121,11 @@ def main(argv=None) -> int:
         p.error(f"--models: unknown {unknown}; expected some of {list(LAYERS)}")
     if args.fanout < 1:
         p.error(f"--fanout: expected >= 1, got {args.fanout}")
+    bad = [kv for kv in args.set if "=" not in kv or kv.split("=", 1)[0].strip() in ("", "fanout")]
+    if bad:
+        p.error(f"--set: expected KEY=VALUE with a key other than fanout (use --fanout), got {bad}")
     pairs = [(n, args.fanout, run(n, "full", args.fanout, args),
-              run(n, "sampled", args.fanout, args)) for n in names]
+              run(n, "sampled", args.fanout, args), args.set) for n in names]
     print(table(pairs))
     return 0
 

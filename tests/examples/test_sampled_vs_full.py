@@ -31,10 +31,25 @@ def test_commands_are_cli_commands_with_one_fanout_per_layer(example, monkeypatc
         assert fanout == [10] * example.LAYERS[name]
         hp = build_config(ns.model, {})["hparams"]
         layers = max(hp.get(k) or 0 for k in ("n_layers", "n_ui_layers", "n_mm_layers"))
-        if ns.model in ("FREEDOM", "LATTICE", "MGCN"):
-            layers = hp["n_ui_layers"]  # their item-item layers are not sampled
+        if ns.model in ("FREEDOM", "LATTICE", "MGCN", "LGMRec"):
+            layers = hp["n_ui_layers"]  # their item-item / modality layers are not sampled
         if ns.model not in ("VBPR", "BPR"):  # no graph: any list
             assert len(fanout) == layers, (name, fanout, hp)
+
+
+def test_extra_settings_reach_the_sampled_runs_only(example, monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(example.subprocess, "run", lambda cmd, **kw: seen.append(cmd[3:]))
+    monkeypatch.setattr(example, "table", lambda pairs: "")
+    example.main(["--models", "LGMRec", "--fanout", "20", "--set", "hyper_sample=null",
+                  "--out", str(tmp_path)])
+    full, sampled = (build_parser().parse_args(c) for c in seen)
+    assert "hyper_sample=null" not in (full.set or [])
+    assert sampled.set == ["fanout=[20,20]", "hyper_sample=null"]
+    assert sampled.out.endswith("sampled20,hyper_sample=null") and full.out.endswith("full")
+    for bad in (["--set", "fanout=[5,5]"], ["--set", "nokey"]):
+        with pytest.raises(SystemExit):
+            example.main(["--models", "LGMRec", "--table-only", *bad])
 
 
 def write_run(root, seed, r20, n20):
