@@ -297,16 +297,6 @@ class LGMRec(Recommender):
             hit = self._propagated[m] = (key, f, x)
         return hit[2]
 
-    def _sampled_layers(self, s: UserItemSample, x: Tensor, num_layers: int) -> Tensor:
-        """``num_layers`` layers over the sample, the mean of the layers read
-        out at its seeds."""
-        n0 = s.sub.sizes[0]
-        h, total = x, x[:n0]
-        for j in reversed(range(num_layers)):
-            h = s.hop(j, h)
-            total = total + h[:n0]
-        return total / (num_layers + 1)
-
     def sampled_output(self, users: Tensor, items: Tensor) -> RecOutput:
         r"""The partial output of a sampled step (see "Sampled training"):
         rows ``user_ids`` / ``item_ids`` (sorted unique ``users`` / ``items``,
@@ -339,7 +329,7 @@ class LGMRec(Recommender):
                            torch.cat([items.reshape(-1), lam_items]))
         n_u = s.num_seed_users
         ego = s.gather(self.user_embedding, self.item_embedding)
-        e = self._sampled_layers(s, ego, self.n_ui_layers)
+        e = s.sub.propagate(ego)  # E^c at the seeds: the mean of the n_ui_layers sampled layers
         ids = dict(user_ids=s.user_ids, item_ids=s.item_ids)
         if not self.modalities:
             return RecOutput(user=e[:n_u], item=e[n_u:], **ids)

@@ -199,8 +199,9 @@ class Trainer:
     Models with sparse embedding gradients (sampled training, ``fanout``) are
     stepped with :class:`~pyg_mmrec.train.optim.LazyAdam` (only the batch's
     rows; ``train["lazy_embeddings"] = False`` switches their embeddings to
-    dense gradients and plain Adam, as full-graph training); ``train["eval_max_users"]`` caps the users ranked per evaluation
-    (a fixed seeded subset, see :meth:`_eval_target`).
+    dense gradients and plain Adam, as full-graph training);
+    ``train["eval_max_users"]`` caps the users ranked per evaluation (a fixed
+    seeded subset, see :meth:`_eval_target`).
 
     With ``out_dir`` the trainer writes ``metrics.jsonl`` (one JSON line per
     epoch) and an atomic ``checkpoint.pt`` from which :meth:`fit` with
