@@ -27,7 +27,6 @@ reproduce the logged metrics.
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 

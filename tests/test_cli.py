@@ -1,9 +1,7 @@
 import json
 
-import numpy as np
 import pytest
 
-from conftest import write_tiny_mmrec
 from pyg_mmrec.cli import main
 
 

@@ -32,7 +32,7 @@ import json
 import os
 import os.path as osp
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import torch
