@@ -172,7 +172,6 @@ def naive_bpr_epoch(edge_index: torch.Tensor, num_items: int, seed: int = 0):
 # ------------------------------------------------------ ranking baselines
 def naive_per_user(user_emb, item_emb, target, exclude, ks):
     from pyg_mmrec.metrics import metric_sums_from_hits
-    item_emb.size(0)
     tgt, exc = {}, {}
     for a, b in target.t().tolist():
         tgt.setdefault(a, []).append(b)
