@@ -7,7 +7,9 @@ Each run is ``python -m pyg_mmrec train`` with the model's YAML defaults,
 once at the selected epoch); the sampled run adds ``--set fanout=[f, ..., f]``
 with one entry per user–item layer (``DEFAULT_FANOUT``) and any ``--set
 key=value`` given here. Runs land in ``--out/<model>/{full,sampled<f>[,<sets>]}``
-and are reused when the script runs again.
+(the CLI keeps each ``--epochs`` / ``--patience`` in a directory of its own
+below) and are reused when the script runs again; the table reads the runs
+of the given ``--epochs`` and ``--patience`` only.
 
 The table gives, per model, both test Recall@20 and NDCG@20 (mean ± std over
 seeds), the paired difference sampled − full (mean ± std of the per-seed
@@ -20,6 +22,7 @@ Usage::
     python examples/sampled_vs_full.py --models LightGCN,FREEDOM --seeds 1,2,3
     python examples/sampled_vs_full.py --models LightGCN --fanout 20   # another fan-out
     python examples/sampled_vs_full.py --models LGMRec --fanout 20 --set hyper_sample=null
+    python examples/sampled_vs_full.py --models LGMRec --patience 100  # another budget, same --out
     python examples/sampled_vs_full.py --table-only          # print what is already there
 """
 from __future__ import annotations
@@ -68,17 +71,30 @@ def run(name: str, mode: str, fanout: int, args) -> Path:
     return out
 
 
-def table(pairs) -> str:
+def table(pairs, epochs: int = None, patience: int = None) -> str:
+    """The comparison table; ``epochs`` / ``patience``: only the runs trained
+    with them (runs of other budgets can share the directories)."""
     from pyg_mmrec.results import load_results, paired_comparison
+
+    def runs(path):
+        out = load_results(path)
+        for key, want in (("epochs", epochs), ("patience", patience)):
+            if want is not None:
+                out = [r for r in out if r["config"].get("train", {}).get(key, want) == want]
+        return out
+
     lines = ["| model | fan-out | seeds | full R@20 | sampled R@20 | sampled − full R@20 | "
              "full N@20 | sampled N@20 | sampled − full N@20 | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, fanout, full, sampled, *sets in pairs:
         sets = f" {' '.join(sets[0])}" if sets and sets[0] else ""
         try:
-            rows = paired_comparison(load_results(sampled), load_results(full))
-        except (ValueError, FileNotFoundError) as e:
+            rows = paired_comparison(runs(sampled), runs(full))
+        except FileNotFoundError as e:
             lines.append(f"| {name} | {fanout}{sets} | - | (not run: {str(e)[:60]}) |||||||")
+            continue
+        except ValueError as e:  # e.g. one side holds two settings
+            lines.append(f"| {name} | {fanout}{sets} | - | (no comparison: {e}) |||||||")
             continue
         by = {r["metric"]: r for r in rows}
         r20, n20 = by["recall@20"], by["ndcg@20"]
@@ -124,9 +140,13 @@ def main(argv=None) -> int:
     bad = [kv for kv in args.set if "=" not in kv or kv.split("=", 1)[0].strip() in ("", "fanout")]
     if bad:
         p.error(f"--set: expected KEY=VALUE with a key other than fanout (use --fanout), got {bad}")
+    # the table's setting column: the extra settings, and a budget other than the default
+    shown = args.set + [f"{k}={v}" for k, v in (("epochs", args.epochs),
+                                                ("patience", args.patience))
+                        if v != p.get_default(k)]
     pairs = [(n, args.fanout, run(n, "full", args.fanout, args),
-              run(n, "sampled", args.fanout, args), args.set) for n in names]
-    print(table(pairs))
+              run(n, "sampled", args.fanout, args), shown) for n in names]
+    print(table(pairs, epochs=args.epochs, patience=args.patience))
     return 0
 
 

@@ -16,7 +16,7 @@ def example():
 def test_commands_are_cli_commands_with_one_fanout_per_layer(example, monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(example.subprocess, "run", lambda cmd, **kw: seen.append(cmd[3:]))
-    monkeypatch.setattr(example, "table", lambda pairs: "")
+    monkeypatch.setattr(example, "table", lambda pairs, **kw: "")
     example.main(["--models", ",".join(example.LAYERS), "--out", str(tmp_path)])
     assert len(seen) == 2 * len(example.LAYERS)
     for cmd in seen:
@@ -40,7 +40,7 @@ def test_commands_are_cli_commands_with_one_fanout_per_layer(example, monkeypatc
 def test_extra_settings_reach_the_sampled_runs_only(example, monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(example.subprocess, "run", lambda cmd, **kw: seen.append(cmd[3:]))
-    monkeypatch.setattr(example, "table", lambda pairs: "")
+    monkeypatch.setattr(example, "table", lambda pairs, **kw: "")
     example.main(["--models", "LGMRec", "--fanout", "20", "--set", "hyper_sample=null",
                   "--out", str(tmp_path)])
     full, sampled = (build_parser().parse_args(c) for c in seen)
@@ -52,12 +52,15 @@ def test_extra_settings_reach_the_sampled_runs_only(example, monkeypatch, tmp_pa
             example.main(["--models", "LGMRec", "--table-only", *bad])
 
 
-def write_run(root, seed, r20, n20):
-    d = root / f"seed{seed}"
+def write_run(root, seed, r20, n20, patience=None):
+    d = root / (f"patience={patience}" if patience else "") / f"seed{seed}"
     d.mkdir(parents=True)
+    config = {"dataset": "toy", "missing": "natural", "model": "lightgcn", "seed": seed}
+    if patience:
+        config["train"] = {"epochs": 400, "patience": patience}
     (d / "result.json").write_text(json.dumps({
-        "config": {"dataset": "toy", "missing": "natural", "model": "lightgcn", "seed": seed},
-        "valid": {"recall@20": 0.2}, "test": {"recall@20": r20, "ndcg@20": n20}}))
+        "config": config, "valid": {"recall@20": 0.2},
+        "test": {"recall@20": r20, "ndcg@20": n20}}))
 
 
 def test_table_pairs_by_seed_and_calls_a_loss_beyond_one_std(example, tmp_path):
@@ -82,3 +85,28 @@ def test_unknown_model_is_refused(example, capsys):
     with pytest.raises(SystemExit):
         example.main(["--models", "LightGCN,Nope", "--table-only"])
     assert "--models: unknown ['Nope']" in capsys.readouterr().err
+
+
+def test_table_reads_the_runs_of_its_own_budget(example, tmp_path):
+    full, sampled = tmp_path / "full", tmp_path / "sampled"
+    for seed, r in zip((1, 2, 3), (0.20, 0.21, 0.22), strict=True):
+        for patience, shift in ((50, -0.02), (100, 0.001)):  # both budgets, same directories
+            write_run(full, seed, r, r / 2, patience=patience)
+            write_run(sampled, seed, r + shift, r / 2, patience=patience)
+    rows = {p: example.table([("LGMRec", 10, full, sampled)], epochs=400,
+                             patience=p).splitlines()[2] for p in (50, 100)}
+    assert "-0.0200 ± 0.0000 (0/0/3)" in rows[50] and rows[50].endswith("| loses |")
+    assert "+0.0010 ± 0.0000 (3/0/0)" in rows[100] and rows[100].endswith("| kept |")
+    # without a budget both settings are read: refused, not mixed
+    row = example.table([("LGMRec", 10, full, sampled)]).splitlines()[2]
+    assert "(no comparison: compare: side A holds two settings" in row
+
+
+def test_a_budget_other_than_the_default_is_passed_on_and_shown(example, monkeypatch, tmp_path):
+    seen, tables = [], []
+    monkeypatch.setattr(example.subprocess, "run", lambda cmd, **kw: seen.append(cmd[3:]))
+    monkeypatch.setattr(example, "table", lambda pairs, **kw: tables.append((pairs, kw)) or "")
+    example.main(["--models", "LGMRec", "--patience", "100", "--out", str(tmp_path)])
+    assert all(build_parser().parse_args(c).patience == 100 for c in seen)
+    (pairs, kw), = tables
+    assert kw == {"epochs": 400, "patience": 100} and pairs[0][4] == ["patience=100"]
