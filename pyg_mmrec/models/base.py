@@ -184,6 +184,12 @@ class Recommender(torch.nn.Module):
             if x.dim() != 2 or x.size(0) != self.num_items:
                 raise ValueError(f"features['{m}']: expected shape [{self.num_items}, F], "
                                  f"got {list(x.shape)}")
+            finite = torch.isfinite(x).all(1)
+            if not bool(finite.all()):  # 0 * NaN is NaN: a masked row would still leak
+                rows = (~finite).nonzero().flatten()
+                raise ValueError(f"features['{m}']: {rows.numel()} rows contain NaN or inf "
+                                 f"(first rows: {rows[:5].tolist()}); store any finite "
+                                 "placeholder for missing items and set their mask to False")
             mk = masks.get(m)
             if mk is None:
                 mk = torch.ones(self.num_items, dtype=torch.bool, device=x.device)

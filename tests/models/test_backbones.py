@@ -1,4 +1,5 @@
 """Every backbone on a tiny synthetic graph: shapes, training signal, masks, kNN caches."""
+import re
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,24 @@ def test_knn_method_faiss_without_the_package(monkeypatch):
     edge_index, feats, masks = make_data(2, False)
     with pytest.raises(MissingExtraError, match="knn_method='faiss' .*pip install faiss-cpu"):
         get_model_class("freedom")(U, I, edge_index, feats, masks, knn_method="faiss")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", MULTIMODAL + ["i3mrec"])
+def test_non_finite_features_are_refused_even_in_missing_rows(name, bad):
+    # 0 * NaN is NaN: a non-finite filler of a masked row would reach the scores
+    edge_index, feats, masks = make_data(2, masked=True)
+    miss = (~masks["m1"]).nonzero().flatten()
+    poisoned = dict(feats, m1=feats["m1"].clone())
+    poisoned["m1"][miss[:2], 1] = bad
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    cfg.pop("train", None)
+    cfg.pop("modal_weights", None)
+    msg = re.escape(f"features['m1']: 2 rows contain NaN or inf "
+                    f"(first rows: {miss[:2].tolist()})")
+    with pytest.raises(ValueError, match=msg):
+        get_model_class(name)(U, I, edge_index, poisoned, masks, **cfg)
+    model = get_model_class(name)(U, I, edge_index, feats, masks, **cfg)
+    with pytest.raises(ValueError, match=msg):
+        model.set_modality_inputs(poisoned, masks)
+    assert model.feature("m1") is feats["m1"]  # the inputs in use are unchanged
