@@ -71,7 +71,7 @@ def run(name: str, mode: str, fanout: int, args) -> Path:
     return out
 
 
-def table(pairs, epochs: int = None, patience: int = None) -> str:
+def table(pairs, epochs: int | None = None, patience: int | None = None) -> str:
     """The comparison table; ``epochs`` / ``patience``: only the runs trained
     with them (runs of other budgets can share the directories)."""
     from pyg_mmrec.results import load_results, paired_comparison
