@@ -83,6 +83,11 @@ def _check_out_dir(out_dir: Path, resume: bool) -> bool:
     return (out_dir / CHECKPOINT_NAME).exists()
 
 
+# Configuration entries a resume may change: the epoch budget, stored in the
+# training section and, as given, among the overrides.
+_BUDGET_KEYS = ("train.epochs", "overrides.train.epochs", "overrides.epochs")
+
+
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -231,6 +236,12 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
         device: ``"cpu"`` or ``"cuda"``.
         quiet: no progress bars or per-epoch lines.
         resume: continue from ``out_dir/checkpoint.pt`` if present (else start).
+            The configuration must be the checkpoint's, except ``train.epochs``:
+            a larger budget continues a run that ended at its old cap (one
+            that stopped early stays stopped), exactly as a fresh run with the
+            larger budget would have gone on when ``eval_every`` divides the
+            old cap (always with the default 1). A budget below the epochs
+            already trained is refused.
         test: evaluate the test split at the selected epoch.
         trainer_cls: the :class:`Trainer` (sub)class to use.
         cold_items: new-item protocol (:mod:`pyg_mmrec.data.cold`): this share of
@@ -304,7 +315,11 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
         if can_resume:
             from .checkpoint import load_checkpoint
             saved = load_checkpoint(out / CHECKPOINT_NAME)["config"]
-            diff = _config_diff(saved, config)
+            # The epoch budget alone may change: a run that reached its cap
+            # continues to the new one (the trainer checks it is not below the
+            # epochs already trained).
+            diff = [d for d in _config_diff(saved, config)
+                    if d.split(":", 1)[0] not in _BUDGET_KEYS]
             if diff:
                 raise ConfigError(f"resume: the configuration differs from the checkpoint's in "
                                   f"{out}: {'; '.join(diff)} (a run directory holds one "

@@ -335,6 +335,22 @@ class Trainer:
             where += f", batch {self.batch + 1}"
         return f"resume: {self.checkpoint_path}: continuing at {where}"
 
+    def _apply_budget(self) -> None:
+        # A resumed run may be given another epoch budget. Its training state
+        # (weights, optimiser, RNG) is that of its last epoch, so a run that
+        # ended at its cap goes on; one stopped by patience stays stopped, as
+        # a fresh run would have. Fewer epochs than already trained cannot be
+        # undone.
+        from pyg_mmrec.errors import ConfigError
+        epochs = int(self.train_cfg["epochs"])
+        done = self.epoch + (1 if self.batch > 0 else 0)
+        if epochs < done:
+            raise ConfigError(f"epochs: {self.checkpoint_path} has already trained {done} "
+                              f"epoch(s); a resumed run cannot be given fewer ({epochs}). "
+                              f"Give at least {done}, or choose another --out")
+        if self.finished and not self.stopped_early and self.epoch < epochs:
+            self.finished = False
+
     def request_stop(self) -> None:
         """Ask the loop to stop after the current batch and write a checkpoint
         (what ``SIGINT`` does)."""
@@ -722,6 +738,7 @@ class Trainer:
                 raise FileNotFoundError(f"resume: no checkpoint at {self.checkpoint_path}")
             state = load_checkpoint(self.checkpoint_path, map_location=self.device)
             self.load_state_dict(state)
+            self._apply_budget()
             resume_rng = state["rng"] if self.batch > 0 else None
             self._rewrite_log()
             self._say(self._resume_notice())

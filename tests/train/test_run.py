@@ -97,6 +97,13 @@ def test_errors_before_training(root, tmp_path):
     res = run("bpr", "tiny", root, overrides=FAST, out_dir=out, resume=True)
     assert res.test is not None
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    # the epoch budget alone may change: a larger one trains on from the cap ...
+    res = run("bpr", "tiny", root, overrides={**FAST, "epochs": 3}, out_dir=out, resume=True)
+    assert res.epochs == 3 and len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "epochs: 3" in (out / "config.yaml").read_text()
+    # ... and one below what was trained is refused
+    with pytest.raises(ConfigError, match="already trained 3 epoch"):
+        run("bpr", "tiny", root, overrides={**FAST, "epochs": 1}, out_dir=out, resume=True)
 
 
 def _tree_bytes(folder):

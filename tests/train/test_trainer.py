@@ -157,6 +157,47 @@ def test_resume_is_bit_for_bit(tmp_path, stop_at, plugin, lr_decay):
     assert log(tmp_path / "cut") == log(tmp_path / "full")
 
 
+@pytest.mark.parametrize("lr_decay", [None, [0.5, 2]])
+def test_resume_with_a_larger_budget_continues_a_run_that_hit_its_cap(tmp_path, lr_decay):
+    # 4 epochs, then 4 more on resume == 8 epochs in one go (eval_every 2 divides 4)
+    data = tiny_data()
+    fresh_model = make_model(data)
+    fresh = Trainer(fresh_model, data, cfg(epochs=8, lr_decay=lr_decay),
+                    out_dir=tmp_path / "fresh").fit()
+    capped = Trainer(make_model(data), data, cfg(epochs=4, lr_decay=lr_decay),
+                     out_dir=tmp_path / "ext").fit()
+    assert capped.epochs == 4 and not capped.stopped_early
+    m = make_model(data, seed=123)
+    extended = Trainer(m, data, cfg(epochs=8, lr_decay=lr_decay),
+                       out_dir=tmp_path / "ext").fit(resume=True)
+    assert extended.epochs == 8
+    for k, v in fresh_model.state_dict().items():
+        assert same(v, m.state_dict()[k]), k
+    assert (extended.best_epoch, extended.valid, extended.test) == \
+        (fresh.best_epoch, fresh.valid, fresh.test)
+    assert strip_times(extended.history) == strip_times(fresh.history)
+    ck = load_checkpoint(tmp_path / "ext" / "checkpoint.pt")
+    assert ck["finished"] and ck["epoch"] == 8
+
+    # fewer epochs than already trained: refused, the checkpoint untouched
+    before = (tmp_path / "ext" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"already trained 8 epoch\(s\).*fewer \(5\)"):
+        Trainer(make_model(data), data, cfg(epochs=5, lr_decay=lr_decay),
+                out_dir=tmp_path / "ext").fit(resume=True)
+    assert (tmp_path / "ext" / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_with_a_larger_budget_keeps_an_early_stop(tmp_path):
+    data = tiny_data()
+    res = Trainer(make_model(data), data, cfg(epochs=200, eval_every=1, patience=2, lr=0.3),
+                  out_dir=tmp_path).fit()
+    assert res.stopped_early
+    again = Trainer(make_model(data), data, cfg(epochs=400, eval_every=1, patience=2, lr=0.3),
+                    out_dir=tmp_path).fit(resume=True)
+    assert (again.epochs, again.best_epoch, again.test) == (res.epochs, res.best_epoch, res.test)
+    assert again.stopped_early
+
+
 def test_early_stopping_and_eval_inputs(tmp_path):
     data = tiny_data()
     model = make_model(data)
