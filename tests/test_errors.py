@@ -344,3 +344,20 @@ def test_resume_says_where_it_resumes(ctx, capsys):
     assert main(args + ["--resume"]) == 0  # finished: reused, nothing trained
     err = capsys.readouterr().err
     assert "holds a finished run (3 epochs" in err and "nothing is trained" in err
+
+
+def test_more_epochs_for_a_run_that_reached_its_cap(ctx, capsys):
+    # the README's recipe: copy the run's folder to the new budget's name, resume with it
+    import shutil
+    assert main(train_args(ctx)) == 0  # 1 epoch, its cap
+    capsys.readouterr()
+    short = _run_dir(ctx)
+    longer = Path(str(short.parent).replace("epochs=1", "epochs=2")) / short.name
+    shutil.copytree(short, longer)
+    args = train_args(ctx)[:-1]  # not --quiet
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"resume: \S+checkpoint\.pt: continuing at epoch 2/2", err), err
+    assert len((longer / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((short / "metrics.jsonl").read_text().splitlines()) == 1  # the short run is kept
