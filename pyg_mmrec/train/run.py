@@ -83,9 +83,10 @@ def _check_out_dir(out_dir: Path, resume: bool) -> bool:
     return (out_dir / CHECKPOINT_NAME).exists()
 
 
-# Configuration entries a resume may change: the epoch budget, stored in the
-# training section and, as given, among the overrides.
-_BUDGET_KEYS = ("train.epochs", "overrides.train.epochs", "overrides.epochs")
+# Configuration entries a resume may change: the stopping budget (epochs,
+# patience), stored in the training section and, as given, among the overrides.
+_BUDGET_KEYS = tuple(f"{where}{key}" for key in ("epochs", "patience")
+                     for where in ("train.", "overrides.train.", "overrides."))
 
 
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -236,12 +237,12 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
         device: ``"cpu"`` or ``"cuda"``.
         quiet: no progress bars or per-epoch lines.
         resume: continue from ``out_dir/checkpoint.pt`` if present (else start).
-            The configuration must be the checkpoint's, except ``train.epochs``:
-            a larger budget continues a run that ended at its old cap (one
-            that stopped early stays stopped), exactly as a fresh run with the
-            larger budget would have gone on when ``eval_every`` divides the
-            old cap (always with the default 1). A budget below the epochs
-            already trained is refused.
+            The configuration must be the checkpoint's, except the stopping
+            budget (``train.epochs``, ``train.patience``): a larger one
+            continues a run that ended at its cap or ran out of patience,
+            exactly as a fresh run with that budget would have gone on (when
+            ``eval_every`` divides the old cap; always with the default 1).
+            Fewer epochs than already trained, or less patience, is refused.
         test: evaluate the test split at the selected epoch.
         trainer_cls: the :class:`Trainer` (sub)class to use.
         cold_items: new-item protocol (:mod:`pyg_mmrec.data.cold`): this share of
@@ -315,9 +316,9 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
         if can_resume:
             from .checkpoint import load_checkpoint
             saved = load_checkpoint(out / CHECKPOINT_NAME)["config"]
-            # The epoch budget alone may change: a run that reached its cap
-            # continues to the new one (the trainer checks it is not below the
-            # epochs already trained).
+            # The stopping budget alone may change: a run that reached its cap
+            # or ran out of patience continues under the larger one (the
+            # trainer refuses a smaller one).
             diff = [d for d in _config_diff(saved, config)
                     if d.split(":", 1)[0] not in _BUDGET_KEYS]
             if diff:

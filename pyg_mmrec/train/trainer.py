@@ -336,11 +336,12 @@ class Trainer:
         return f"resume: {self.checkpoint_path}: continuing at {where}"
 
     def _apply_budget(self) -> None:
-        # A resumed run may be given another epoch budget. Its training state
-        # (weights, optimiser, RNG) is that of its last epoch, so a run that
-        # ended at its cap goes on; one stopped by patience stays stopped, as
-        # a fresh run would have. Fewer epochs than already trained cannot be
-        # undone.
+        # A resumed run may be given a larger stopping budget: more epochs, more
+        # patience. Its training state (weights, optimiser, RNG) is that of its
+        # last epoch and neither budget changes the trajectory, only where it
+        # ends; so a run that ended at its cap, or whose patience ran out, goes
+        # on exactly as a fresh run with the larger budget would have. A
+        # smaller budget than what already happened cannot be undone.
         from pyg_mmrec.errors import ConfigError
         epochs = int(self.train_cfg["epochs"])
         done = self.epoch + (1 if self.batch > 0 else 0)
@@ -348,8 +349,20 @@ class Trainer:
             raise ConfigError(f"epochs: {self.checkpoint_path} has already trained {done} "
                               f"epoch(s); a resumed run cannot be given fewer ({epochs}). "
                               f"Give at least {done}, or choose another --out")
-        if self.finished and not self.stopped_early and self.epoch < epochs:
-            self.finished = False
+        es = self.early_stopping
+        patience = int(self.train_cfg["patience"])
+        if patience < es.patience:
+            raise ConfigError(f"patience: {self.checkpoint_path} was trained with patience "
+                              f"{es.patience}; a resumed run cannot be given less ({patience}). "
+                              f"Give at least {es.patience}, or choose another --out")
+        out_of_patience = es.should_stop
+        es.patience = patience
+        es.should_stop = es.num_bad >= patience
+        # a stop by patience is lifted by more patience; one asked for by a hook
+        # (a pruned trial) is not
+        stopped_for_good = self.stopped_early and not (out_of_patience and not es.should_stop)
+        if self.finished and not stopped_for_good and self.epoch < epochs:
+            self.finished = self.stopped_early = False
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current batch and write a checkpoint

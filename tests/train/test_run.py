@@ -101,9 +101,14 @@ def test_errors_before_training(root, tmp_path):
     res = run("bpr", "tiny", root, overrides={**FAST, "epochs": 3}, out_dir=out, resume=True)
     assert res.epochs == 3 and len((out / "metrics.jsonl").read_text().splitlines()) == 3
     assert "epochs: 3" in (out / "config.yaml").read_text()
+    # ... so does more patience (the run ended at its cap: nothing more to train)
+    res = run("bpr", "tiny", root, overrides={**FAST, "epochs": 3, "patience": 60}, out_dir=out,
+              resume=True)
+    assert res.epochs == 3 and "patience: 60" in (out / "config.yaml").read_text()
     # ... and one below what was trained is refused
     with pytest.raises(ConfigError, match="already trained 3 epoch"):
-        run("bpr", "tiny", root, overrides={**FAST, "epochs": 1}, out_dir=out, resume=True)
+        run("bpr", "tiny", root, overrides={**FAST, "epochs": 1, "patience": 60}, out_dir=out,
+            resume=True)
 
 
 def _tree_bytes(folder):

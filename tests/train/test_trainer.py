@@ -187,15 +187,44 @@ def test_resume_with_a_larger_budget_continues_a_run_that_hit_its_cap(tmp_path, 
     assert (tmp_path / "ext" / "checkpoint.pt").read_bytes() == before
 
 
-def test_resume_with_a_larger_budget_keeps_an_early_stop(tmp_path):
+def test_resume_with_more_patience_lifts_an_early_stop(tmp_path):
     data = tiny_data()
-    res = Trainer(make_model(data), data, cfg(epochs=200, eval_every=1, patience=2, lr=0.3),
-                  out_dir=tmp_path).fit()
-    assert res.stopped_early
-    again = Trainer(make_model(data), data, cfg(epochs=400, eval_every=1, patience=2, lr=0.3),
+    kw = dict(epochs=200, eval_every=1, lr=0.3)
+    fresh_model = make_model(data)
+    fresh = Trainer(fresh_model, data, cfg(patience=5, **kw), out_dir=tmp_path / "fresh").fit()
+    short = Trainer(make_model(data), data, cfg(patience=2, **kw), out_dir=tmp_path / "ext").fit()
+    assert short.stopped_early and short.epochs < fresh.epochs  # patience 5 goes further
+    # more epochs alone: the patience that ran out still stops it, nothing is trained
+    again = Trainer(make_model(data), data, cfg(patience=2, **{**kw, "epochs": 400}),
+                    out_dir=tmp_path / "ext").fit(resume=True)
+    assert (again.epochs, again.best_epoch, again.test) == (short.epochs, short.best_epoch,
+                                                            short.test)
+    # more patience: trains on exactly as the fresh run with that patience
+    m = make_model(data, seed=123)
+    longer = Trainer(m, data, cfg(patience=5, **kw), out_dir=tmp_path / "ext").fit(resume=True)
+    assert longer.stopped_early
+    assert (longer.epochs, longer.best_epoch, longer.valid, longer.test) == \
+        (fresh.epochs, fresh.best_epoch, fresh.valid, fresh.test)
+    for k, v in fresh_model.state_dict().items():
+        assert same(v, m.state_dict()[k]), k
+    assert strip_times(longer.history) == strip_times(fresh.history)
+    # less patience than the run was trained with: refused
+    with pytest.raises(ValueError, match=r"patience 5; a resumed run cannot be given less \(3\)"):
+        Trainer(make_model(data), data, cfg(patience=3, **kw),
+                out_dir=tmp_path / "ext").fit(resume=True)
+
+
+def test_more_patience_does_not_revive_a_run_a_hook_stopped(tmp_path):
+    class Pruned(Trainer):  # as a search prunes a hopeless trial
+        def on_validation(self, epoch, valid):
+            return epoch == 1
+
+    data = tiny_data()
+    res = Pruned(make_model(data), data, cfg(eval_every=1, patience=2), out_dir=tmp_path).fit()
+    assert res.stopped_early and res.epochs == 2
+    again = Trainer(make_model(data), data, cfg(eval_every=1, patience=9),
                     out_dir=tmp_path).fit(resume=True)
-    assert (again.epochs, again.best_epoch, again.test) == (res.epochs, res.best_epoch, res.test)
-    assert again.stopped_early
+    assert again.stopped_early and again.epochs == 2
 
 
 def test_early_stopping_and_eval_inputs(tmp_path):
