@@ -71,6 +71,14 @@ def _run_dir(ctx):
     return ctx["out"] / "lightgcn-toy-natural" / "epochs=1,metric=recall_2,topk=_1,_2" / "seed0"
 
 
+def _more_patient_run(ctx):
+    """A finished run with patience 60, copied to where the default (50) resumes."""
+    import shutil
+    assert main(train_args(ctx, "--patience", "60")) == 0
+    patient = _run_dir(ctx).parent.parent / "epochs=1,metric=recall_2,patience=60,topk=_1,_2"
+    shutil.copytree(patient / "seed0", _run_dir(ctx))
+
+
 def _checkpoint(content: bytes):
     def setup(ctx):
         run = _run_dir(ctx)
@@ -206,6 +214,9 @@ CASES = [
      "(PytorchStreamReader failed reading zip archive: failed finding central directory); "
      "delete it to start that run again from its first epoch (or choose another --out), then "
      "run the same command again"),
+    ("resume-less-patience", _more_patient_run, lambda c: train_args(c, "--resume"),
+     "error: patience: <run>/checkpoint.pt was trained with patience 60; a resumed run cannot "
+     "be given less (50). Give at least 60, or choose another --out"),
     # ---- results, evaluate, optional extras
     ("results-unfinished", _unfinished, lambda c: ["results", str(c["out"])],
      "error: no finished run under <out>: 1 run(s) have not finished (a checkpoint.pt but no "
@@ -249,6 +260,7 @@ def ctx(tmp_path, monkeypatch):
 def test_bad_input_is_one_line(ctx, capsys, case_id, setup, args, template):
     if setup is not None:
         setup(ctx)
+    logs = {f: f.read_bytes() for f in ctx["tmp"].rglob("metrics.jsonl")}  # a setup's own run
     argv = args(ctx)
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -257,7 +269,8 @@ def test_bad_input_is_one_line(ctx, capsys, case_id, setup, args, template):
     assert lines[0].startswith("error: ")
     assert _fill(template, ctx) in lines[0]
     assert "Traceback" not in captured.err + captured.out
-    assert not list(ctx["tmp"].rglob("metrics.jsonl"))  # nothing was trained
+    # nothing was trained
+    assert {f: f.read_bytes() for f in ctx["tmp"].rglob("metrics.jsonl")} == logs
 
 
 def test_every_case_is_documented():
