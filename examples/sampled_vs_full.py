@@ -23,6 +23,8 @@ Usage::
     python examples/sampled_vs_full.py --models LightGCN --fanout 20   # another fan-out
     python examples/sampled_vs_full.py --models LGMRec --fanout 20 --set hyper_sample=null
     python examples/sampled_vs_full.py --models LGMRec --patience 100  # another budget, same --out
+    python examples/sampled_vs_full.py --models LGMRec --epochs 800 --patience 100 \
+        --fanout 20 --set hyper_sample=null   # LGMRec's setting that keeps quality
     python examples/sampled_vs_full.py --table-only          # print what is already there
 """
 from __future__ import annotations
