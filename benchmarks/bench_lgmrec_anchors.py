@@ -33,6 +33,7 @@ from bench_scale import BATCH, fmt_size, parse_fanout, parse_size, synthetic  # 
 def step_seconds(size: int, fanout, hyper_sample, batches: int, clock: str) -> float:
     """Mean seconds of ``batches`` LGMRec trainer steps (``fanout=None``: full graph)."""
     import torch
+
     from pyg_mmrec.config import build_config
     from pyg_mmrec.models import get_model_class
     from pyg_mmrec.train import TrainData, Trainer
