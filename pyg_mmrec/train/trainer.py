@@ -363,6 +363,10 @@ class Trainer:
         stopped_for_good = self.stopped_early and not (out_of_patience and not es.should_stop)
         if self.finished and not stopped_for_good and self.epoch < epochs:
             self.finished = self.stopped_early = False
+            # unfinished again: the summary of the shorter run no longer describes
+            # this directory (the folder it was copied from keeps its own)
+            if self.out_dir is not None and self.is_main:
+                (self.out_dir / "result.json").unlink(missing_ok=True)
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current batch and write a checkpoint

@@ -167,10 +167,16 @@ def test_resume_with_a_larger_budget_continues_a_run_that_hit_its_cap(tmp_path, 
     capped = Trainer(make_model(data), data, cfg(epochs=4, lr_decay=lr_decay),
                      out_dir=tmp_path / "ext").fit()
     assert capped.epochs == 4 and not capped.stopped_early
+    (tmp_path / "ext" / "result.json").write_text("{}")  # what run() writes at the end
+    # the same budget: the finished run is reused, its summary kept
+    Trainer(make_model(data), data, cfg(epochs=4, lr_decay=lr_decay),
+            out_dir=tmp_path / "ext").fit(resume=True)
+    assert (tmp_path / "ext" / "result.json").exists()
     m = make_model(data, seed=123)
     extended = Trainer(m, data, cfg(epochs=8, lr_decay=lr_decay),
                        out_dir=tmp_path / "ext").fit(resume=True)
     assert extended.epochs == 8
+    assert not (tmp_path / "ext" / "result.json").exists()  # it described the 4-epoch run
     for k, v in fresh_model.state_dict().items():
         assert same(v, m.state_dict()[k]), k
     assert (extended.best_epoch, extended.valid, extended.test) == \
