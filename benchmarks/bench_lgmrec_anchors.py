@@ -30,15 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import BATCH, fmt_size, parse_fanout, parse_size, synthetic  # noqa: E402
 
 
-def step_seconds(size: int, fanout, hyper_sample, batches: int, clock: str) -> float:
-    """Mean seconds of ``batches`` LGMRec trainer steps (``fanout=None``: full graph)."""
+def step_seconds(data, fanout, hyper_sample, batches: int, clock: str) -> float:
+    """Mean seconds of ``batches`` LGMRec trainer steps on ``data`` (what
+    :func:`synthetic` returns; ``fanout=None``: full graph)."""
     import torch
 
     from pyg_mmrec.config import build_config
     from pyg_mmrec.models import get_model_class
     from pyg_mmrec.train import TrainData, Trainer
 
-    U, I, ei, valid, feats, masks = synthetic(size)
+    U, I, ei, valid, feats, masks = data
     cfg = build_config("LGMRec", {"batch_size": BATCH, "fanout": fanout,
                                   "hyper_sample": hyper_sample})
     torch.manual_seed(0)
@@ -86,10 +87,11 @@ def main(argv=None) -> int:
              ("every item", args.fanout, None)]
     rows = []
     for size in sizes:
-        U, I = max(2, size // 20), max(2, size // 40)
+        data = synthetic(size)  # one graph per size, shared by the three modes
+        U, I = data[0], data[1]
         t = {}
         for name, fanout, anchors in modes:
-            t[name] = step_seconds(size, fanout, anchors, args.batches, args.clock)
+            t[name] = step_seconds(data, fanout, anchors, args.batches, args.clock)
             print(f"[{fmt_size(size)}] {name}: {t[name]:.3f} s/step", file=sys.stderr)
         rows.append((size, U, I, t))
 

@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -89,13 +89,15 @@ _BUDGET_KEYS = tuple(f"{where}{key}" for key in ("epochs", "patience")
                      for where in ("train.", "overrides.train.", "overrides."))
 
 
-def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
+def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "",
+                 skip: Collection[str] = ()) -> List[str]:
+    """The entries that differ, ``"path: old -> new"``, except the paths in ``skip``."""
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            out += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
+            out += _config_diff(va, vb, f"{prefix}{k}.", skip)
+        elif va != vb and f"{prefix}{k}" not in skip:
             out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return out
 
@@ -319,8 +321,7 @@ def run(model: Union[str, Callable], dataset: Any, root: Optional[Union[str, Pat
             # The stopping budget alone may change: a run that reached its cap
             # or ran out of patience continues under the larger one (the
             # trainer refuses a smaller one).
-            diff = [d for d in _config_diff(saved, config)
-                    if d.split(":", 1)[0] not in _BUDGET_KEYS]
+            diff = _config_diff(saved, config, skip=_BUDGET_KEYS)
             if diff:
                 raise ConfigError(f"resume: the configuration differs from the checkpoint's in "
                                   f"{out}: {'; '.join(diff)} (a run directory holds one "

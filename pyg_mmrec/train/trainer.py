@@ -360,8 +360,8 @@ class Trainer:
         es.should_stop = es.num_bad >= patience
         # a stop by patience is lifted by more patience; one asked for by a hook
         # (a pruned trial) is not
-        stopped_for_good = self.stopped_early and not (out_of_patience and not es.should_stop)
-        if self.finished and not stopped_for_good and self.epoch < epochs:
+        lifted = out_of_patience and not es.should_stop
+        if self.finished and self.epoch < epochs and (not self.stopped_early or lifted):
             self.finished = self.stopped_early = False
             # unfinished again: the summary of the shorter run no longer describes
             # this directory (the folder it was copied from keeps its own)
